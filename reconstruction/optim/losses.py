@@ -196,8 +196,9 @@ def contact(
     object_points_cam (..., T, N, 3) object surface samples; contact_mask (..., T, 2) bool; K (..., 3, 3).
     A (frame, hand) whose closest 3D hand-object distance exceeds ``max_contact_dist`` is skipped (the
     label is then more likely wrong than the geometry).
-    - default: squared closest 3D distance of each hand to the object (mean over hand points of each
-      point's closest object sample, so the whole contact patch closes);
+    Only the hand's contact patch should touch (not the back of the hand): per hand, the mean over its
+    ``max(1, H // 8)`` best-matching points is taken.
+    - default: squared closest 3D distance between hand points and object samples;
     - ``depth_only``: the image already places hand and object; only their view-space depth is pulled
       together. For each hand point, the object samples within ``contact_px`` pixels on screen are its
       partners, the one nearest in 3D is chosen, and the Huber loss of their z difference is taken."""
@@ -205,8 +206,9 @@ def contact(
     dist = diff.norm(dim=-1)
     closest = dist.min(-1).values  # (..., T, 2, H)
     active = contact_mask & (closest.min(-1).values <= max_contact_dist).detach()
+    patch = max(1, hand_points_cam.shape[-2] // 8)
     if not depth_only:
-        per_hand = closest.square().mean(-1)
+        per_hand = closest.square().topk(patch, dim=-1, largest=False).values.mean(-1)
         return _masked_mean(per_hand, active, (-2, -1))
     hand_px = project(hand_points_cam, K)  # (..., T, 2, H, 2)
     obj_px = project(object_points_cam, K)  # (..., T, N, 2)
@@ -215,7 +217,10 @@ def contact(
     partner = torch.where(near, dist, torch.finfo(dist.dtype).max).argmin(-1, keepdim=True)
     z_gap = diff[..., 2].gather(-1, partner).squeeze(-1)  # (..., T, 2, H)
     has_partner = near.any(-1)
-    per_hand = _masked_mean(huber(z_gap, huber_delta), has_partner, (-1,))
+    cost = torch.where(has_partner, huber(z_gap, huber_delta), torch.finfo(z_gap.dtype).max)
+    best = cost.topk(min(patch, cost.shape[-1]), dim=-1, largest=False).values
+    counted = best < torch.finfo(z_gap.dtype).max
+    per_hand = _masked_mean(torch.where(counted, best, 0.0), counted, (-1,))
     return _masked_mean(per_hand, active & has_partner.any(-1), (-2, -1))
 
 
