@@ -21,6 +21,7 @@ import copy
 import logging
 import warnings
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import roma
 import torch
@@ -130,6 +131,13 @@ _SEGMENT_ROOT_BONES = {"left_hand": "wrist.L", "right_hand": "wrist.R", "left_fo
 _REST_CACHE_SIZE = 8
 
 
+@dataclass
+class _RestModel:
+    vertices: torch.Tensor  # (B, V, 3) rest vertices
+    bone_poses: torch.Tensor  # (B, J, 4, 4) rest bone poses
+    skin_matrix: torch.Tensor | None = None  # sparse (V, 4J), see AnnyBody._skin_matrix (cached shapes only)
+
+
 def _build_anny(dtype: torch.dtype):
     """anny's default full-body model (104 bones, local-ref pose parameters), plain LBS, in ``dtype``."""
     import anny  # deferred: importing anny is slow and only this model needs it
@@ -150,7 +158,7 @@ class AnnyBody:
         self.dtype = dtype
         self._model = _model if _model is not None else _build_anny(dtype)
         self._model = self._model.to(device=device)
-        self._rest_cache: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._rest_cache: OrderedDict[tuple, _RestModel] = OrderedDict()
         model = self._model
         self.joint_names: list[str] = list(model.bone_labels)
         self.parents: list[int] = [int(p) for p in model.bone_parents]
@@ -244,17 +252,18 @@ class AnnyBody:
             shape = shape[:1]  # one body for all frames: build its rest model once
         return shape
 
-    def _compute_rest(self, shape_batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _compute_rest(self, shape_batch: torch.Tensor) -> _RestModel:
         model = self._model
         empty = shape_batch.new_zeros(shape_batch.shape[0], 0)
         coeffs = model._get_phenotype_blendshape_coefficients(shape_batch, empty, empty)
         rest = model.get_rest_model(coeffs)
-        return rest["rest_vertices"], rest["rest_bone_poses"]
+        return _RestModel(rest["rest_vertices"], rest["rest_bone_poses"])
 
-    def rest_model(self, shape: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def rest_model(self, shape: torch.Tensor) -> _RestModel:
         """Rest vertices (B, V, 3) and rest bone poses (B, J, 4, 4) of a shape (S,) or (T, S).
 
-        Shapes without gradient are cached (the rest model is a blendshape sum plus 104 Procrustes fits)."""
+        Shapes without gradient are cached with their sparse skinning matrix (the rest model is a
+        blendshape sum plus 104 Procrustes fits; the matrix makes skinning one sparse matmul)."""
         shape_batch = self._as_shape_batch(shape)
         if shape_batch.requires_grad:
             return self._compute_rest(shape_batch)
@@ -263,12 +272,36 @@ class AnnyBody:
         if cached is None:
             with torch.no_grad():
                 cached = self._compute_rest(shape_batch)
+                if cached.vertices.shape[0] == 1:
+                    cached.skin_matrix = self._skin_matrix(cached.vertices[0]).to_sparse().coalesce()
             self._rest_cache[key] = cached
             if len(self._rest_cache) > _REST_CACHE_SIZE:
                 self._rest_cache.popitem(last=False)
         else:
             self._rest_cache.move_to_end(key)
         return cached
+
+    def _skin_matrix(self, rest_vertices: torch.Tensor) -> torch.Tensor:
+        """(V, 4J) matrix M with M[v, k*J + j] = w_vj * [x_v, 1]_k, so that the skinned vertex
+        v' = sum_jk w_vj A_j[:, k] [x_v, 1]_k is one matmul of M with the stacked transform columns."""
+        homogeneous = torch.cat([rest_vertices, rest_vertices.new_ones(rest_vertices.shape[0], 1)], dim=1)
+        return (homogeneous[:, :, None] * self.skinning_weights[:, None, :]).reshape(rest_vertices.shape[0], -1)
+
+    def _skin(self, rest: _RestModel, transforms: torch.Tensor) -> torch.Tensor:
+        """Linear blend skinning of the rest vertices by bone transforms (T, J, 4, 4) -> (T, V, 3)."""
+        num_frames, num_joints = transforms.shape[:2]
+        if rest.vertices.shape[0] == 1:
+            # (4J, 3T) transform columns; one (sparse) matmul skins every frame at once, never building the
+            # (T, V, 3, 4) per-vertex blended transforms that dominate the naive LBS cost.
+            columns = transforms[..., :3, :].permute(3, 1, 0, 2).reshape(4 * num_joints, 3 * num_frames)
+            if rest.skin_matrix is not None:
+                skinned = torch.sparse.mm(rest.skin_matrix, columns)
+            else:  # shape under optimisation: dense matrix, differentiable wrt the rest vertices
+                skinned = self._skin_matrix(rest.vertices[0]) @ columns
+            return skinned.reshape(-1, num_frames, 3).permute(1, 0, 2)
+        # One body per frame: blend the transforms per vertex.
+        blend = torch.einsum("vj,tjik->tvik", self.skinning_weights, transforms[..., :3, :])
+        return (blend[..., :3] * rest.vertices[:, :, None, :]).sum(-1) + blend[..., 3]
 
     # ------------------------------------------------------------------ forward
     def forward(self, pose_aa: torch.Tensor, shape: torch.Tensor, trans: torch.Tensor) -> BodyOutput:
@@ -281,22 +314,23 @@ class AnnyBody:
             raise ValueError(f"anny trans must be ({num_frames}, 3), got {tuple(trans.shape)}")
         pose_aa = pose_aa.to(device=self.device, dtype=self.dtype)
         trans = trans.to(device=self.device, dtype=self.dtype)
-        rest_vertices, rest_bone_poses = self.rest_model(shape)
-        if rest_vertices.shape[0] not in (1, num_frames):
-            raise ValueError(f"anny shape has {rest_vertices.shape[0]} rows for {num_frames} frames")
+        rest = self.rest_model(shape)
+        if rest.vertices.shape[0] not in (1, num_frames):
+            raise ValueError(f"anny shape has {rest.vertices.shape[0]} rows for {num_frames} frames")
+        return self._posed(pose_aa, trans, rest)
 
+    __call__ = forward
+
+    def _posed(self, pose_aa: torch.Tensor, trans: torch.Tensor, rest: _RestModel) -> BodyOutput:
+        num_frames, num_joints = pose_aa.shape[:2]
         rotations = roma.rotvec_to_rotmat(pose_aa)  # (T, J, 3, 3)
         # Only the root delta carries a translation: in local-ref its delta is its world pose.
         offsets = torch.cat([trans[:, None], trans.new_zeros(num_frames, num_joints - 1, 3)], dim=1)
         deltas = roma.Rigid(rotations, offsets).to_homogeneous()
-        transforms, bone_poses = self._model.get_bone_transforms(deltas, rest_bone_poses)
-        # Linear blend skinning: per-vertex blended 3x4 transform applied to the rest vertex.
-        blend = torch.einsum("vj,tjik->tvik", self.skinning_weights, transforms[..., :3, :])
-        vertices = (blend[..., :3] * rest_vertices[:, :, None, :]).sum(-1) + blend[..., 3]
+        transforms, bone_poses = self._model.get_bone_transforms(deltas, rest.bone_poses)
+        vertices = self._skin(rest, transforms)
         joints = bone_poses[..., :3, 3]
         return BodyOutput(vertices=vertices, joints=joints, keypoints=self.keypoints_from(vertices, joints))
-
-    __call__ = forward
 
     # ------------------------------------------------------------------ protocol helpers
     def rest_pose(self, num_frames: int = 1) -> torch.Tensor:
@@ -310,7 +344,9 @@ class AnnyBody:
     def standing_extent(self, shape: torch.Tensor) -> tuple[float, float]:
         """(min z, max z) of the zero-pose mesh with the root at the origin, in metres."""
         zero = torch.zeros(1, 3, dtype=self.dtype, device=self.device)
-        z = self.forward(self.rest_pose(1), shape, zero).vertices[0, :, 2]
+        # Uncached rest model: height searches try many shapes that should not evict the working ones.
+        rest = self._compute_rest(self._as_shape_batch(shape)[:1])
+        z = self._posed(self.rest_pose(1), zero, rest).vertices[0, :, 2]
         return float(z.min()), float(z.max())
 
     def standing_height(self, shape: torch.Tensor) -> float:
