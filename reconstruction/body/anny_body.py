@@ -270,8 +270,10 @@ class AnnyBody:
         key = tuple(shape_batch.flatten().tolist())
         cached = self._rest_cache.get(key)
         if cached is None:
-            with torch.no_grad():
-                cached = self._compute_rest(shape_batch)
+            # Plain no-grad tensors even inside an inference_mode block: a cached inference tensor would
+            # break a later autograd caller (e.g. the optimiser after the scene generator in one process).
+            with torch.inference_mode(False), torch.no_grad():
+                cached = self._compute_rest(shape_batch.clone())
                 if cached.vertices.shape[0] == 1:
                     cached.skin_matrix = self._skin_matrix(cached.vertices[0]).to_sparse().coalesce()
             self._rest_cache[key] = cached
