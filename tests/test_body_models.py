@@ -358,3 +358,14 @@ def test_anny_cache_built_under_inference_mode_serves_autograd(anny_body):
     out.vertices.sum().backward()
     assert pose.grad is not None
     assert torch.allclose(out.vertices.detach(), first.vertices)
+
+
+def test_anny_expanded_shape_parameter_gets_gradient(anny_body):
+    body = anny_body
+    shape = torch.full((6,), 0.5, requires_grad=True)
+    pose = body.rest_pose(4)
+    out = body.forward(pose, shape[None].expand(4, -1), torch.zeros(4, 3))
+    reference = body.forward(pose, shape.detach(), torch.zeros(4, 3))
+    assert torch.allclose(out.vertices.detach(), reference.vertices, atol=1e-5)
+    out.vertices[..., 2].max(dim=1).values.sum().backward()  # height grows with the height phenotype
+    assert float(shape.grad[4]) > 0

@@ -248,8 +248,10 @@ class AnnyBody:
             raise ValueError(
                 f"anny shape must be ({self.num_shape},) or (T, {self.num_shape}), got {tuple(shape.shape)}"
             )
-        if not shape.requires_grad and shape.shape[0] > 1 and bool((shape == shape[:1]).all()):
-            shape = shape[:1]  # one body for all frames: build its rest model once
+        if shape.shape[0] > 1 and (
+            shape.stride(0) == 0 or (not shape.requires_grad and bool((shape == shape[:1]).all()))
+        ):
+            shape = shape[:1]  # one body for all frames (an expanded or repeated row): one rest model
         return shape
 
     def _compute_rest(self, shape_batch: torch.Tensor) -> _RestModel:
