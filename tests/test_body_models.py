@@ -346,3 +346,26 @@ def test_smplx_loads_from_env_and_runs(monkeypatch, smplx_dir):
     native = body.native_transl(shape, trans.detach())
     pelvis = body._layer.J_regressor[0] @ body._layer.v_template
     assert torch.allclose((native + pelvis) @ body._up.T, trans.detach(), atol=1e-5)
+
+
+def test_anny_cache_built_under_inference_mode_serves_autograd(anny_body):
+    body = anny_body
+    shape = torch.tensor([0.31, 0.52, 0.47, 0.66, 0.58, 0.44])  # a shape no other test uses
+    with torch.inference_mode():
+        first = body.forward(body.rest_pose(1), shape, torch.zeros(1, 3))
+    pose = body.rest_pose(1).requires_grad_(True)
+    out = body.forward(pose, shape, torch.zeros(1, 3))
+    out.vertices.sum().backward()
+    assert pose.grad is not None
+    assert torch.allclose(out.vertices.detach(), first.vertices)
+
+
+def test_anny_expanded_shape_parameter_gets_gradient(anny_body):
+    body = anny_body
+    shape = torch.full((6,), 0.5, requires_grad=True)
+    pose = body.rest_pose(4)
+    out = body.forward(pose, shape[None].expand(4, -1), torch.zeros(4, 3))
+    reference = body.forward(pose, shape.detach(), torch.zeros(4, 3))
+    assert torch.allclose(out.vertices.detach(), reference.vertices, atol=1e-5)
+    out.vertices[..., 2].max(dim=1).values.sum().backward()  # height grows with the height phenotype
+    assert float(shape.grad[4]) > 0
