@@ -152,7 +152,9 @@ class _Batch:
             "object_tracked",
         )
         any_contact = self.contact.any(-1)  # (B, T)
-        first = torch.where(any_contact.any(-1), any_contact.float().argmax(-1), torch.full_like(any_contact[:, 0], T, dtype=torch.long))
+        first = torch.where(
+            any_contact.any(-1), any_contact.float().argmax(-1), torch.full_like(any_contact[:, 0], T, dtype=torch.long)
+        )
         frames = torch.arange(T, device=device)
         self.precontact = frames[None] < first[:, None]  # (B, T)
         # the first contact frame of each hand's first interval ("duration: start")
@@ -214,8 +216,13 @@ class _Batch:
                 if "depth_pointcloud" in spec.loss_cfg:
                     count = max(count, spec.loss_cfg["depth_pointcloud"].num_gt_samples)
             if count:
-                self.depth_obj = self._depth_points(videos, "object_masks", count // 2, device)
-                self.depth_human = self._depth_points(videos, "human_masks", count - count // 2, device)
+                depth_obj = self._depth_points(videos, "object_masks", count // 2, device)
+                depth_human = self._depth_points(videos, "human_masks", count - count // 2, device)
+                # a depth backend that knows only the background (``static``) gives nothing to fit
+                if bool(depth_obj[1].any()) or bool(depth_human[1].any()):
+                    self.depth_obj, self.depth_human = depth_obj, depth_human
+                else:
+                    logger.info("no depth on the object or the human in any frame: depth_pointcloud is 0")
 
     def _depth_points(self, videos: list[VideoInputs], mask_attr: str, count: int, device: torch.device):
         points, valid = [], []
@@ -239,7 +246,9 @@ class HOIOptimizer:
         for stage_name, spec in config.opt_stage_specs.items():
             for term in spec.loss_cfg:
                 if term not in TERM_FUNCTIONS:
-                    raise OptimizerInputError(f"optimization.opt_stage_specs.{stage_name}.loss_cfg.{term}: not implemented")
+                    raise OptimizerInputError(
+                        f"optimization.opt_stage_specs.{stage_name}.loss_cfg.{term}: not implemented"
+                    )
 
     # ------------------------------------------------------------------ variables and forward model
     def _init_variables(self, batch: _Batch) -> dict[str, torch.Tensor]:
@@ -367,6 +376,22 @@ class HOIOptimizer:
             )
         logger.info("optimised %d video(s), %d frames, in %.1f s", len(videos), batch.num_frames, seconds)
         return results
+
+    @torch.no_grad()
+    def evaluate(self, video: VideoInputs, eval_cfg: dict[str, LossTermConfig]) -> dict[str, float]:
+        """Weighted value of each ``eval`` metric (the reference's ``eval_data``) on the video's estimates as
+        they are (no optimisation): what stage 5 compares with ``eval.<name>.threshold``."""
+        if not eval_cfg:
+            return {}
+        for name in eval_cfg:
+            if name not in TERM_FUNCTIONS:
+                raise OptimizerInputError(f"eval.{name}: not implemented")
+        batch = _Batch([video], self.body, self.config, self.device)
+        ground = self._ground_heights(batch)
+        batch.ground_z = torch.tensor([video.ground_z], device=self.device) if video.ground_z is not None else ground
+        zero = {k: torch.zeros_like(v) for k, v in self._init_variables(batch).items()}
+        values = self._terms(batch, zero, eval_cfg)
+        return {name: float(eval_cfg[name].weight * values[name][0]) for name in eval_cfg}
 
     @torch.no_grad()
     def _ground_heights(self, batch: _Batch) -> torch.Tensor:
