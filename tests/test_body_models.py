@@ -385,3 +385,21 @@ def test_anny_kinematics_and_skinning_match_anny_itself(anny_body):
         reference = body._model(pose_parameters=deltas, phenotype_kwargs=shape[None])
     assert torch.allclose(ours.joints, reference["bone_poses"][..., :3, 3], atol=1e-5)
     assert torch.allclose(ours.vertices, reference["vertices"], atol=1e-5)
+
+
+def test_solve_monotonic_finds_roots_both_ways_and_rejects_unreachable():
+    from reconstruction.body.solve import solve_monotonic
+
+    calls = []
+
+    def rising(x):
+        calls.append(x)
+        return 1.0 + 0.8 * x + 0.05 * x**2
+
+    x, low, high = solve_monotonic(rising, 1.5, 0.0, 1.0, tolerance=1e-7)
+    assert rising(x) == pytest.approx(1.5, abs=1e-6) and (low, high) == (1.0, pytest.approx(1.85))
+    assert len(calls) < 15  # regula falsi, not 30 bisection steps
+    x, _, _ = solve_monotonic(lambda v: -(v**3), -0.5, -1.0, 2.0, tolerance=1e-7)
+    assert x == pytest.approx(0.5 ** (1 / 3), abs=1e-5)
+    with pytest.raises(ValueError, match="outside the reachable range 1.0000-1.8500"):
+        solve_monotonic(rising, 2.5, 0.0, 1.0)

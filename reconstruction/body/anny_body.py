@@ -27,6 +27,7 @@ import roma
 import torch
 
 from reconstruction.body.base import BodyOutput
+from reconstruction.body.solve import solve_monotonic
 from reconstruction.keypoints import ALL_KEYPOINTS
 
 logger = logging.getLogger(__name__)
@@ -441,7 +442,7 @@ class AnnyBody:
 
     def shape_for_height(self, height_m: float, base_shape: torch.Tensor | None = None) -> torch.Tensor:
         """A shape (6,) whose standing height is ``height_m``: ``base_shape`` (default all 0.5) with its
-        ``height`` phenotype solved by bisection (standing height grows monotonically with it)."""
+        ``height`` phenotype solved for (standing height grows monotonically with it)."""
         shape = self.default_shape() if base_shape is None else torch.as_tensor(base_shape, dtype=self.dtype).clone()
         shape = shape.to(self.device)
         slot = PHENOTYPE_LABELS.index("height")
@@ -451,19 +452,11 @@ class AnnyBody:
             trial[slot] = value
             return self.standing_height(trial)
 
-        low, high = 0.0, 1.0
-        h_low, h_high = height_at(low), height_at(high)
-        if not h_low - 1e-4 <= height_m <= h_high + 1e-4:
-            raise ValueError(
-                f"height {height_m:.3f} m is outside what anny reaches for this body ({h_low:.3f}-{h_high:.3f} m)"
-            )
-        for _ in range(30):  # 2^-30 of the phenotype range: far below a millimetre
-            mid = 0.5 * (low + high)
-            if height_at(mid) < height_m:
-                low = mid
-            else:
-                high = mid
-        shape[slot] = 0.5 * (low + high)
+        try:
+            value, _, _ = solve_monotonic(height_at, height_m, 0.0, 1.0)
+        except ValueError as error:
+            raise ValueError(f"anny cannot stand {height_m:.3f} m tall with this body: {error}") from None
+        shape[slot] = value
         return shape
 
     def to(self, device: str | torch.device) -> AnnyBody:
