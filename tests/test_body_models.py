@@ -175,6 +175,11 @@ def test_anny_keypoints_sides_and_face(anny_body):
     face_y = kps[:11, 1]
     assert int(face_y.argmin()) == index("nose")  # nose tip is the front-most face point
     assert float(_kp(out, "mouth_left")[2]) < float(_kp(out, "nose")[2]) < float(_kp(out, "left_eye")[2])
+    # COCO-regressed keypoints stay close to the anatomical joints they stand for
+    for name, bone in (("left_shoulder", "upperarm01.L"), ("right_elbow", "lowerarm01.R"),
+                       ("left_hip", "upperleg01.L"), ("right_ankle", "foot.R")):  # fmt: skip
+        assert float(torch.dist(kps[index(name)], joints[body.joint_index(bone)])) < 0.05, name
+    assert torch.allclose(body.keypoints_from(out.vertices.contiguous(), joints[None]), out.keypoints, atol=1e-6)
     # joint keypoints sit on their bones: wrist keypoint = wrist bone head
     assert float(torch.dist(_kp(out, "left_wrist"), joints[body.joint_index("wrist.L")])) < 0.03
     assert float(torch.dist(_kp(out, "left_hand_wrist"), _kp(out, "left_wrist"))) < 1e-6
@@ -195,8 +200,10 @@ def _check_hand_and_feet(body, out, frame: int) -> None:
         foot = vertices[body.vertex_segments[f"{prefix}_foot"]]
         heel, toe = _kp(out, f"{prefix}_heel", frame), _kp(out, f"{prefix}_foot_index", frame)
         ankle = _kp(out, f"{prefix}_ankle", frame)
-        assert float(torch.cdist(torch.stack([heel, toe]), foot).min(dim=1).values.max()) < 0.005
+        assert float(torch.cdist(toe[None], foot).min()) < 0.005  # toe tip on the surface
+        assert float(torch.cdist(heel[None], foot).min()) < 0.025  # COCO heel: just inside the heel
         assert float((toe - ankle).norm()) > 0.12 and float((heel - ankle).norm()) > 0.04
+        assert float(torch.dot(heel - ankle, toe - ankle)) < 0  # heel behind the ankle, toes in front
         assert float((toe - heel).norm()) > 0.2  # foot length
 
 

@@ -35,17 +35,22 @@ logger = logging.getLogger(__name__)
 PHENOTYPE_LABELS: tuple[str, ...] = ("gender", "age", "muscle", "weight", "height", "proportions")
 DEFAULT_SHAPE: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5, 0.5, 0.5)
 
-# Keypoint definitions, in reconstruction.keypoints.ALL_KEYPOINTS order. A source is either
-# ("bone", label): the posed head of that anny bone (a joint centre), or ("verts", (ids...)): the mean
-# of those mesh vertices (surface points: face, heel, toe, finger tips). Vertex ids are for anny 0.6.2's
-# default topology (13,718 vertices); they were chosen by geometric rules on the zero-pose mesh
-# (see tests/test_body_models.py for the checks that keep them honest):
+# Keypoint definitions, in reconstruction.keypoints.ALL_KEYPOINTS order. A source is one of
+#   ("bone", label): the posed head of that anny bone (a joint centre);
+#   ("verts", (ids...)): the mean of those mesh vertices (surface points: face, toes, finger tips);
+#   ("coco", label): anny's own COCO keypoint regressor (vertex weights shipped in anny/data/keypoints),
+#       used where 2D detectors' conventions differ from the bone heads. Checked with
+#       benchmarks/body_keypoints_vs_mediapipe.py: against MediaPipe Pose on renders, the COCO shoulders,
+#       elbows, hips, ankles, heels and ears are 30-60 % closer than the bone heads / single vertices
+#       (e.g. ankle 7.6 -> 3 px, hip 6 -> 3.5 px at a 105 px torso); knees and wrists are better as bones.
+# Vertex ids are for anny 0.6.2's default topology (13,718 vertices); they were chosen by geometric rules
+# on the zero-pose mesh (tests/test_body_models.py keeps them honest):
 #   nose = front-most midline head vertex; eyes = front-most vertex of the cornea (eye_front segment);
-#   eye inner/outer = most medial/lateral eyelid vertex around the eyeball; ears = lateral-most head vertex
-#   2 cm below eye level; mouth corners = lateral-most front vertices of the mouth cavity; heel = 3 rear-most
-#   sole vertices of foot.*; foot index = 3 front-most vertices of toe2-3.*; finger tips = 3 vertices of the
-#   distal phalanx farthest along the finger.
-# The 33 MediaPipe body points left/right_{pinky,index,thumb} are knuckles: pinky/index MCP, thumb IP.
+#   eye inner/outer = most medial/lateral eyelid vertex around the eyeball; mouth corners = lateral-most
+#   front vertices of the mouth cavity; foot index = 3 front-most vertices of toe2-3.*; finger tips = 3
+#   vertices of the distal phalanx farthest along the finger.
+# MediaPipe's body left/right_{pinky,index,thumb} are knuckles: pinky/index MCP, thumb IP. The hand wrist
+# and the body wrist are both the wrist bone head, so body and hand fits agree.
 ANNY_KEYPOINT_TABLE: tuple[tuple[str, tuple[str, str | tuple[int, ...]]], ...] = (
     ("nose", ("verts", (297,))),
     ("left_eye_inner", ("verts", (6874,))),
@@ -54,14 +59,14 @@ ANNY_KEYPOINT_TABLE: tuple[tuple[str, tuple[str, str | tuple[int, ...]]], ...] =
     ("right_eye_inner", ("verts", (106,))),
     ("right_eye", ("verts", (13655,))),
     ("right_eye_outer", ("verts", (211,))),
-    ("left_ear", ("verts", (12006,))),
-    ("right_ear", ("verts", (5423,))),
+    ("left_ear", ("coco", "left_ear")),
+    ("right_ear", ("coco", "right_ear")),
     ("mouth_left", ("verts", (7286,))),
     ("mouth_right", ("verts", (561,))),
-    ("left_shoulder", ("bone", "upperarm01.L")),
-    ("right_shoulder", ("bone", "upperarm01.R")),
-    ("left_elbow", ("bone", "lowerarm01.L")),
-    ("right_elbow", ("bone", "lowerarm01.R")),
+    ("left_shoulder", ("coco", "left_shoulder")),
+    ("right_shoulder", ("coco", "right_shoulder")),
+    ("left_elbow", ("coco", "left_elbow")),
+    ("right_elbow", ("coco", "right_elbow")),
     ("left_wrist", ("bone", "wrist.L")),
     ("right_wrist", ("bone", "wrist.R")),
     ("left_pinky", ("bone", "finger5-1.L")),
@@ -70,14 +75,14 @@ ANNY_KEYPOINT_TABLE: tuple[tuple[str, tuple[str, str | tuple[int, ...]]], ...] =
     ("right_index", ("bone", "finger2-1.R")),
     ("left_thumb", ("bone", "finger1-3.L")),
     ("right_thumb", ("bone", "finger1-3.R")),
-    ("left_hip", ("bone", "upperleg01.L")),
-    ("right_hip", ("bone", "upperleg01.R")),
+    ("left_hip", ("coco", "left_hip")),
+    ("right_hip", ("coco", "right_hip")),
     ("left_knee", ("bone", "lowerleg01.L")),
     ("right_knee", ("bone", "lowerleg01.R")),
-    ("left_ankle", ("bone", "foot.L")),
-    ("right_ankle", ("bone", "foot.R")),
-    ("left_heel", ("verts", (12783, 12879, 12882))),
-    ("right_heel", ("verts", (6202, 6298, 6301))),
+    ("left_ankle", ("coco", "left_ankle")),
+    ("right_ankle", ("coco", "right_ankle")),
+    ("left_heel", ("coco", "left_heel")),
+    ("right_heel", ("coco", "right_heel")),
     ("left_foot_index", ("verts", (13101, 11596, 11592))),
     ("right_foot_index", ("verts", (6521, 4994, 4990))),
     # left hand (MediaPipe hand order); anny: finger1 = thumb (no metacarpal bone), finger2..5 hang
@@ -144,7 +149,7 @@ class _RestModel:
     skin_matrix_t: torch.Tensor | None = None  # its transpose, CSR too (for the backward pass)
 
 
-class _SparseSkinning(torch.autograd.Function):
+class _SparseMatmul(torch.autograd.Function):
     """M @ X for a constant sparse CSR matrix M, with the backward M^T @ G using a prebuilt CSR transpose
     (torch.sparse.mm would transpose and coalesce a COO matrix on every backward: ~3x slower)."""
 
@@ -162,6 +167,21 @@ def _to_csr(matrix: torch.Tensor) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sparse CSR support is in beta": matmul with a dense matrix is stable
         return matrix.to_sparse_csr()
+
+
+def _load_coco_regressor(model) -> dict[str, torch.Tensor]:
+    """anny's own COCO keypoint regressor (``anny/data/keypoints/coco.pth``): label -> (V,) vertex weights
+    summing to 1, restricted to this topology's vertices."""
+    import anny.paths
+
+    path = anny.paths.get_anny_root_dir() / "data" / "keypoints" / "coco.pth"
+    data = torch.load(path, weights_only=True, map_location="cpu")
+    kept = model.base_mesh_vertex_indices.cpu()
+    weights = {label: w[kept].double() for label, w in data.items()}
+    for label, w in weights.items():
+        if abs(float(w.sum()) - 1.0) > 1e-3:
+            raise RuntimeError(f"{path}: weights of {label!r} do not sum to 1 on this topology")
+    return weights
 
 
 def _build_anny(dtype: torch.dtype):
@@ -256,33 +276,42 @@ class AnnyBody:
 
     # ------------------------------------------------------------------ keypoints
     def _build_keypoint_regressor(self) -> None:
+        """Keypoints = bone heads where the table says "bone", else rows of a sparse (75, V) regressor."""
         names = [name for name, _ in ANNY_KEYPOINT_TABLE]
         if tuple(names) != ALL_KEYPOINTS:
             raise RuntimeError("ANNY_KEYPOINT_TABLE is not in reconstruction.keypoints.ALL_KEYPOINTS order")
-        width = max(len(src) if kind == "verts" else 1 for _, (kind, src) in ANNY_KEYPOINT_TABLE)
         bone_index = torch.zeros(len(names), dtype=torch.long)
         is_bone = torch.zeros(len(names), dtype=torch.bool)
-        vert_index = torch.zeros(len(names), width, dtype=torch.long)
-        vert_weight = torch.zeros(len(names), width, dtype=self.dtype)
+        regressor = torch.zeros(len(names), self.num_vertices, dtype=self.dtype)
+        coco = None
         for k, (_, (kind, src)) in enumerate(ANNY_KEYPOINT_TABLE):
             if kind == "bone":
                 is_bone[k] = True
                 bone_index[k] = self.joint_index(src)
-            else:
+            elif kind == "verts":
                 ids = torch.as_tensor(src, dtype=torch.long)
                 if int(ids.max()) >= self.num_vertices:
                     raise RuntimeError(f"keypoint {names[k]}: vertex id out of range for this anny topology")
-                vert_index[k, : len(ids)] = ids
-                vert_weight[k, : len(ids)] = 1.0 / len(ids)
+                regressor[k, ids] = 1.0 / len(ids)
+            elif kind == "coco":
+                coco = _load_coco_regressor(self._model) if coco is None else coco
+                regressor[k] = coco[src].to(self.dtype)
+            else:
+                raise RuntimeError(f"keypoint {names[k]}: unknown source kind {kind!r}")
+        self.keypoint_regressor = regressor.to(self.device)  # dense (75, V), rows of bone keypoints are 0
+        self._kp_matrix = _to_csr(self.keypoint_regressor)
+        self._kp_matrix_t = _to_csr(self.keypoint_regressor.t().contiguous())
         self._kp_is_bone = is_bone.to(self.device)
         self._kp_bone_index = bone_index.to(self.device)
-        self._kp_vert_index = vert_index.to(self.device)
-        self._kp_vert_weight = vert_weight.to(self.device)
 
     def keypoints_from(self, vertices: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
         """(T, 75, 3) MediaPipe-order keypoints from posed vertices (T, V, 3) and bone heads (T, J, 3)."""
+        num_frames = vertices.shape[0]
+        # (V, 3T) columns: free when ``vertices`` is the (V, T, 3) view that skinning returns.
+        columns = vertices.permute(1, 0, 2).reshape(self.num_vertices, 3 * num_frames)
+        from_verts = _SparseMatmul.apply(columns, self._kp_matrix, self._kp_matrix_t)
+        from_verts = from_verts.reshape(-1, num_frames, 3).permute(1, 0, 2)
         from_bones = joints[:, self._kp_bone_index]
-        from_verts = (vertices[:, self._kp_vert_index] * self._kp_vert_weight[None, :, :, None]).sum(dim=2)
         return torch.where(self._kp_is_bone[None, :, None], from_bones, from_verts)
 
     # ------------------------------------------------------------------ shape
@@ -359,7 +388,7 @@ class AnnyBody:
             # (T, V, 3, 4) per-vertex blended transforms that dominate the naive LBS cost.
             columns = transforms.permute(3, 1, 0, 2).reshape(4 * num_joints, 3 * num_frames)
             if rest.skin_matrix is not None:
-                skinned = _SparseSkinning.apply(columns, rest.skin_matrix, rest.skin_matrix_t)
+                skinned = _SparseMatmul.apply(columns, rest.skin_matrix, rest.skin_matrix_t)
             else:  # shape under optimisation: dense matrix, differentiable wrt the rest vertices
                 skinned = self._skin_matrix(rest.vertices[0]) @ columns
             return skinned.reshape(-1, num_frames, 3).permute(1, 0, 2)
