@@ -49,8 +49,9 @@ DEFAULT_SHAPE: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5, 0.5, 0.5)
 #   eye inner/outer = most medial/lateral eyelid vertex around the eyeball; mouth corners = lateral-most
 #   front vertices of the mouth cavity; foot index = 3 front-most vertices of toe2-3.*; finger tips = 3
 #   vertices of the distal phalanx farthest along the finger.
-# MediaPipe's body left/right_{pinky,index,thumb} are knuckles: pinky/index MCP, thumb IP. The hand wrist
-# and the body wrist are both the wrist bone head, so body and hand fits agree.
+# MediaPipe's body left/right_{pinky,index,thumb} are knuckles ("pinky #1", "index #1", "thumb #2"): the
+# pinky, index and thumb MCP (MediaPipe places them loosely, 3-8 px from any knuckle in the benchmark).
+# The hand wrist and the body wrist are both the wrist bone head, so body and hand fits agree.
 ANNY_KEYPOINT_TABLE: tuple[tuple[str, tuple[str, str | tuple[int, ...]]], ...] = (
     ("nose", ("verts", (297,))),
     ("left_eye_inner", ("verts", (6874,))),
@@ -73,8 +74,8 @@ ANNY_KEYPOINT_TABLE: tuple[tuple[str, tuple[str, str | tuple[int, ...]]], ...] =
     ("right_pinky", ("bone", "finger5-1.R")),
     ("left_index", ("bone", "finger2-1.L")),
     ("right_index", ("bone", "finger2-1.R")),
-    ("left_thumb", ("bone", "finger1-3.L")),
-    ("right_thumb", ("bone", "finger1-3.R")),
+    ("left_thumb", ("bone", "finger1-2.L")),
+    ("right_thumb", ("bone", "finger1-2.R")),
     ("left_hip", ("coco", "left_hip")),
     ("right_hip", ("coco", "right_hip")),
     ("left_knee", ("bone", "lowerleg01.L")),
