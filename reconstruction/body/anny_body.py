@@ -148,6 +148,7 @@ class _RestModel:
     rest_to_reference: torch.Tensor  # (B, J, 3, 3) U_c R_c^T: rest -> reference bone orientation
     skin_matrix: torch.Tensor | None = None  # sparse CSR (V, 4J), see AnnyBody._skin_matrix (cached shapes only)
     skin_matrix_t: torch.Tensor | None = None  # its transpose, CSR too (for the backward pass)
+    keypoint_skin: torch.Tensor | None = None  # dense (75, 4J) = keypoint regressor @ skin matrix
 
 
 class _SparseMatmul(torch.autograd.Function):
@@ -300,18 +301,15 @@ class AnnyBody:
             else:
                 raise RuntimeError(f"keypoint {names[k]}: unknown source kind {kind!r}")
         self.keypoint_regressor = regressor.to(self.device)  # dense (75, V), rows of bone keypoints are 0
-        self._kp_matrix = _to_csr(self.keypoint_regressor)
-        self._kp_matrix_t = _to_csr(self.keypoint_regressor.t().contiguous())
         self._kp_is_bone = is_bone.to(self.device)
         self._kp_bone_index = bone_index.to(self.device)
 
     def keypoints_from(self, vertices: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
         """(T, 75, 3) MediaPipe-order keypoints from posed vertices (T, V, 3) and bone heads (T, J, 3)."""
-        num_frames = vertices.shape[0]
-        # (V, 3T) columns: free when ``vertices`` is the (V, T, 3) view that skinning returns.
-        columns = vertices.permute(1, 0, 2).reshape(self.num_vertices, 3 * num_frames)
-        from_verts = _SparseMatmul.apply(columns, self._kp_matrix, self._kp_matrix_t)
-        from_verts = from_verts.reshape(-1, num_frames, 3).permute(1, 0, 2)
+        from_verts = torch.einsum("kv,tvd->tkd", self.keypoint_regressor, vertices)
+        return self._merge_keypoints(from_verts, joints)
+
+    def _merge_keypoints(self, from_verts: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
         from_bones = joints[:, self._kp_bone_index]
         return torch.where(self._kp_is_bone[None, :, None], from_bones, from_verts)
 
@@ -368,6 +366,7 @@ class AnnyBody:
                     dense = self._skin_matrix(cached.vertices[0])
                     cached.skin_matrix = _to_csr(dense)
                     cached.skin_matrix_t = _to_csr(dense.t().contiguous())
+                    cached.keypoint_skin = self.keypoint_regressor @ dense
             self._rest_cache[key] = cached
             if len(self._rest_cache) > _REST_CACHE_SIZE:
                 self._rest_cache.popitem(last=False)
@@ -381,21 +380,28 @@ class AnnyBody:
         homogeneous = torch.cat([rest_vertices, rest_vertices.new_ones(rest_vertices.shape[0], 1)], dim=1)
         return (homogeneous[:, :, None] * self.skinning_weights[:, None, :]).reshape(rest_vertices.shape[0], -1)
 
-    def _skin(self, rest: _RestModel, transforms: torch.Tensor) -> torch.Tensor:
-        """Linear blend skinning of the rest vertices by bone transforms (T, J, 3, 4) -> (T, V, 3)."""
+    def _skin(self, rest: _RestModel, transforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Linear blend skinning by bone transforms (T, J, 3, 4) -> vertices (T, V, 3) and, when cheap, the
+        vertex-regressed keypoints (T, 75, 3) (else None)."""
         num_frames, num_joints = transforms.shape[:2]
         if rest.vertices.shape[0] == 1:
             # (4J, 3T) transform columns; one (sparse) matmul skins every frame at once, never building the
-            # (T, V, 3, 4) per-vertex blended transforms that dominate the naive LBS cost.
+            # (T, V, 3, 4) per-vertex blended transforms that dominate the naive LBS cost. LBS is linear in
+            # these columns, so regressed keypoints come from the (75, 4J) product of regressor and skin
+            # matrix without touching the vertices (their backward would otherwise cost a (V, 3T) product).
             columns = transforms.permute(3, 1, 0, 2).reshape(4 * num_joints, 3 * num_frames)
             if rest.skin_matrix is not None:
                 skinned = _SparseMatmul.apply(columns, rest.skin_matrix, rest.skin_matrix_t)
+                regressed = rest.keypoint_skin @ columns
             else:  # shape under optimisation: dense matrix, differentiable wrt the rest vertices
-                skinned = self._skin_matrix(rest.vertices[0]) @ columns
-            return skinned.reshape(-1, num_frames, 3).permute(1, 0, 2)
+                skin_matrix = self._skin_matrix(rest.vertices[0])
+                skinned = skin_matrix @ columns
+                regressed = (self.keypoint_regressor @ skin_matrix) @ columns
+            vertices = skinned.reshape(-1, num_frames, 3).permute(1, 0, 2)
+            return vertices, regressed.reshape(-1, num_frames, 3).permute(1, 0, 2)
         # One body per frame: blend the transforms per vertex.
         blend = torch.einsum("vj,tjik->tvik", self.skinning_weights, transforms)
-        return (blend[..., :3] * rest.vertices[:, :, None, :]).sum(-1) + blend[..., 3]
+        return (blend[..., :3] * rest.vertices[:, :, None, :]).sum(-1) + blend[..., 3], None
 
     # ------------------------------------------------------------------ forward
     def forward(self, pose_aa: torch.Tensor, shape: torch.Tensor, trans: torch.Tensor) -> BodyOutput:
@@ -417,8 +423,11 @@ class AnnyBody:
 
     def _posed(self, pose_aa: torch.Tensor, trans: torch.Tensor, rest: _RestModel) -> BodyOutput:
         transforms, joints = self._forward_kinematics(roma.rotvec_to_rotmat(pose_aa), trans, rest)
-        vertices = self._skin(rest, transforms)
-        return BodyOutput(vertices=vertices, joints=joints, keypoints=self.keypoints_from(vertices, joints))
+        vertices, regressed = self._skin(rest, transforms)
+        keypoints = (
+            self.keypoints_from(vertices, joints) if regressed is None else self._merge_keypoints(regressed, joints)
+        )
+        return BodyOutput(vertices=vertices, joints=joints, keypoints=keypoints)
 
     def _forward_kinematics(
         self, rotations: torch.Tensor, trans: torch.Tensor, rest: _RestModel
