@@ -228,6 +228,7 @@ class AnnyBody:
         self.left_hand_joints = [i for i in self.subtree("wrist.L") if i != self.joint_index("wrist.L")]
         self.right_hand_joints = [i for i in self.subtree("wrist.R") if i != self.joint_index("wrist.R")]
         self._build_keypoint_regressor()
+        logger.debug("anny body model on %s: %d vertices, %d bones", self.device, self.num_vertices, self.num_joints)
 
     # ------------------------------------------------------------------ skeleton helpers
     @property

@@ -196,6 +196,7 @@ class SmplxBody:
         self.right_hand_joints = list(range(40, 55))
         self.vertex_segments = {seg: self._segment_vertices(seg) for seg in _SEGMENT_JOINTS}
         self._build_keypoint_regressor()
+        logger.info("SMPL-X (%s) loaded from %s on %s", gender, path, self.device)
 
     @property
     def device(self) -> torch.device:
