@@ -248,8 +248,10 @@ class AnnyBody:
             raise ValueError(
                 f"anny shape must be ({self.num_shape},) or (T, {self.num_shape}), got {tuple(shape.shape)}"
             )
-        if not shape.requires_grad and shape.shape[0] > 1 and bool((shape == shape[:1]).all()):
-            shape = shape[:1]  # one body for all frames: build its rest model once
+        if shape.shape[0] > 1 and (
+            shape.stride(0) == 0 or (not shape.requires_grad and bool((shape == shape[:1]).all()))
+        ):
+            shape = shape[:1]  # one body for all frames (an expanded or repeated row): one rest model
         return shape
 
     def _compute_rest(self, shape_batch: torch.Tensor) -> _RestModel:
@@ -270,8 +272,10 @@ class AnnyBody:
         key = tuple(shape_batch.flatten().tolist())
         cached = self._rest_cache.get(key)
         if cached is None:
-            with torch.no_grad():
-                cached = self._compute_rest(shape_batch)
+            # Plain no-grad tensors even inside an inference_mode block: a cached inference tensor would
+            # break a later autograd caller (e.g. the optimiser after the scene generator in one process).
+            with torch.inference_mode(False), torch.no_grad():
+                cached = self._compute_rest(shape_batch.clone())
                 if cached.vertices.shape[0] == 1:
                     cached.skin_matrix = self._skin_matrix(cached.vertices[0]).to_sparse().coalesce()
             self._rest_cache[key] = cached
