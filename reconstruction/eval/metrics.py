@@ -82,10 +82,15 @@ def rotation_error_deg(pred_rot: Any, gt_rot: Any) -> np.ndarray:
     """Geodesic angle (deg) between rotations (..., 3, 3); symmetric: err(A, B) == err(B, A)."""
     a, b = as_numpy(pred_rot), as_numpy(gt_rot)
     _check_same_shape(a, b, "rotation_error_deg")
-    # trace(A^T B) is symmetric in A and B; clip guards arccos against rounding just outside [-1, 1].
-    trace = np.einsum("...ij,...ij->...", a, b)
-    cos = np.clip((trace - 1.0) / 2.0, -1.0, 1.0)
-    return np.degrees(np.arccos(cos))
+    # Relative rotation M = A^T B: cos from its trace, sin from its skew part; atan2 stays accurate near
+    # 0 and 180 deg (arccos alone loses ~1e-2 deg to rounding). Swapping A and B transposes M: same angle.
+    rel = np.swapaxes(a, -1, -2) @ b
+    cos = (np.trace(rel, axis1=-2, axis2=-1) - 1.0) / 2.0
+    skew = np.stack(
+        [rel[..., 2, 1] - rel[..., 1, 2], rel[..., 0, 2] - rel[..., 2, 0], rel[..., 1, 0] - rel[..., 0, 1]], -1
+    )
+    sin = np.linalg.norm(skew, axis=-1) / 2.0
+    return np.degrees(np.arctan2(sin, cos))
 
 
 def object_rotation_error(pred_poses: Any, gt_poses: Any) -> float:
