@@ -24,6 +24,7 @@ from reconstruction import fileio
 logger = logging.getLogger(__name__)
 
 CATEGORIES = ("box", "bottle", "drill", "mug")
+STRIPE_HALF_HEIGHT = 0.35  # a cylinder's label band covers this fraction of its half height around the middle
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,21 @@ def _primitive_mesh(prim: Primitive) -> trimesh.Trimesh:
         mesh.unmerge_vertices()
     elif prim.kind == "cylinder":
         radius, half_h = prim.size
+        if prim.stripe_color is not None:
+            # Three stacked cylinders (below, band, above) so the band has crisp edges without
+            # subdividing the whole side; each piece is closed, so the union stays watertight.
+            cut = STRIPE_HALF_HEIGHT * half_h
+            pieces = [(-half_h, -cut, prim.color), (-cut, cut, prim.stripe_color), (cut, half_h, prim.color)]
+            parts = []
+            for z0, z1, color in pieces:
+                part = trimesh.creation.cylinder(radius=radius, height=z1 - z0, sections=64)
+                part.apply_translation((0, 0, (z0 + z1) / 2))
+                part.unmerge_vertices()
+                part.apply_transform(prim.pose)
+                rgb = np.round(np.asarray(color) * 255).astype(np.uint8)
+                part.visual = trimesh.visual.ColorVisuals(part, vertex_colors=np.tile(rgb, (len(part.vertices), 1)))
+                parts.append(part)
+            return trimesh.util.concatenate(parts)
         mesh = trimesh.creation.cylinder(radius=radius, height=2 * half_h, sections=64)
         mesh.unmerge_vertices()
     elif prim.kind == "torus":
@@ -198,11 +214,9 @@ def _pattern_colors(prim: Primitive, local_vertices: np.ndarray) -> np.ndarray:
     if prim.stripe_color is None:
         return colors
     if prim.kind == "box":
-        band = (np.abs(local_vertices[:, 0]) < 0.25 * prim.size[0]) & (local_vertices[:, 2] > -0.99 * prim.size[2])
-        band &= local_vertices[:, 2] > 0.2 * prim.size[2]
-    else:
-        band = np.abs(local_vertices[:, 2]) < 0.35 * prim.size[-1]
-    colors[band] = prim.stripe_color
+        # Packing tape: a strip across the top face and down the upper part of the sides.
+        band = (np.abs(local_vertices[:, 0]) < 0.25 * prim.size[0]) & (local_vertices[:, 2] > 0.2 * prim.size[2])
+        colors[band] = prim.stripe_color
     return colors
 
 
