@@ -132,6 +132,10 @@ class Layout:
         """Stage 1: 2D body and hand keypoints with confidences (npz)."""
         return self.dir("hmr_cache_dir") / vid.rel / "keypoints.npz"
 
+    def hmr_debug_video(self, vid: VideoId) -> Path:
+        """Stage 1 ``--verbose``: detected and fitted keypoints drawn over the input video."""
+        return self.dir("hmr_cache_dir") / vid.rel / "debug_keypoints.mp4"
+
     def masks_cache(self, vid: VideoId) -> Path:
         return self.dir("recon_cache_dir") / "masks" / f"{vid}.npz"
 
