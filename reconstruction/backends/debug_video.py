@@ -47,3 +47,21 @@ def write_depth_video(path: Path, depth: np.ndarray, fps: float) -> Path:
     from reconstruction.video import write_video
 
     return write_video(path, colourise_depth(depth), fps)
+
+
+def overlay_outline(frames: np.ndarray, silhouettes: np.ndarray, colour=(255, 40, 40)) -> np.ndarray:
+    """Draw the outline of each (T,H,W) bool silhouette onto the frames: uint8 (T,H,W,3)."""
+    kernel = np.ones((3, 3), np.uint8)
+    out = frames.copy()
+    for t, silhouette in enumerate(silhouettes):
+        mask = silhouette.astype(np.uint8)
+        outline = (mask > 0) & (cv2.erode(mask, kernel) == 0)
+        outline = cv2.dilate(outline.astype(np.uint8), kernel) > 0
+        out[t][outline] = colour
+    return out
+
+
+def write_pose_video(path: Path, frames: np.ndarray, silhouettes: np.ndarray, fps: float) -> Path:
+    from reconstruction.video import write_video
+
+    return write_video(path, overlay_outline(frames, silhouettes), fps)
