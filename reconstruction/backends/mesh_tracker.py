@@ -37,8 +37,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrackerConfig:
-    window: int = 6  # frames solved together
-    iterations: int = 12  # Levenberg-Marquardt iterations per window
+    window: int = 4  # frames solved together
+    iterations: int = 20  # Levenberg-Marquardt iterations per window
     visibility_refresh: int = 4  # re-render the visible points every this many iterations
     contour_samples: int = 400  # model outline points per frame
     interior_samples: int = 400  # visible model points per frame
@@ -50,6 +50,9 @@ class TrackerConfig:
     weight_smooth_translation: float = 0.05  # per px^2 of centroid acceleration
     weight_smooth_rotation: float = 20.0  # per rad^2 of angular acceleration
     depth_scale_m: float = 0.01  # depth residuals are measured in units of this
+    coarse_steps: int = 2  # centroid/area alignment passes before Levenberg-Marquardt
+    max_step_rad: float = 0.04  # trust region per iteration
+    max_step_m: float = 0.01
     robust_px: float = 1.5  # Charbonnier knee for pixel residuals
     human_margin_px: int = 3  # outline evidence this close to the human mask is not trusted
     seed: int = 0
@@ -73,6 +76,7 @@ class FrameEvidence:
     outside_distance: torch.Tensor  # (T,1,H,W) px to the nearest object-or-human pixel
     outside_gradient: torch.Tensor  # (T,2,H,W)
     near_human: torch.Tensor  # (T,1,H,W) 1 within human_margin_px of the human mask
+    human_masks: torch.Tensor  # (T,H,W) bool
     contour_pixels: torch.Tensor  # (T,M,2) object-mask outline pixel centres (x, y), away from the human
     contour_valid: torch.Tensor  # (T,M) bool
     object_masks: torch.Tensor  # (T,1,H,W) float
@@ -129,6 +133,7 @@ def frame_evidence(
         outside_distance=as_image(outside),
         outside_gradient=gradient(outside),
         near_human=as_image(near_human),
+        human_masks=torch.from_numpy(human_masks).to(device),
         contour_pixels=torch.from_numpy(contour).to(device=device, dtype=dtype),
         contour_valid=torch.from_numpy(contour_valid).to(device),
         object_masks=as_image(obj.astype(np.float32)),
@@ -240,6 +245,12 @@ def _point_jacobian(points_cam: torch.Tensor, centres: torch.Tensor) -> torch.Te
     return torch.cat([-_skew(lever), eye], -1)
 
 
+def _cap_norm(vectors: torch.Tensor, limit: float) -> torch.Tensor:
+    """Scale (N,3) vectors down to at most ``limit`` in norm."""
+    norm = vectors.norm(dim=-1, keepdim=True)
+    return vectors * (limit / norm.clamp(min=limit))
+
+
 def _irls(residual: torch.Tensor, knee: float) -> torch.Tensor:
     """Square-root IRLS weights of the Charbonnier cost."""
     return (1 + (residual / knee) ** 2) ** -0.25
@@ -282,11 +293,16 @@ def data_terms(
         return (model_points - centroid) @ rotations.transpose(1, 2) + centres[:, None]
 
     def image_term(
-        image: torch.Tensor, grad: torch.Tensor, cam_points: torch.Tensor, valid: torch.Tensor, weight: float
-    ) -> None:
+        image: torch.Tensor, grad: torch.Tensor, cam_points: torch.Tensor, valid: torch.Tensor, weight: float,
+        inside_only: torch.Tensor | None = None,
+    ) -> None:  # fmt: skip
         pixels = project(cam_points, K)
         value = sample_image(image[frames], pixels, size)
         norm = valid.sum(1, keepdim=True).clamp(min=1)
+        if inside_only is not None:
+            # Where an occluder may hide the outline, only "inside the object mask" is evidence: an
+            # occluder never makes object pixels appear, so a model outline inside the mask is wrong.
+            valid = valid * torch.where(inside_only, (value < 0).to(dtype), torch.ones_like(value))
         w = valid * _irls(value, config.robust_px) * (weight / norm) ** 0.5
         jac = torch.zeros(*value.shape, 6, dtype=dtype, device=device)
         if with_jacobian:
@@ -299,8 +315,10 @@ def data_terms(
 
     contour_cam = cam(points.contour)
     hidden = sample_image(evidence.near_human[frames], project(contour_cam, K), size, mode="nearest") > 0.5
-    contour_valid = (points.contour_valid & ~hidden).to(dtype) * has_object[:, None]
-    image_term(evidence.signed_distance, evidence.signed_gradient, contour_cam, contour_valid, config.weight_contour)
+    contour_valid = points.contour_valid.to(dtype) * has_object[:, None]
+    image_term(
+        evidence.signed_distance, evidence.signed_gradient, contour_cam, contour_valid, config.weight_contour, hidden
+    )
     interior_cam = cam(points.interior)
     image_term(
         evidence.outside_distance,
@@ -403,6 +421,48 @@ def _poses(rotations: torch.Tensor, centres: torch.Tensor, centroid: torch.Tenso
     return pose
 
 
+@torch.no_grad()
+def coarse_align(
+    rotations: torch.Tensor, centres: torch.Tensor, centroid: torch.Tensor, mesh: tuple[torch.Tensor, torch.Tensor],
+    object_masks: torch.Tensor, human_masks: torch.Tensor, K: np.ndarray, size: tuple[int, int],
+    min_pixels: int = 20,
+) -> torch.Tensor:  # fmt: skip
+    """Move each frame's centre so the unoccluded predicted silhouette matches the mask's centroid and area.
+
+    Silhouette energies only see a few pixels around the outline; a jump larger than that (fast motion,
+    small objects) needs this global 2D moment match first. Returns the new (W,3) centres.
+    """
+    from reconstruction.render import Mesh, render
+
+    poses = _poses(rotations, centres, centroid).float()
+    out = render([Mesh(transform(poses, mesh[0]), mesh[1], instance_id=2)], K, np.eye(4), size, device=mesh[0].device)
+    predicted = (out.face_id >= 0) & ~human_masks
+    observed = object_masks
+    height, width = size
+    ys = torch.arange(height, dtype=centres.dtype, device=centres.device)[:, None] + 0.5
+    xs = torch.arange(width, dtype=centres.dtype, device=centres.device)[None] + 0.5
+
+    def moments(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        weight = mask.to(centres.dtype)
+        area = weight.sum((1, 2))
+        cx = (weight * xs).sum((1, 2)) / area.clamp(min=1)
+        cy = (weight * ys).sum((1, 2)) / area.clamp(min=1)
+        return area, cx, cy
+
+    area_p, cx_p, cy_p = moments(predicted)
+    area_o, cx_o, cy_o = moments(observed)
+    usable = (area_p >= min_pixels) & (area_o >= min_pixels)
+    K_t = torch.as_tensor(K, dtype=centres.dtype, device=centres.device)
+    depth_ratio = torch.where(usable, (area_p / area_o.clamp(min=1)).sqrt().clamp(0.85, 1.18), torch.ones_like(area_p))
+    new_z = centres[:, 2] * depth_ratio
+    centre_px = project(centres[:, None], K_t)[:, 0]
+    target_u = centre_px[:, 0] + torch.where(usable, cx_o - cx_p, torch.zeros_like(cx_o))
+    target_v = centre_px[:, 1] + torch.where(usable, cy_o - cy_p, torch.zeros_like(cy_o))
+    new_x = (target_u - K_t[0, 2]) / K_t[0, 0] * new_z
+    new_y = (target_v - K_t[1, 2]) / K_t[1, 1] * new_z
+    return torch.stack([new_x, new_y, new_z], dim=1)
+
+
 def solve_window(
     rotations: torch.Tensor, centres: torch.Tensor, history: tuple[torch.Tensor, torch.Tensor], centroid: torch.Tensor,
     mesh: tuple[torch.Tensor, torch.Tensor], evidence: FrameEvidence, frames: slice, K: np.ndarray,
@@ -411,7 +471,18 @@ def solve_window(
     """Levenberg-Marquardt over the window's 6W pose residuals (left-multiplied, about the centroid)."""
     K_t = torch.as_tensor(K, dtype=rotations.dtype, device=rotations.device)
     num = rotations.shape[0]
-    damping = 1e-3
+    for _ in range(config.coarse_steps):
+        centres = coarse_align(
+            rotations,
+            centres,
+            centroid,
+            mesh,
+            evidence.object_masks[frames, 0] > 0.5,
+            evidence.human_masks[frames],
+            K,
+            size,
+        )
+    damping = torch.full((num,), 0.1, dtype=rotations.dtype, device=rotations.device)
     points = None
 
     def total(rot: torch.Tensor, cen: torch.Tensor, with_jacobian: bool) -> tuple[NormalEquations, tuple]:
@@ -424,26 +495,24 @@ def solve_window(
             points = visible_points(_poses(rotations, centres, centroid).float(), *mesh, K, size, config, generator)
             points = VisiblePoints(*(p.to(rotations.dtype) if p.is_floating_point() else p for p in (
                 points.contour, points.contour_valid, points.interior, points.interior_valid)))  # fmt: skip
-        eq, (smooth_h, smooth_g, smooth_cost) = total(rotations, centres, True)
-        cost = eq.cost.sum() + smooth_cost
+        eq, (smooth_h, smooth_g, _) = total(rotations, centres, True)
         hessian = torch.block_diag(*eq.hessian) + smooth_h
         gradient = eq.gradient.reshape(-1) + smooth_g
-        improved = False
-        for _ in range(6):
-            damped = hessian + damping * (
-                torch.diag(hessian.diagonal()) + 1e-6 * torch.eye(6 * num, dtype=hessian.dtype)
-            )
-            step = -torch.linalg.solve(damped, gradient).reshape(num, 6)
-            new_rot = roma.rotvec_to_rotmat(step[:, :3]) @ rotations
-            new_centre = centres + step[:, 3:]
-            new_eq, (_, _, new_smooth) = total(new_rot, new_centre, False)
-            if new_eq.cost.sum() + new_smooth < cost:
-                rotations, centres = new_rot, new_centre
-                damping = max(damping / 3, 1e-6)
-                improved = True
-                break
-            damping *= 4
-        if not improved or step.abs().max() < 1e-6:
+        # Per-frame Levenberg damping: each frame keeps its step only if its own image cost drops, so a
+        # frame far from its solution does not hold back the others (smoothness couples them weakly).
+        scale = damping.repeat_interleave(6) * (hessian.diagonal() + 1e-6)
+        step = -torch.linalg.solve(hessian + torch.diag(scale), gradient).reshape(num, 6)
+        # Trust region: the distance-transform linearisation only holds for small moves, and rotation is
+        # the weakly observed part; cap each step instead of trusting a far Gauss-Newton jump.
+        step = torch.cat([_cap_norm(step[:, :3], config.max_step_rad), _cap_norm(step[:, 3:], config.max_step_m)], 1)
+        new_rot = roma.rotvec_to_rotmat(step[:, :3]) @ rotations
+        new_centre = centres + step[:, 3:]
+        new_eq, _ = total(new_rot, new_centre, False)
+        better = new_eq.cost < eq.cost
+        rotations = torch.where(better[:, None, None], new_rot, rotations)
+        centres = torch.where(better[:, None], new_centre, centres)
+        damping = torch.where(better, (damping / 3).clamp(min=1e-6), damping * 4)
+        if step.abs().max() < 1e-7 or bool((damping > 1e6).all()):
             break
     return rotations, centres
 
