@@ -186,7 +186,7 @@ def _summary(outcomes: list[pipeline.StageOutcome]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = []
     for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)]
+        cells = [cell.ljust(width) for cell, width in zip(row[:3], widths[:3], strict=True)]
         lines.append("  ".join([*cells, row[3].rjust(widths[3])]))
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -550,7 +550,7 @@ def run_stage(
     if skip_done:
         ok, why = manifest_matches(plan, read_manifest(layout, vid, stage))
         if ok:
-            log.info("%s stage %d (%s): reused (manifest matches)", vid, stage, stage_name(stage))
+            log.debug("%s stage %d (%s): reused (manifest matches)", vid, stage, stage_name(stage))
             return _reused(plan, read_manifest(layout, vid, stage) or {}, time.perf_counter() - t0)
         log.info("%s stage %d (%s): rerun: %s", vid, stage, stage_name(stage), why)
     _begin(plan)
