@@ -167,7 +167,7 @@ def stage_write_roots(layout: Layout, vid: VideoId, stage: int) -> list[Path]:
     """Files/folders a stage writes into; files new or changed there during a failed attempt are removed."""
     return {
         1: [layout.hmr_result(vid).parent, layout.hmr_keypoints(vid).parent],
-        2: [layout.masks_cache(vid), layout.depth_cache(vid)],
+        2: [layout.masks_cache(vid), layout.depth_cache(vid), *_debug_files(layout, vid, "masks", "depth")],
         3: [layout.object_poses(vid).parent.parent],
         4: [layout.output(vid)],
         5: [layout.output(vid), layout.valid(vid)],
@@ -177,6 +177,11 @@ def stage_write_roots(layout: Layout, vid: VideoId, stage: int) -> list[Path]:
             layout.scenepic_page(vid).parent,
         ],
     }[stage]
+
+
+def _debug_files(layout: Layout, vid: VideoId, *kinds: str) -> list[Path]:
+    """``--verbose`` debug videos the layout knows of (``<kind>_debug_video``), for the rollback."""
+    return [getattr(layout, f"{kind}_debug_video")(vid) for kind in kinds if hasattr(layout, f"{kind}_debug_video")]
 
 
 # ---- hashing -------------------------------------------------------------------------------------
