@@ -773,12 +773,15 @@ def _run_stage4_batch(
     except BaseException as exc:
         for plan in plans:
             _rollback(plan)
-        if not isinstance(exc, Exception | StageCancelled):
+        if not isinstance(exc, Exception):
             raise
-        if not isinstance(exc, StageCancelled | StageInputError):
-            log.exception("stage 4 batch of %d videos failed", len(plans))
-        elapsed = time.perf_counter() - t0
-        return outcomes + [record(_outcome_from_exception(p.vid, 4, exc, elapsed)) for p in plans]
+        if isinstance(exc, StageCancelled):
+            elapsed = time.perf_counter() - t0
+            return outcomes + [record(_outcome_from_exception(p.vid, 4, exc, elapsed)) for p in plans]
+        # e.g. videos of different lengths, or out of memory: each video on its own still may work
+        log.warning("stage 4 batch of %d videos failed (%s: %s); optimising them one by one",
+                    len(plans), type(exc).__name__, exc)  # fmt: skip
+        return outcomes + [one(plan.vid, 4) for plan in plans]
     elapsed = time.perf_counter() - t0
     share = elapsed / len(plans)  # the batch's time, attributed evenly
     for plan, result in zip(plans, results, strict=True):

@@ -336,3 +336,20 @@ def test_leftover_temp_files_of_a_killed_write_are_removed(tmp_path, config):
     stray.write_bytes(b"half")
     pipeline.run_stage(VID, 3, config, layout.results_dir)
     assert not stray.exists()
+
+
+def test_failing_batch_falls_back_to_one_by_one(tmp_path, config, caplog):
+    ids = ["synth/box/v0", "synth/box/v1"]
+    layout = make_results_dir(tmp_path / "res", ids)
+
+    def run_batch(ctxs):
+        light._run(ctxs[0], 4)  # writes some outputs, then fails: they must be rolled back first
+        raise ValueError("videos of one batch must have the same length")
+
+    pipeline.register_stage(4, SimpleNamespace(NUMBER=4, NAME="optimize", run=lambda ctx: light._run(ctx, 4),
+                                               run_batch=run_batch))  # fmt: skip
+    with caplog.at_level("WARNING", logger="reconstruction.pipeline"):
+        outcomes = pipeline.run_videos(ids, config, layout.results_dir, batch_videos=2)
+    assert "optimising them one by one" in caplog.text
+    assert {o.status for o in outcomes} == {"done"} and len(outcomes) == 12
+    assert all("batch_size" not in o.result.info for o in outcomes if o.stage == 4)
