@@ -22,6 +22,8 @@ removed, so no partial set of outputs is left either.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import fnmatch
 import hashlib
 import importlib
@@ -30,7 +32,7 @@ import logging
 import platform
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -523,6 +525,26 @@ def _reused(plan: _Plan, manifest: dict[str, Any], seconds: float) -> StageResul
     return StageResult(files=files, seconds=seconds, metrics=dict(manifest.get("metrics", {})), info=info)
 
 
+class VideoBusy(StageInputError):
+    """Another process is running a stage of the same video."""
+
+
+@contextlib.contextmanager
+def video_lock(layout: Layout, vid: VideoId) -> Iterator[None]:
+    """One process at a time per video (an advisory ``flock``; the kernel drops it when a process dies)."""
+    path = layout.manifest(vid, 1).parent / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise VideoBusy(f"{vid}: another process is running a stage of this video (lock {path})") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 # ---- public API ------------------------------------------------------------------------------------
 def run_stage(
     video_id: str | VideoId,
@@ -550,13 +572,33 @@ def run_stage(
     module = load_stage(stage)
     if should_cancel is not None and should_cancel():
         raise StageCancelled(f"cancelled before stage {stage} of {vid}")
+    with video_lock(layout, vid):
+        return _run_locked(layout, vid, stage, module, config, device, progress, should_cancel, skip_done,
+                           verbose, is_static_obj, models)  # fmt: skip
+
+
+def _run_locked(
+    layout: Layout,
+    vid: VideoId,
+    stage: int,
+    module: Any,
+    config: Any,
+    device: str,
+    progress: Callable[[float, str], None] | None,
+    should_cancel: Callable[[], bool] | None,
+    skip_done: bool,
+    verbose: bool,
+    is_static_obj: bool,
+    models: dict[str, Any] | None,
+) -> StageResult:
     t0 = time.perf_counter()
     plan = _plan(layout, vid, stage, config, device, is_static_obj)
     if skip_done:
-        ok, why = manifest_matches(plan, read_manifest(layout, vid, stage))
-        if ok:
+        manifest = read_manifest(layout, vid, stage)
+        ok, why = manifest_matches(plan, manifest)
+        if ok and manifest is not None:
             log.debug("%s stage %d (%s): reused (manifest matches)", vid, stage, stage_name(stage))
-            return _reused(plan, read_manifest(layout, vid, stage) or {}, time.perf_counter() - t0)
+            return _reused(plan, manifest, time.perf_counter() - t0)
         log.info("%s stage %d (%s): rerun: %s", vid, stage, stage_name(stage), why)
     _begin(plan)
     ctx = _context(plan, progress, should_cancel, verbose, is_static_obj, models)
@@ -735,37 +777,59 @@ def _run_stage4_batch(
     record: Callable[[StageOutcome], StageOutcome],
     one: Callable[[VideoId, int], StageOutcome],
 ) -> list[StageOutcome]:
-    """Stage 4 of several videos in one optimiser call (``run_batch``), manifests written per video."""
+    """Stage 4 of several videos in one optimiser call (``run_batch``), manifests written per video.
+
+    Falls back to one video at a time when the optimiser has no ``run_batch`` or the batch fails.
+    """
     try:
         module = load_stage(4)
     except StageUnavailable as exc:
         return [record(StageOutcome(vid, 4, "input_error", error=str(exc))) for vid in vids]
-    run_batch = getattr(module, "run_batch", None)
-    if run_batch is None:
+    if getattr(module, "run_batch", None) is None:
         log.info("stage 4 has no run_batch: optimising %d videos one after the other", len(vids))
         return [one(vid, 4) for vid in vids]
-    static = _effective_static(config, is_static_obj)
     outcomes: list[StageOutcome] = []
-    plans: list[_Plan] = []
-    for vid in vids:
-        try:
-            plan = _plan(layout, vid, 4, config, device, static)
-        except StageInputError as exc:
-            outcomes.append(record(StageOutcome(vid, 4, "input_error", error=str(exc))))
-            continue
-        manifest = read_manifest(layout, vid, 4)
-        if skip_done and manifest_matches(plan, manifest)[0]:
-            result = _reused(plan, manifest or {}, plan.hash_seconds)
-            outcomes.append(record(StageOutcome(vid, 4, "reused", result.seconds, result)))
-            continue
-        plans.append(plan)
-    if not plans:
-        return outcomes
+    with contextlib.ExitStack() as locks:
+        plans: list[_Plan] = []
+        for vid in vids:
+            try:
+                locks.enter_context(video_lock(layout, vid))
+                plan = _plan(layout, vid, 4, config, device, _effective_static(config, is_static_obj))
+            except StageInputError as exc:
+                outcomes.append(record(StageOutcome(vid, 4, "input_error", error=str(exc))))
+                continue
+            manifest = read_manifest(layout, vid, 4)
+            if skip_done and manifest is not None and manifest_matches(plan, manifest)[0]:
+                result = _reused(plan, manifest, plan.hash_seconds)
+                outcomes.append(record(StageOutcome(vid, 4, "reused", result.seconds, result)))
+                continue
+            plans.append(plan)
+        if not plans:
+            return outcomes
+        failed = _batch_attempt(module.run_batch, plans, progress, should_cancel, verbose,
+                                _effective_static(config, is_static_obj), models, record, outcomes)  # fmt: skip
+    if failed:  # outside the locks: ``one`` takes each video's lock itself
+        outcomes += [one(plan.vid, 4) for plan in plans]
+    return outcomes
+
+
+def _batch_attempt(
+    run_batch: Callable[[list[StageContext]], list[StageResult]],
+    plans: list[_Plan],
+    progress: VideoProgress | None,
+    should_cancel: Callable[[], bool] | None,
+    verbose: bool,
+    is_static_obj: bool,
+    models: dict[str, Any] | None,
+    record: Callable[[StageOutcome], StageOutcome],
+    outcomes: list[StageOutcome],
+) -> bool:
+    """Run one batch; append outcomes; True when the batch failed and should be retried video by video."""
     ctxs = []
     for plan in plans:
         _begin(plan)
         vid_progress = None if progress is None else (lambda f, m, v=plan.vid: progress(v, 4, f, m))
-        ctxs.append(_context(plan, vid_progress, should_cancel, verbose, static, models))
+        ctxs.append(_context(plan, vid_progress, should_cancel, verbose, is_static_obj, models))
     log.info("stage 4: optimising %d videos in one batch", len(plans))
     t0 = time.perf_counter()
     try:
@@ -777,13 +841,13 @@ def _run_stage4_batch(
             raise
         if isinstance(exc, StageCancelled):
             elapsed = time.perf_counter() - t0
-            return outcomes + [record(_outcome_from_exception(p.vid, 4, exc, elapsed)) for p in plans]
+            outcomes += [record(_outcome_from_exception(p.vid, 4, exc, elapsed)) for p in plans]
+            return False
         # e.g. videos of different lengths, or out of memory: each video on its own still may work
         log.warning("stage 4 batch of %d videos failed (%s: %s); optimising them one by one",
                     len(plans), type(exc).__name__, exc)  # fmt: skip
-        return outcomes + [one(plan.vid, 4) for plan in plans]
-    elapsed = time.perf_counter() - t0
-    share = elapsed / len(plans)  # the batch's time, attributed evenly
+        return True
+    share = (time.perf_counter() - t0) / len(plans)  # the batch's time, attributed evenly
     for plan, result in zip(plans, results, strict=True):
         try:
             result = _finish(plan, result, share)
@@ -793,7 +857,7 @@ def _run_stage4_batch(
             continue
         result.info["batch_size"] = len(plans)
         outcomes.append(record(StageOutcome(plan.vid, 4, "done", share, result)))
-    return outcomes
+    return False
 
 
 def job_chunk(items: Sequence[Any], chunk_idx: int, num_chunks: int) -> list[Any]:
@@ -815,6 +879,7 @@ __all__ = [
     "STAGE_CONFIG_KEYS",
     "STAGE_MODULES",
     "SkippedStageMissing",
+    "VideoBusy",
     "StageOutcome",
     "StageUnavailable",
     "file_sha256",
@@ -830,4 +895,5 @@ __all__ = [
     "stage_inputs",
     "stage_outputs",
     "unregister_stage",
+    "video_lock",
 ]

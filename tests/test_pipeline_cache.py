@@ -353,3 +353,34 @@ def test_failing_batch_falls_back_to_one_by_one(tmp_path, config, caplog):
     assert "optimising them one by one" in caplog.text
     assert {o.status for o in outcomes} == {"done"} and len(outcomes) == 12
     assert all("batch_size" not in o.result.info for o in outcomes if o.stage == 4)
+
+
+def test_one_process_per_video_and_lock_freed_when_holder_dies(tmp_path, config):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    layout = make_results_dir(tmp_path / "res", [str(VID)])
+    ready = tmp_path / "locked"
+    code = (
+        "import sys, time, pathlib; from reconstruction import pipeline; from reconstruction.layout import *; "
+        f"layout = Layout.create({str(layout.results_dir)!r}); "
+        f"ctx = pipeline.video_lock(layout, VideoId.parse({str(VID)!r})); ctx.__enter__(); "
+        f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    holder = subprocess.Popen([sys.executable, "-c", code], cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert holder.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        with pytest.raises(pipeline.VideoBusy, match="another process is running a stage of this video"):
+            pipeline.run_stage(VID, 1, config, layout.results_dir)
+        assert ran(tmp_path) == [] and not layout.hmr_result(VID).exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert pipeline.run_stage(VID, 1, config, layout.results_dir).info["status"] == "done"
