@@ -616,6 +616,24 @@ def _run_locked(
     return result
 
 
+def check_stage(
+    video_id: str | VideoId, stage: int, config: Any, results_dir: str | Path, is_static_obj: bool = False
+) -> tuple[bool, str]:
+    """Whether ``--skip_done`` would reuse this stage now, and why not (reads and hashes, runs nothing)."""
+    vid = video_id if isinstance(video_id, VideoId) else VideoId.parse(str(video_id))
+    config = as_config(config)
+    layout = layout_for(config, results_dir)
+    manifest = read_manifest(layout, vid, stage)
+    if manifest is None:
+        return False, "no manifest"
+    try:
+        plan = _plan(layout, vid, stage, config, manifest.get("device", "cpu"),
+                     _effective_static(config, is_static_obj))  # fmt: skip
+    except StageInputError as exc:
+        return False, str(exc)
+    return manifest_matches(plan, manifest)
+
+
 @dataclass
 class StageOutcome:
     """One row of a run's summary."""
@@ -880,6 +898,7 @@ __all__ = [
     "STAGE_MODULES",
     "SkippedStageMissing",
     "VideoBusy",
+    "check_stage",
     "StageOutcome",
     "StageUnavailable",
     "file_sha256",

@@ -384,3 +384,16 @@ def test_one_process_per_video_and_lock_freed_when_holder_dies(tmp_path, config)
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert pipeline.run_stage(VID, 1, config, layout.results_dir).info["status"] == "done"
+
+
+def test_check_stage_reports_staleness_without_running(tmp_path, config):
+    layout = make_results_dir(tmp_path / "res", [str(VID)])
+    assert pipeline.check_stage(VID, 1, config, layout.results_dir) == (False, "no manifest")
+    pipeline.run_video(VID, config, layout.results_dir)
+    ran(tmp_path)
+    assert all(pipeline.check_stage(VID, s, config, layout.results_dir) == (True, "up to date") for s in range(1, 7))
+    layout.video(VID).write_bytes(b"another video")
+    for stage in range(1, 7):
+        ok, why = pipeline.check_stage(VID, stage, config, layout.results_dir)
+        assert not ok and why.startswith("inputs changed:") and "videos_kling" in why
+    assert ran(tmp_path) == []
