@@ -95,6 +95,10 @@ class Layout:
             return candidates[0]
         return own
 
+    def own_mesh(self, vid: VideoId) -> Path:
+        """Where a video's own mesh is stored (``mesh()`` may fall back to the category's only mesh)."""
+        return self.dir("mesh_dir") / vid.dataset / vid.category / f"{vid.name}.obj"
+
     def render_input_dir(self, vid: VideoId) -> Path:
         return self.dir("foundation_pose_dir") / vid.rel
 
