@@ -1,0 +1,12 @@
+# Image for the web server and the GPU workers (see docker-compose.yml).
+FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
+RUN apt-get update && apt-get install -y --no-install-recommends python3.11 python3.11-venv ffmpeg \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY pyproject.toml requirements.lock ./
+RUN python3.11 -m venv /venv && /venv/bin/pip install --upgrade pip \
+    && grep -v '^torch==' requirements.lock > /tmp/req.txt \
+    && /venv/bin/pip install torch==2.13.0 -r /tmp/req.txt \
+    && /venv/bin/pip install --no-deps anny==0.6.2 mediapipe==0.10.14
+ENV PATH=/venv/bin:$PATH PYTHONUNBUFFERED=1
+COPY . .
