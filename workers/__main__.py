@@ -24,6 +24,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     parser.add_argument("--name", default="", help="worker name (default <host>-gpu<N>-<pid>)")
     parser.add_argument("--no-preload", action="store_true", help="do not load the engine's models at start")
+    parser.add_argument(
+        "--setup",
+        default=os.environ.get("HOIWEB_WORKER_SETUP", ""),
+        help="module:function called once at start (e.g. to register custom stages or backends)",
+    )
     return parser.parse_args(argv)
 
 
@@ -61,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown queue(s) {unknown}; configured: {sorted(settings.RQ_QUEUES)}", file=sys.stderr)
         return 2
 
+    if args.setup:
+        run_setup_hook(args.setup)
     if not args.no_preload:
         preload_engine()
 
@@ -93,6 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run_setup_hook(spec: str) -> None:
+    import importlib
+
+    module_name, _, function = spec.partition(":")
+    if not function:
+        raise SystemExit(f"--setup must be module:function, got {spec!r}")
+    getattr(importlib.import_module(module_name), function)()
+    log.info("ran setup hook %s", spec)
+
+
 def preload_engine() -> None:
     """Import the engine and let it load its models once for this process (kept across jobs)."""
     from reconstruction import pipeline
@@ -101,9 +118,9 @@ def preload_engine() -> None:
     if preload is None:
         log.info("engine has no preload_models(); models load on first use and stay cached in this process")
         return
-    from workers.jobs import worker_device
+    from workers.jobs import MODELS, worker_device
 
-    preload(device=worker_device())
+    preload(device=worker_device(), models=MODELS)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ from hoiweb.engine import flatten_numbers
 log = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 200
+# Models the engine loads (body model, detectors, ...) stay here across jobs: RQ's SimpleWorker runs every
+# job in this one process.
+MODELS: dict[str, Any] = {}
 
 
 class _TailHandler(logging.Handler):
@@ -170,7 +173,6 @@ def run_stage_job(run_id: int, stage: int, stage_job_id: int | None = None) -> d
     try:
         from reconstruction.config import load_config
         from reconstruction.pipeline import run_stage
-
         from reconstruction.stages.base import StageCancelled
 
         config = load_config(run.config_raw)
@@ -183,6 +185,7 @@ def run_stage_job(run_id: int, stage: int, stage_job_id: int | None = None) -> d
                 device=worker_device(),
                 progress=reporter.progress,
                 should_cancel=reporter.should_cancel,
+                models=MODELS,
             )
         except StageCancelled as exc:
             _finish_job(job, StageJob.CANCELLED, time.monotonic() - started, tail, error=str(exc) or "cancelled")

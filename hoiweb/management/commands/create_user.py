@@ -5,6 +5,7 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError
 
 from hoiweb.models import ApiToken
+from hoiweb.roles import ensure_roles
 
 
 class Command(BaseCommand):
@@ -26,6 +27,7 @@ class Command(BaseCommand):
         user.is_staff = user.is_superuser = superuser or role == "admin"
         user.save()
         user.groups.clear()
+        ensure_roles()
         if role != "viewer":
             user.groups.add(Group.objects.get(name=role))
         self.stdout.write(f"{'created' if created else 'updated'} {username} ({role})")

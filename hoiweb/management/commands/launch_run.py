@@ -17,11 +17,19 @@ class Command(BaseCommand):
         parser.add_argument("--config-name", help="also save the config as a named version")
         parser.add_argument("--first", type=int, default=1)
         parser.add_argument("--last", type=int, default=6)
+        parser.add_argument(
+            "--if-not-done", action="store_true", help="do nothing if the video has an active or succeeded run"
+        )
 
-    def handle(self, *args, video_id, config=None, config_name=None, first=1, last=6, **options):
+    def handle(self, *args, video_id, config=None, config_name=None, first=1, last=6, if_not_done=False, **options):
         video = Video.objects.filter(video_id=video_id.strip("/")).first()
         if video is None:
             raise CommandError(f"no video {video_id!r}; import it with manage.py register_results_dir or upload it")
+        if if_not_done:
+            existing = video.runs.filter(status__in=[*Run.ACTIVE_STATUSES, Run.SUCCEEDED]).order_by("-pk").first()
+            if existing is not None:
+                self.stdout.write(f"run {existing.pk} is already {existing.status}: nothing to do")
+                return
         text = Path(config).read_text() if config else default_config_text()
         try:
             saved = Config.create_version(config_name, text) if config_name else None
