@@ -12,7 +12,9 @@ from rq.job import Job
 from hoiweb.engine import ConfigError
 from hoiweb.launch import reconcile
 from hoiweb.models import Config, Run, RunStateError, StageJob, Video
-from tests.web_support import admin_user, default_config_text, make_run, make_video, reviewer_user, rq_clean, storage  # noqa: F401
+from tests.web_support import default_config_text, make_run, make_video
+
+pytest_plugins = ["tests.web_support"]
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
