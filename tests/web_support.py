@@ -114,18 +114,14 @@ def storage(settings, tmp_path):
 
 @pytest.fixture
 def rq_clean():
-    """Empty the gpu/cpu queues and their registries before and after a test."""
+    """Remove RQ's data (queues, jobs, registries, worker records) from the test Redis DB before and after."""
     import django_rq
-    from rq.registry import DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
     def clean():
-        for name in ("gpu", "cpu"):
-            queue = django_rq.get_queue(name)
-            queue.empty()
-            for registry_cls in (DeferredJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry):
-                registry = registry_cls(queue=queue)
-                for job_id in registry.get_job_ids():
-                    registry.remove(job_id, delete_job=True)
+        conn = django_rq.get_connection("gpu")
+        keys = list(conn.scan_iter("rq:*"))
+        if keys:
+            conn.delete(*keys)
 
     clean()
     yield

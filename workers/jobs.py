@@ -228,11 +228,22 @@ def _stage_outputs(run, stage: int, info: dict[str, Any]) -> dict[str, Any]:
     """Pick up the JSON reports a stage wrote (filter report, ground-truth metrics) for the Run row."""
     layout, vid = run.video.layout(), run.video.vid()
     if stage == 5 and "filter_report" not in info:
-        path = layout.filter_report(vid)
-        if path.exists():
-            info["filter_report"] = json.loads(path.read_text())
-    metrics_path = layout.metrics(vid)
-    if stage >= 4 and "gt_metrics" not in info and metrics_path.exists():
-        data = json.loads(metrics_path.read_text())
-        info["gt_metrics"] = flatten_numbers(data)
+        report = _read_json(layout.filter_report(vid))
+        if isinstance(report, dict):
+            info["filter_report"] = report
+    if stage >= 4 and "gt_metrics" not in info:
+        data = _read_json(layout.metrics(vid))
+        if data is not None:
+            info["gt_metrics"] = flatten_numbers(data)
     return info
+
+
+def _read_json(path) -> Any:
+    """A stage's JSON report, or None when absent or unreadable (logged: the stage itself succeeded)."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        log.warning("could not read %s: %s", path, exc)
+        return None
