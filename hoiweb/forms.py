@@ -9,6 +9,12 @@ from hoiweb.engine import ConfigError, validate_config_text
 from hoiweb.models import REASON_TAGS, Config, Run, Video, validate_name_component
 
 
+def normalise_newlines(text: str) -> str:
+    """Browsers submit textareas with CRLF; configs are stored with LF so diffs and equality are meaningful."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text if text.endswith("\n") or not text else text + "\n"
+
+
 def _name_validator(what: str):
     def check(value: str) -> None:
         try:
@@ -27,7 +33,7 @@ class ConfigEditorMixin(forms.Form):
     save_as = forms.CharField(required=False, max_length=128, help_text="save the edited config under this name")
 
     def clean_config_yaml(self) -> str:
-        text = self.cleaned_data["config_yaml"]
+        text = normalise_newlines(self.cleaned_data["config_yaml"])
         try:
             self.config_raw = validate_config_text(text)
         except ConfigError as exc:
@@ -153,7 +159,7 @@ class ConfigForm(forms.Form):
     note = forms.CharField(required=False, max_length=500)
 
     def clean_yaml_text(self) -> str:
-        text = self.cleaned_data["yaml_text"]
+        text = normalise_newlines(self.cleaned_data["yaml_text"])
         try:
             validate_config_text(text)
         except ConfigError as exc:

@@ -256,7 +256,7 @@ class Run(models.Model):
             video=video,
             category=video.category,
             config=config,
-            config_name=str(config) if config else "custom",
+            config_name=str(config) if config else _unnamed_config_label(config_yaml),
             config_yaml=config_yaml,
             config_raw=raw,
             first_stage=first_stage,
@@ -459,6 +459,15 @@ class Run(models.Model):
             "hoi_data": layout.valid_hoi_data(vid) if layout.valid_hoi_data(vid).exists() else layout.raw_hoi_data(vid),
         }
         return paths
+
+
+def _unnamed_config_label(config_yaml: str) -> str:
+    from hoiweb.engine import default_config_text
+
+    try:
+        return "default" if config_yaml.strip() == default_config_text().strip() else "custom"
+    except FileNotFoundError:
+        return "custom"
 
 
 def _is_number(value: Any) -> bool:

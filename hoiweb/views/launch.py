@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from hoiweb.engine import ConfigError, config_diff, default_config_text, validate_config_text
-from hoiweb.forms import ConfigForm, LaunchForm
+from hoiweb.forms import ConfigForm, LaunchForm, normalise_newlines
 from hoiweb.models import Config, Run, Video
 from hoiweb.uploads import UploadError, commit_upload, discard_committed, stage_upload
 
@@ -92,7 +92,7 @@ def launch(request):
 @require_POST
 def validate_config(request):
     """Inline validation for the YAML editor: errors and the diff against the default config."""
-    text = request.POST.get("config_yaml", "")
+    text = normalise_newlines(request.POST.get("config_yaml", ""))
     try:
         validate_config_text(text)
         errors: list[str] = []

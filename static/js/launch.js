@@ -29,7 +29,7 @@
     body.append("csrfmiddlewaretoken", form.querySelector("[name=csrfmiddlewaretoken]").value);
     state.textContent = "checking…"; state.className = "pill";
     try {
-      const r = await fetch(form.dataset.validateUrl, { method: "POST", body, headers: { Accept: "application/json" } });
+      const r = await fetch(form.getAttribute("data-validate-url"), { method: "POST", body, headers: { Accept: "application/json" } });
       const res = await r.json();
       state.textContent = res.valid ? "valid" : res.errors.length + " error(s)";
       state.className = "pill " + (res.valid ? "ok" : "bad");
