@@ -49,9 +49,13 @@ def loss_curves(path: Path) -> list[dict]:
     elif isinstance(data, list):
         for i, entry in enumerate(data):
             if isinstance(entry, dict):
-                losses = entry.get("losses") or entry.get("history") or {}
+                # the optimiser's format: {"name", "niter", "terms": {term: [..]}, "total": [..]}
+                losses = entry.get("terms") or entry.get("losses") or entry.get("history") or {}
                 if isinstance(losses, dict):
-                    stages.append((str(entry.get("name", f"stage {i}")), _series_dict(losses)))
+                    series = _series_dict(losses)
+                    if isinstance(entry.get("total"), list) and entry["total"]:
+                        series.update(_series_dict({"total": entry["total"]}))
+                    stages.append((str(entry.get("name", f"stage {i}")), series))
     figures = []
     for name, series in stages:
         if not series:
@@ -73,7 +77,8 @@ def contact_timeline(path: Path, fps: float | None) -> dict | None:
     data = json.loads(path.read_text())
     hands: dict[str, list[float]] = {}
     if isinstance(data, dict):
-        per_frame = data.get("per_frame") or data.get("contact")
+        # the optimiser's format: "frames" = (T, 2) booleans, left then right hand
+        per_frame = data.get("frames") or data.get("per_frame") or data.get("contact")
         if (
             isinstance(per_frame, list)
             and per_frame
@@ -85,7 +90,9 @@ def contact_timeline(path: Path, fps: float | None) -> dict | None:
                 "right hand": [float(bool(f[1])) for f in per_frame],
             }
         else:
-            source = per_frame if isinstance(per_frame, dict) else data
+            source = (
+                per_frame if isinstance(per_frame, dict) else {k: v for k, v in data.items() if k in ("left", "right")}
+            )
             for key, value in source.items():
                 if isinstance(value, list) and value and all(isinstance(x, bool | int | float) for x in value):
                     label = "left hand" if "left" in key.lower() else "right hand" if "right" in key.lower() else key
@@ -106,23 +113,30 @@ def contact_timeline(path: Path, fps: float | None) -> dict | None:
     }  # fmt: skip
 
 
-def object_speed(hoi_data_path: Path, fps: float | None) -> dict | None:
-    """Object translation speed (m/s) from ``obj_data.obj_t`` of hoi_data.pkl (read with a NumPy-only unpickler)."""
-    if not hoi_data_path.exists():
-        return None
-    from hoiweb.uploads import RestrictedUnpickler
-
-    try:
-        data = RestrictedUnpickler(io.BytesIO(hoi_data_path.read_bytes())).load()
-        obj_t = np.asarray(data["obj_data"]["obj_t"], dtype=np.float64).reshape(-1, 3)
-    except Exception as exc:  # noqa: BLE001 - a chart, not a validator
-        log.info("no object speed chart for %s: %s", hoi_data_path, exc)
-        return None
-    if len(obj_t) < 2:
-        return None
+def object_speed(hoi_data_path: Path, contact_path: Path, fps: float | None) -> dict | None:
+    """Object speed (m/s): from ``obj_data.obj_t`` of hoi_data.pkl (NumPy-only unpickler), else from the
+    contact labels' ``object_speed`` (metres/frame)."""
     rate = fps or 30.0
-    speed = np.linalg.norm(np.diff(obj_t, axis=0), axis=1) * rate
-    x = (np.arange(1, len(obj_t)) / rate).tolist()
+    speed = x = None
+    if hoi_data_path.exists():
+        from hoiweb.uploads import RestrictedUnpickler
+
+        try:
+            data = RestrictedUnpickler(io.BytesIO(hoi_data_path.read_bytes())).load()
+            obj_t = np.asarray(data["obj_data"]["obj_t"], dtype=np.float64).reshape(-1, 3)
+            if len(obj_t) >= 2:
+                speed = np.linalg.norm(np.diff(obj_t, axis=0), axis=1) * rate
+                x = (np.arange(1, len(obj_t)) / rate).tolist()
+        except Exception as exc:  # noqa: BLE001 - a chart, not a validator
+            log.info("object speed from %s unavailable: %s", hoi_data_path, exc)
+    if speed is None and contact_path.exists():
+        labels = json.loads(contact_path.read_text())
+        per_frame = labels.get("object_speed") if isinstance(labels, dict) else None
+        if isinstance(per_frame, list) and len(per_frame) >= 2:
+            speed = np.asarray(per_frame, dtype=np.float64) * rate
+            x = (np.arange(len(speed)) / rate).tolist()
+    if speed is None:
+        return None
     return {
         "title": "Object speed",
         "data": [{"type": "scatter", "mode": "lines", "name": "object speed", "x": x, "y": speed.round(5).tolist()}],
@@ -132,6 +146,26 @@ def object_speed(hoi_data_path: Path, fps: float | None) -> dict | None:
             "xaxis": {"title": {"text": "seconds"}},
         },
     }
+
+
+def hand_distance(path: Path, fps: float | None) -> dict | None:
+    """Closest hand-object distance per hand (m), from the contact labels."""
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    rows = data.get("hand_distance") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or len(rows) < 2 or not isinstance(rows[0], list):
+        return None
+    values = np.asarray(rows, dtype=np.float64)
+    x = [i / fps for i in range(len(values))] if fps else list(range(len(values)))
+    traces = [{"type": "scatter", "mode": "lines", "name": f"{hand} hand", "x": x, "y": values[:, h].round(5).tolist()}
+              for h, hand in enumerate(("left", "right")[: values.shape[1]])]  # fmt: skip
+    return {
+        "title": "Hand-object distance",
+        "data": traces,
+        "layout": {**LAYOUT, "title": {"text": "Hand-object distance (m)", "font": {"size": 12}},
+                   "xaxis": {"title": {"text": "seconds" if fps else "frame"}}},
+    }  # fmt: skip
 
 
 def per_frame_errors(metrics_path: Path, fps: float | None) -> dict | None:
@@ -176,7 +210,8 @@ def run_charts(run) -> list[dict]:
     for builder in (
         lambda: loss_curves(paths["loss_history"]),
         lambda: [contact_timeline(paths["contact_labels"], fps)],
-        lambda: [object_speed(paths["hoi_data"], fps)],
+        lambda: [object_speed(paths["hoi_data"], paths["contact_labels"], fps)],
+        lambda: [hand_distance(paths["contact_labels"], fps)],
         lambda: [per_frame_errors(paths["metrics"], fps)],
     ):
         try:

@@ -240,10 +240,12 @@ def test_run_page_shows_checks_metrics_charts_and_serves_ranges(client, storage,
     layout, vid = run.video.layout(), run.video.vid()
     from reconstruction import fileio
 
-    fileio.write_json(
-        layout.loss_history(vid), {"init_opt": {"total": [3.0, 2.0, 1.0], "keypoint_tracking": [2.0, 1.5, 0.9]}}
-    )
-    fileio.write_json(layout.contact_labels(vid), {"left": [0, 0, 1, 1], "right": [0, 1, 1, 0]})
+    history = {"stages": [{"name": "init_opt", "niter": 3, "terms": {"keypoint_tracking": [2.0, 1.5, 0.9]}, "total": [3.0, 2.0, 1.0]},
+                          {"name": "contact_opt", "niter": 2, "terms": {"contact": [0.5, 0.2]}, "total": [0.6, 0.3]}]}  # fmt: skip
+    fileio.write_json(layout.loss_history(vid), history)
+    labels = {"frames": [[False, False], [False, True], [True, True], [True, False]], "object_speed": [0.0, 0.01, 0.02, 0.01],
+              "hand_distance": [[0.3, 0.2], [0.2, 0.01], [0.01, 0.0], [0.0, 0.1]]}  # fmt: skip
+    fileio.write_json(layout.contact_labels(vid), labels)
     data = bytes(range(256)) * 40
     fileio.write_bytes(layout.result_vis(vid) / "recon_comparison.mp4", data)
     login(client, viewer_user)
@@ -251,7 +253,21 @@ def test_run_page_shows_checks_metrics_charts_and_serves_ranges(client, storage,
     body = response.content.decode()
     assert "object_mask" in body and "0.61" in body and "fail" in body
     titles = [c["title"] for c in response.context["charts"]]
-    assert titles == ["Loss · init_opt", "Contact per hand"]
+    assert titles == [
+        "Loss · init_opt",
+        "Loss · contact_opt",
+        "Contact per hand",
+        "Object speed",
+        "Hand-object distance",
+    ]
+    charts = {c["title"]: c for c in response.context["charts"]}
+    assert {t["name"]: t["y"] for t in charts["Loss · init_opt"]["data"]} == {
+        "keypoint_tracking": [2.0, 1.5, 0.9],
+        "total": [3.0, 2.0, 1.0],
+    }
+    contact = {t["name"]: t["y"] for t in charts["Contact per hand"]["data"]}
+    assert contact["left hand"] == [0.0, 0.0, 0.8, 0.8] and contact["right hand"] == [1.0, 1.8, 1.8, 1.0]
+    assert charts["Object speed"]["data"][0]["y"][2] == pytest.approx(0.02 * 12)
     assert "/static/vendor/plotly/plotly.min.js" in body
     response = client.get(f"/runs/{run.pk}/files/recon_comparison", HTTP_RANGE="bytes=100-199")
     assert response.status_code == 206 and response["Content-Range"] == f"bytes 100-199/{len(data)}"
