@@ -390,9 +390,10 @@ class Run(models.Model):
 
     def apply_filter_report(self, report: dict) -> None:
         """Store stage 5's report (every check with value, threshold, verdict) and the first failed check."""
+        report = normalise_filter_report(report)
         self.filter_report = report
-        checks = report.get("checks") or []
-        failed = [c for c in checks if not c.get("passed", True)]
+        checks = report["checks"]
+        failed = [c for c in checks if not c["passed"] and not c.get("skipped")]
         if failed:
             self.failed_check = str(failed[0].get("name", "unknown"))[:64]
         elif report.get("valid") is False:
@@ -459,6 +460,32 @@ class Run(models.Model):
             "hoi_data": layout.valid_hoi_data(vid) if layout.valid_hoi_data(vid).exists() else layout.raw_hoi_data(vid),
         }
         return paths
+
+
+def normalise_filter_report(report: dict) -> dict:
+    """Stage 5's report with ``checks`` as an ordered list of dicts that each carry name/value/threshold/passed.
+
+    Accepts a list of check dicts or a mapping name -> check dict, and ``passed``/``ok``/``verdict`` spellings.
+    """
+    raw = report.get("checks") or []
+    if isinstance(raw, dict):
+        raw = [
+            {"name": name, **(value if isinstance(value, dict) else {"value": value})} for name, value in raw.items()
+        ]
+    checks = []
+    for item in raw:
+        if not isinstance(item, dict):
+            continue
+        check = dict(item)
+        if "passed" not in check:
+            verdict = check.get("ok", check.get("verdict", True))
+            check["passed"] = (
+                verdict in (True, "pass", "passed", "ok") if isinstance(verdict, str | bool) else bool(verdict)
+            )
+        check["passed"] = bool(check["passed"])
+        check.setdefault("name", "unknown")
+        checks.append(check)
+    return {**report, "checks": checks}
 
 
 def _unnamed_config_label(config_yaml: str) -> str:

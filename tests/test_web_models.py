@@ -190,3 +190,14 @@ def test_video_ids_cannot_escape_the_results_dir(db):
     for bad in ("../x/y", "a/b/..", "a/../b/c", "a/b/c/d", "a/b c/d"):
         with pytest.raises(ValueError):
             Video.get_or_create_for_id(bad)
+
+
+def test_filter_report_spellings(storage):
+    run = make_run()
+    run.apply_filter_report({"valid": True, "checks": {"camera_translation": {"value": 0.01, "threshold": 0.1, "ok": True},
+                                                       "static_human": {"value": 0.2, "threshold": 0.01, "verdict": "pass"}}})  # fmt: skip
+    assert run.failed_check == Run.FILTER_PASSED
+    assert [c["name"] for c in run.filter_report["checks"]] == ["camera_translation", "static_human"]
+    run.apply_filter_report({"valid": False, "checks": [{"name": "object_on_table", "passed": False, "skipped": True},
+                                                        {"name": "object_motion", "value": 0.0, "threshold": 0.02, "ok": False}]})  # fmt: skip
+    assert run.failed_check == "object_motion", "a skipped check never names the failure"
