@@ -96,7 +96,7 @@ class Layout:
         return own
 
     def own_mesh(self, vid: VideoId) -> Path:
-        """Where a video's own mesh is stored (``mesh()`` may fall back to the category's only mesh)."""
+        """Where a video's own object mesh is written: ``<mesh_dir>/<dataset>/<category>/<name>.obj``."""
         return self.dir("mesh_dir") / vid.dataset / vid.category / f"{vid.name}.obj"
 
     def render_input_dir(self, vid: VideoId) -> Path:
