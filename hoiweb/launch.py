@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterable
 
 import django_rq
+from redis.exceptions import RedisError
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
@@ -60,6 +61,43 @@ def enqueue_jobs(jobs: Iterable) -> list[Job]:
     return enqueued
 
 
+def enqueue_on_commit(jobs: list) -> None:
+    """``transaction.on_commit`` hook: enqueue, and if Redis is unreachable leave the rows queued in PostgreSQL
+    (the source of truth) for ``manage.py reconcile`` instead of failing the request that launched them."""
+    try:
+        enqueue_jobs(jobs)
+    except RedisError:
+        log.exception(
+            "Redis unreachable: %d stage job(s) of run %s stay queued in PostgreSQL; run `manage.py reconcile`",
+            len(jobs), jobs[0].run_id if jobs else "?",
+        )  # fmt: skip
+
+
+def requeue(waiting: list) -> list[Job]:
+    """Enqueue waiting StageJobs again under fresh RQ ids (their old jobs were lost or are dropped here)."""
+    cancel_rq_jobs(j.rq_job_id for j in waiting)
+    for j in waiting:
+        j.rq_job_id = f"{job_id_for(j.run_id, j.stage, j.attempt)}-re{_nonce()}"
+        j.save(update_fields=["rq_job_id"])
+    return enqueue_jobs(waiting)
+
+
+def ensure_rest_enqueued(run_id: int, attempt: int, after_stage: int) -> bool:
+    """Called by a stage job as it finishes: if Redis lost the stages waiting on it (a flush or restart while
+    it ran), enqueue them again so the run carries on. Returns whether anything was re-enqueued."""
+    from hoiweb.models import StageJob
+
+    waiting = list(
+        StageJob.objects.filter(run_id=run_id, attempt=attempt, stage__gt=after_stage, status__in=StageJob.WAITING_STATUSES)
+        .order_by("stage")
+    )  # fmt: skip
+    if not waiting or all(rq_job_exists(j.rq_job_id) for j in waiting):
+        return False
+    log.warning("run %s: stages %s were lost from Redis; re-enqueueing them", run_id, [j.stage for j in waiting])
+    requeue(waiting)
+    return True
+
+
 def cancel_rq_jobs(job_ids: Iterable[str]) -> int:
     """Drop waiting jobs from Redis (a job already running stops cooperatively through the DB flag)."""
     conn = connection()
@@ -103,8 +141,8 @@ def reconcile() -> dict[str, int]:
             counts["ok_runs"] += 1
             continue
         if running:
-            # The job's record vanished from Redis; if its worker is alive it keeps going (heartbeat),
-            # otherwise reap_dead fails it later. Nothing to enqueue now.
+            # The job's record vanished from Redis. If its worker is alive the stage finishes and re-enqueues
+            # the stages after it (ensure_rest_enqueued); if not, reap_dead fails it. Nothing to enqueue now.
             counts["ok_runs"] += 1
             continue
         if waiting and all(rq_job_exists(j.rq_job_id) for j in waiting):
@@ -113,11 +151,7 @@ def reconcile() -> dict[str, int]:
         if not waiting:
             continue
         # Redis lost (some of) the chain: drop what is left and enqueue the waiting stages again.
-        cancel_rq_jobs(j.rq_job_id for j in waiting)
-        for j in waiting:
-            j.rq_job_id = f"{job_id_for(j.run_id, j.stage, j.attempt)}-re{_nonce()}"
-            j.save(update_fields=["rq_job_id"])
-        enqueue_jobs(waiting)
+        requeue(waiting)
         counts["requeued_runs"] += 1
         log.warning("reconcile: re-enqueued run %s from stage %d", run.pk, waiting[0].stage)
     return counts

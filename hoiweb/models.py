@@ -299,7 +299,7 @@ class Run(models.Model):
                 )
                 for n in range(start, run.last_stage + 1)
             ]
-            transaction.on_commit(lambda: launcher.enqueue_jobs(jobs))
+            transaction.on_commit(lambda: launcher.enqueue_on_commit(jobs))
         self.refresh_from_db()
         return jobs
 

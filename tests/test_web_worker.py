@@ -131,3 +131,30 @@ def test_cancel_stops_a_running_stage(client, storage, admin_user, rq_clean, set
     assert [line.split()[0] for line in stage_log.read_text().splitlines()] == ["1", "2", "3"]
     layout, vid = run.video.layout(), run.video.vid()
     assert not layout.object_poses(vid).exists(), "the pipeline rolled back the cancelled stage's outputs"
+
+
+def test_redis_flush_during_a_stage_the_run_still_finishes(
+    client, storage, admin_user, rq_clean, settings, fast_liveness
+):
+    import django_rq
+    from django.core.management import call_command
+
+    run = _launch_upload(client, storage, admin_user)
+    log = storage / "worker.log"
+    proc = start_worker(settings, *LIGHT, log_path=log, extra_env={"LIGHT_STAGE_SLEEP_2": "3"})
+    try:
+        wait_for(
+            lambda: StageJob.objects.filter(run=run, stage=2, status=StageJob.RUNNING).exists(), 60, what="stage 2"
+        )
+        conn = django_rq.get_connection("gpu")
+        lost = [k for k in conn.scan_iter("rq:job:*")]
+        conn.delete(*lost)  # Redis loses every job (the worker itself survives, as after FLUSHDB + re-registration)
+        for name in ("gpu", "cpu"):
+            django_rq.get_queue(name).empty()
+        call_command("reconcile")
+        wait_for(lambda: Run.objects.get(pk=run.pk).status in (Run.SUCCEEDED, Run.FAILED), 90, what="the run to finish")
+    finally:
+        stop_worker(proc)
+    run.refresh_from_db()
+    assert run.status == Run.SUCCEEDED, (run.error, log.read_text()[-3000:])
+    assert StageJob.objects.filter(run=run, rq_job_id__contains="-re").count() == 4, "stages 3-6 were re-enqueued"

@@ -207,6 +207,9 @@ def run_stage_job(run_id: int, stage: int, stage_job_id: int | None = None) -> d
     info = _stage_outputs(run, stage, dict(result.info or {}))
     _finish_job(job, StageJob.SUCCEEDED, seconds, tail)
     run.record_stage_finished(job, seconds, dict(result.metrics or {}), info)
+    from hoiweb.launch import ensure_rest_enqueued
+
+    ensure_rest_enqueued(run.pk, job.attempt, stage)
     return {
         "stage": stage,
         "seconds": seconds,
