@@ -90,3 +90,10 @@ def flatten_numbers(data: Any, prefix: str = "") -> dict[str, float]:
     elif isinstance(data, int | float) and not isinstance(data, bool) and prefix:
         out[prefix] = float(data)
     return out
+
+
+def gt_metrics_from_report(data: Any) -> dict[str, float]:
+    """Flat ground-truth metrics from ``metrics.json`` (``{"stages": {"optimize": {"mpjpe": ..}}}`` -> ``optimize.mpjpe``)."""
+    if not isinstance(data, dict):
+        return {}
+    return flatten_numbers(data["stages"] if isinstance(data.get("stages"), dict) else data)

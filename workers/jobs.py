@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from hoiweb.engine import flatten_numbers
+from hoiweb.engine import gt_metrics_from_report
 
 log = logging.getLogger(__name__)
 
@@ -234,11 +234,29 @@ def _stage_outputs(run, stage: int, info: dict[str, Any]) -> dict[str, Any]:
         report = _read_json(layout.filter_report(vid))
         if isinstance(report, dict):
             info["filter_report"] = report
+    if stage == 4 and layout.ground_truth(vid).exists():
+        _evaluate_against_ground_truth(layout, vid)
     if stage >= 4 and "gt_metrics" not in info:
         data = _read_json(layout.metrics(vid))
-        if data is not None:
-            info["gt_metrics"] = flatten_numbers(data)
+        if isinstance(data, dict):
+            # metrics.json (reconstruction.eval): {"stages": {"human_pose": {...}, "optimize": {...}}, ...}
+            info["gt_metrics"] = gt_metrics_from_report(data)
     return info
+
+
+def _evaluate_against_ground_truth(layout, vid) -> None:
+    """Synthetic videos: write metrics.json (all stages vs ground truth) once stage 4 has a result.
+
+    An evaluation error is logged, never fails the stage: the reconstruction itself succeeded."""
+    try:
+        from reconstruction.eval.evaluate import evaluate_and_save
+    except ImportError as exc:
+        log.info("ground-truth evaluation unavailable: %s", exc)
+        return
+    try:
+        evaluate_and_save(layout, vid, device=worker_device())
+    except Exception:  # noqa: BLE001
+        log.exception("ground-truth evaluation of %s failed", vid)
 
 
 def _read_json(path) -> Any:

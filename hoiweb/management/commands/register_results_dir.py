@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
-from hoiweb.engine import default_config_text, flatten_numbers
+from hoiweb.engine import default_config_text, gt_metrics_from_report
 from hoiweb.models import STAGES, Run, Video
 
 
@@ -100,7 +100,7 @@ class Command(BaseCommand):
                 if done[4]:
                     run.metrics.update(eval_data(layout.raw_hoi_data(vid)))
                 if layout.metrics(vid).exists():
-                    run.gt_metrics = flatten_numbers(json.loads(layout.metrics(vid).read_text()))
+                    run.gt_metrics = gt_metrics_from_report(json.loads(layout.metrics(vid).read_text()))
                 run.status = Run.SUCCEEDED if all(done.values()) else Run.CREATED
                 run.finished_at = timezone.now() if run.status == Run.SUCCEEDED else None
                 run.save()
