@@ -63,9 +63,10 @@ class RunFilter:
     def order(self, qs: QuerySet) -> QuerySet:
         descending = self.sort.startswith("-")
         key = self.sort.lstrip("-")
-        if key.startswith("metric:"):
-            name = key.split(":", 1)[1]
-            qs = qs.annotate(sort_value=Cast(KeyTextTransform(name, "metrics"), FloatField()))
+        if key.startswith(("metric:", "gt:")):
+            kind, name = key.split(":", 1)
+            column = "metrics" if kind == "metric" else "gt_metrics"
+            qs = qs.annotate(sort_value=Cast(KeyTextTransform(name, column), FloatField()))
             expr = F("sort_value").desc(nulls_last=True) if descending else F("sort_value").asc(nulls_last=True)
             return qs.order_by(expr, "-id")
         field_name = SORT_FIELDS.get(key, "created_at")
@@ -92,18 +93,27 @@ class RunFilter:
         return (ids[i - 1] if i > 0 else None), (ids[i + 1] if i + 1 < len(ids) else None)
 
 
-_metric_cache: tuple[float, list[str]] = (0.0, [])
+_key_cache: dict[str, tuple[float, list[str]]] = {}
+
+
+def _json_keys(column: str, max_age: float) -> list[str]:
+    now = time.monotonic()
+    cached = _key_cache.get(column)
+    if cached and now - cached[0] < max_age and cached[1]:
+        return cached[1]
+    table = Run._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT DISTINCT jsonb_object_keys({column}) FROM {table} ORDER BY 1")  # noqa: S608 - fixed names
+        names = [row[0] for row in cursor.fetchall()]
+    _key_cache[column] = (now, names)
+    return names
 
 
 def metric_names(max_age: float = 30.0) -> list[str]:
     """Every metric key used by any run (cached briefly: it feeds the sort menu)."""
-    global _metric_cache
-    now = time.monotonic()
-    if now - _metric_cache[0] < max_age and _metric_cache[1]:
-        return _metric_cache[1]
-    table = Run._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT DISTINCT jsonb_object_keys(metrics) FROM {table} ORDER BY 1")  # noqa: S608
-        names = [row[0] for row in cursor.fetchall()]
-    _metric_cache = (now, names)
-    return names
+    return _json_keys("metrics", max_age)
+
+
+def gt_metric_names(max_age: float = 30.0) -> list[str]:
+    """Every ground-truth metric key (synthetic videos)."""
+    return _json_keys("gt_metrics", max_age)

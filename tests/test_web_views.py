@@ -213,6 +213,10 @@ def test_runs_list_filters_sort_and_pagination(client, storage, viewer_user):
     assert [r.pk for r in response.context["runs"]] == [runs[3].pk, runs[2].pk]
     assert response.context["page"].paginator.num_pages == 2
     assert "contact_distance" in response.context["metric_names"]
+    Run.objects.filter(pk=runs[0].pk).update(gt_metrics={"optimize.mpjpe": 0.2})
+    Run.objects.filter(pk=runs[2].pk).update(gt_metrics={"optimize.mpjpe": 0.1})
+    response = client.get("/?sort=gt:optimize.mpjpe")
+    assert [r.pk for r in response.context["runs"]][:2] == [runs[2].pk, runs[0].pk], "runs without the metric sort last"
 
 
 def test_run_page_and_neighbours_within_the_filter(client, storage, reviewer_user):

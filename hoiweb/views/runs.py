@@ -19,7 +19,7 @@ from hoiweb.charts import run_charts
 from hoiweb.engine import config_diff
 from hoiweb.forms import BulkReviewForm, ReviewForm
 from hoiweb.models import REASON_TAGS, STAGE_LABELS, Category, Dataset, Run, RunStateError, StageJob
-from hoiweb.queries import RunFilter, metric_names
+from hoiweb.queries import RunFilter, gt_metric_names, metric_names
 from hoiweb.views.files import serve_file
 
 SERVED_FILES = {
@@ -57,6 +57,7 @@ def runs_list(request):
         "querystring": run_filter.querystring(),
         "metric_cols": shown,
         "metric_names": metrics,
+        "gt_metric_names": gt_metric_names(),
         "datasets": Dataset.objects.all(),
         "categories": Category.objects.select_related("dataset"),
         "statuses": [s for s, _ in Run.STATUS_CHOICES],
