@@ -120,7 +120,10 @@ def run_status(request, run_id: int):
 
 
 def run_status_payload(run: Run) -> dict:
+    running = run.jobs.filter(status=StageJob.RUNNING).order_by("-attempt", "stage").first() if run.is_active else None
     return {
+        "log_tail": "\n".join(running.log_tail.splitlines()[-25:]) if running else "",
+        "worker": running.worker_name if running else "",
         "id": run.pk,
         "status": run.status,
         "active": run.is_active,
