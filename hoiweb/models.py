@@ -477,6 +477,13 @@ def normalise_filter_report(report: dict) -> dict:
         if not isinstance(item, dict):
             continue
         check = dict(item)
+        verdict = str(check.get("verdict", "")).lower()
+        if verdict in ("skipped", "skip"):
+            check["skipped"] = True
+        if verdict == "truncate":
+            check["truncated"] = True  # the result was cut at the first failing frame instead of rejected
+        if "passed" not in check and verdict in ("truncate", "skipped", "skip"):
+            check["passed"] = verdict == "truncate"
         if "passed" not in check:
             verdict = check.get("ok", check.get("verdict", True))
             check["passed"] = (
