@@ -561,12 +561,17 @@ class StageJob(models.Model):
         return STAGES.get(self.stage, str(self.stage))
 
     @classmethod
-    def reap_dead(cls, now=None) -> list[StageJob]:
-        """Mark running jobs whose worker stopped sending heartbeats as failed (their run too)."""
+    def reap_dead(cls, now=None, exclude_worker: str = "") -> list[StageJob]:
+        """Mark running jobs whose worker stopped sending heartbeats as failed (their run too).
+
+        ``exclude_worker``: a live worker reaping others never reaps its own job (it knows it is alive)."""
         now = now or timezone.now()
         cutoff = now - timedelta(seconds=settings.WORKER_DEAD_AFTER_SECONDS)
         reaped = []
-        for job in cls.objects.filter(status=cls.RUNNING, heartbeat_at__lt=cutoff).select_related("run"):
+        candidates = cls.objects.filter(status=cls.RUNNING, heartbeat_at__lt=cutoff)
+        if exclude_worker:
+            candidates = candidates.exclude(worker_name=exclude_worker)
+        for job in candidates.select_related("run"):
             with transaction.atomic():
                 locked = cls.objects.select_for_update().get(pk=job.pk)
                 if locked.status != cls.RUNNING or locked.heartbeat_at >= cutoff:
