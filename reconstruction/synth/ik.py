@@ -179,8 +179,8 @@ def solve_hand_ik(
             loss.backward()
             optimiser.step()
             schedule.step()
-            if step % 10 == 0:
-                logger.debug("hand IK (contact %s) step %d loss %.5f", contact_terms, step, float(loss))
+            if step % 10 == 0 and logger.isEnabledFor(logging.DEBUG):
+                logger.debug("hand IK (contact %s) step %d loss %.5f", contact_terms, step, float(loss.detach()))
     with torch.no_grad():
         loss, stats, pose = evaluate(False)
     result = IKResult(
