@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 TILE = 32  # largest per-triangle pixel grid; bigger boxes are split into tiles of this size
 TRIANGLE_BITS = 25  # triangle index bits of the z-test key (up to 33M triangles per frame)
 DEPTH_SCALE = float(2**20)  # depth quantum of the z-test: ~1e-6 m; max depth 2**17 m
+EDGE_TOLERANCE_PX = 1e-3
 DEFAULT_LIGHT_DIR = (0.3, -0.6, -1.0)  # towards the light, camera frame: above, right, behind camera
 
 
@@ -257,6 +258,9 @@ def _rasterize_chunk(verts_cam, faces, K, image_size, near, orthographic, max_ca
     coeff[:, :3, 0] = a[:, :, 0] / fx[tile_frame, None]
     coeff[:, :3, 1] = a[:, :, 1] / fy[tile_frame, None]
     coeff[:, :3, 2] = a[:, :, 0] * dx0[:, None] + a[:, :, 1] * dy0[:, None] + a[:, :, 2]
+    # Widen every edge by 1/1000 pixel: a pixel centre exactly on an edge shared by two triangles is
+    # then claimed by both (the z-test picks one) instead of by neither through rounding (cracks).
+    coeff[:, :3, 2] += EDGE_TOLERANCE_PX * (coeff[:, :3, 0].abs() + coeff[:, :3, 1].abs())
     coeff[:, 3] = torch.stack([-torch.ones_like(dx0), torch.zeros_like(dx0), (ex - 1).float()], -1)
     coeff[:, 4] = torch.stack([torch.zeros_like(dx0), -torch.ones_like(dx0), (ey - 1).float()], -1)
     coeff[:, 5] = (z[:, :, None] * coeff[:, :3]).sum(1)  # depth numerator: sum_i w_i z_i
