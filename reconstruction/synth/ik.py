@@ -136,7 +136,13 @@ def solve_hand_ik(
     batch = init_pose.shape[0]
     residual = torch.zeros(batch, len(moved_index), 3, dtype=init_pose.dtype, device=init_pose.device)
     residual.requires_grad_(True)
-    hand_vertices = {t.hand: body.vertex_segments[f"{t.hand}_hand"] for t in targets}
+    # Only the grasping hands' vertices are skinned (keypoints come from the skeleton either way).
+    hand_ids = torch.cat([body.vertex_segments[f"{t.hand}_hand"] for t in targets])
+    hand_vertices, start = {}, 0
+    for t in targets:
+        count = len(body.vertex_segments[f"{t.hand}_hand"])
+        hand_vertices[t.hand] = torch.arange(start, start + count, device=hand_ids.device)
+        start += count
     # Palm-centre offset along each site's normal; contact rounds move it until the hand just touches.
     offsets = {
         t.hand: torch.full((batch,), config.palm_half_thickness + config.approach_clearance, dtype=init_pose.dtype)
@@ -144,7 +150,7 @@ def solve_hand_ik(
     }
 
     def placement_loss(residual_now: torch.Tensor) -> torch.Tensor:
-        out = body.forward(init_pose.index_add(1, moved_index, residual_now), shape, trans)
+        out = body.forward(init_pose.index_add(1, moved_index, residual_now), shape, trans, vertex_ids=hand_ids)
         loss = config.w_prior * (residual_now**2).sum(dim=(1, 2)).mean()
         for target in targets:
             centre, normal, finger = palm_geometry(out.keypoints, target.hand)
@@ -170,7 +176,7 @@ def solve_hand_ik(
 
     @torch.no_grad()
     def measure_pose(pose: torch.Tensor):
-        out = body.forward(pose, shape, trans)
+        out = body.forward(pose, shape, trans, vertex_ids=hand_ids)
         closest, palm_error = {}, {}
         for target in targets:
             closest[target.hand] = signed_distance(out.vertices[:, hand_vertices[target.hand]]).min(dim=-1).values
@@ -225,13 +231,15 @@ def curl_fingers(
     )
     base = pose.detach()
     curl = torch.zeros(base.shape[0], len(finger_index), 3, dtype=base.dtype, device=base.device, requires_grad=True)
-    hand_vertices = {t.hand: body.vertex_segments[f"{t.hand}_hand"] for t in targets}
+    hand_ids = [body.vertex_segments[f"{t.hand}_hand"] for t in targets]
+    all_ids = torch.cat(hand_ids)
+    bounds = torch.tensor([0] + [len(ids) for ids in hand_ids]).cumsum(0).tolist()
 
     def hand_distances(curl_now: torch.Tensor):
-        out = body.forward(base.index_add(1, finger_index, curl_now), shape, trans)
-        for target in targets:
+        out = body.forward(base.index_add(1, finger_index, curl_now), shape, trans, vertex_ids=all_ids)
+        for k, target in enumerate(targets):
             tips = out.keypoints[:, HAND_SLICES[target.hand]][:, list(TIP_INDICES)]
-            yield signed_distance(tips), signed_distance(out.vertices[:, hand_vertices[target.hand]])
+            yield signed_distance(tips), signed_distance(out.vertices[:, bounds[k] : bounds[k + 1]])
 
     optimiser = torch.optim.Adam([curl], lr=config.curl_lr, betas=(0.8, 0.99))
     for _ in range(config.curl_steps):
