@@ -64,6 +64,9 @@ class FitSettings:
     w_trans_velocity: float = 200.0
     w_trans_acceleration: float = 5000.0
     w_depth: float = 20.0  # (z_t - z_0)^2 in m^2: a weak pull, the known body size fixes depth
+    # ||trans_t - trans_0||^2 in m^2: the character mostly stays where the render put it (manipulation);
+    # a pull only, walking still wins through the keypoints.
+    w_trans_prior: float = 0.0
     # Hip-relative depth of the limbs vs MediaPipe's metric 3D landmarks (m^2): resolves the forward/backward
     # ambiguity of a limb that 2D reprojection cannot.
     w_relative_depth: float = 1000.0
@@ -251,6 +254,7 @@ def fit_body(
             terms["relative_depth"] = (
                 settings.w_relative_depth * (depth_weights * robust_depth).sum() / (depth_weights.sum().clamp(min=1.0))
             )
+        terms["trans_prior"] = settings.w_trans_prior * ((trans - init_trans) ** 2).sum(1).mean()
         terms["depth"] = settings.w_depth * ((trans[:, 2] - init_trans[2]) ** 2).mean()
         return sum(terms.values()), terms, output.keypoints
 
