@@ -95,6 +95,10 @@ class Layout:
             return candidates[0]
         return own
 
+    def own_mesh(self, vid: VideoId) -> Path:
+        """Where a video's own object mesh is written: ``<mesh_dir>/<dataset>/<category>/<name>.obj``."""
+        return self.dir("mesh_dir") / vid.dataset / vid.category / f"{vid.name}.obj"
+
     def render_input_dir(self, vid: VideoId) -> Path:
         return self.dir("foundation_pose_dir") / vid.rel
 
@@ -127,6 +131,10 @@ class Layout:
     def hmr_keypoints(self, vid: VideoId) -> Path:
         """Stage 1: 2D body and hand keypoints with confidences (npz)."""
         return self.dir("hmr_cache_dir") / vid.rel / "keypoints.npz"
+
+    def hmr_debug_video(self, vid: VideoId) -> Path:
+        """Stage 1 ``--verbose``: detected and fitted keypoints drawn over the input video."""
+        return self.dir("hmr_cache_dir") / vid.rel / "debug_keypoints.mp4"
 
     def masks_cache(self, vid: VideoId) -> Path:
         return self.dir("recon_cache_dir") / "masks" / f"{vid}.npz"

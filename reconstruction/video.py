@@ -58,6 +58,82 @@ def _even_pad(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
+def _to_uint8(frames: np.ndarray) -> np.ndarray:
+    if frames.dtype == np.uint8:
+        return frames
+    if np.issubdtype(frames.dtype, np.floating):
+        return np.clip(frames * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.clip(frames, 0, 255).astype(np.uint8)
+
+
+class VideoWriter:
+    """Streaming H.264 yuv420p MP4 writer; frames arrive in chunks, the file appears atomically on close.
+
+    Use as a context manager: ``with VideoWriter(path, fps) as writer: writer.write(chunk)``. The size
+    is fixed by the first chunk; odd sizes are padded to even. A failure inside the block leaves no file.
+    """
+
+    def __init__(self, path: str | Path, fps: float = DEFAULT_FPS, crf: int = 20, preset: str = "veryfast"):
+        self.path = Path(path)
+        self.fps = fps
+        self.crf = crf
+        self.preset = preset
+        self.num_frames = 0
+        self._atomic = None
+        self._container = None
+        self._stream = None
+        self._size: tuple[int, int] | None = None
+
+    def __enter__(self) -> VideoWriter:
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        self._container = av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
+        return self
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append frames (N,H,W,3) uint8 RGB (or float in [0,1])."""
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"{self.path}: frames must be (T,H,W,3), got shape {frames.shape}")
+        frames = _even_pad(_to_uint8(frames))
+        size = frames.shape[1:3]
+        if self._stream is None:
+            self._size = size
+            stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+            stream.height, stream.width = size
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(self.crf), "preset": self.preset}
+            self._stream = stream
+        elif size != self._size:
+            raise ValueError(f"{self.path}: frame size changed from {self._size} to {size}")
+        for image in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        self.num_frames += len(frames)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                if self._stream is None:
+                    raise ValueError(f"{self.path}: no frames written")
+                for packet in self._stream.encode():
+                    self._container.mux(packet)
+        finally:
+            self._container.close()
+            if exc_type is None and self._stream is not None:
+                self._atomic.__exit__(None, None, None)
+            else:
+                error = exc if exc is not None else ValueError(f"{self.path}: no frames written")
+                try:
+                    self._atomic.__exit__(type(error), error, None)
+                except type(error):
+                    pass
+        log.debug("wrote %s: %d frames %s @ %.3f fps", self.path, self.num_frames, self._size, self.fps)
+
+
 def write_video(path: str | Path, frames: np.ndarray, fps: float = DEFAULT_FPS, crf: int = 20) -> Path:
     """Encode frames uint8 (T,H,W,3) RGB (or float in [0,1]) as H.264 yuv420p MP4, atomically.
 
@@ -67,26 +143,6 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = DEFAULT_FPS, 
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
         raise ValueError(f"{path}: frames must be (T,H,W,3) with T > 0, got shape {frames.shape}")
-    if frames.dtype != np.uint8:
-        if np.issubdtype(frames.dtype, np.floating):
-            frames = np.clip(frames * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        else:
-            frames = np.clip(frames, 0, 255).astype(np.uint8)
-    frames = _even_pad(frames)
-    _, height, width, _ = frames.shape
-    rate = Fraction(fps).limit_denominator(1001)
-    with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
-            stream = container.add_stream("libx264", rate=rate)
-            stream.width = width
-            stream.height = height
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "veryfast"}
-            for image in frames:
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-    log.debug("wrote %s: %d frames %dx%d @ %.3f fps", path, len(frames), width, height, fps)
+    with VideoWriter(path, fps, crf=crf) as writer:
+        writer.write(frames)
     return path

@@ -64,3 +64,27 @@ def test_empty_frames_rejected(tmp_path):
     with pytest.raises(ValueError, match="T > 0"):
         write_video(tmp_path / "e.mp4", np.zeros((0, 8, 8, 3), np.uint8))
     assert not (tmp_path / "e.mp4").exists()
+
+
+def test_streaming_writer_in_chunks(tmp_path):
+    from reconstruction.video import VideoWriter
+
+    frames = _moving_square(10, 120, 160)
+    with VideoWriter(tmp_path / "s.mp4", fps=24) as writer:
+        writer.write(frames[:4])
+        writer.write(frames[4:])
+    decoded, fps = read_video(tmp_path / "s.mp4")
+    assert decoded.shape == frames.shape and fps == pytest.approx(24.0)
+
+
+def test_streaming_writer_failure_leaves_nothing(tmp_path):
+    from reconstruction.video import VideoWriter
+
+    target = tmp_path / "broken.mp4"
+    target.write_bytes(b"old content")
+    with pytest.raises(RuntimeError, match="boom"):
+        with VideoWriter(target) as writer:
+            writer.write(_moving_square(2, 32, 32))
+            raise RuntimeError("boom")
+    assert target.read_bytes() == b"old content", "existing file must survive a failed write"
+    assert not list(tmp_path.glob(".*tmp-*"))

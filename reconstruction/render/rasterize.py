@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 TILE = 32  # largest per-triangle pixel grid; bigger boxes are split into tiles of this size
 TRIANGLE_BITS = 25  # triangle index bits of the z-test key (up to 33M triangles per frame)
 DEPTH_SCALE = float(2**20)  # depth quantum of the z-test: ~1e-6 m; max depth 2**17 m
+EDGE_TOLERANCE_PX = 1e-3
 DEFAULT_LIGHT_DIR = (0.3, -0.6, -1.0)  # towards the light, camera frame: above, right, behind camera
 
 
@@ -43,6 +44,7 @@ class Mesh:
     faces: torch.Tensor | np.ndarray  # (F,3) int
     colors: torch.Tensor | np.ndarray | None = None  # (V,3) or (T,V,3) in [0,1]; None = light grey
     instance_id: int = 1
+    smooth: bool = True  # interpolate vertex normals; False = flat faces (boxes, low-poly objects)
 
 
 @dataclass
@@ -104,8 +106,9 @@ class _Scene:
     face_instance: torch.Tensor  # (F,) long
 
 
-def _concat_meshes(meshes, num_frames, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    verts, colors, faces, instances = [], [], [], []
+def _concat_meshes(meshes, num_frames, device):
+    """-> (vertices (T,V,3), colors (1|T,V,3), faces (F,3), face instance ids (F,), face smooth flags (F,))."""
+    verts, colors, faces, instances, smooth = [], [], [], [], []
     offset = 0
     animated_colors = any(m.colors is not None and np.ndim(m.colors) == 3 for m in meshes)
     for index, mesh in enumerate(meshes):
@@ -128,8 +131,9 @@ def _concat_meshes(meshes, num_frames, device) -> tuple[torch.Tensor, torch.Tens
         colors.append(c)
         faces.append(f + offset)
         instances.append(torch.full((f.shape[0],), int(mesh.instance_id), dtype=torch.long, device=device))
+        smooth.append(torch.full((f.shape[0],), bool(mesh.smooth), dtype=torch.bool, device=device))
         offset += v.shape[1]
-    return torch.cat(verts, 1), torch.cat(colors, 1), torch.cat(faces, 0), torch.cat(instances, 0)
+    return torch.cat(verts, 1), torch.cat(colors, 1), torch.cat(faces, 0), torch.cat(instances), torch.cat(smooth)
 
 
 # ---- geometry per triangle -------------------------------------------------------------------------
@@ -254,6 +258,9 @@ def _rasterize_chunk(verts_cam, faces, K, image_size, near, orthographic, max_ca
     coeff[:, :3, 0] = a[:, :, 0] / fx[tile_frame, None]
     coeff[:, :3, 1] = a[:, :, 1] / fy[tile_frame, None]
     coeff[:, :3, 2] = a[:, :, 0] * dx0[:, None] + a[:, :, 1] * dy0[:, None] + a[:, :, 2]
+    # Widen every edge by 1/1000 pixel: a pixel centre exactly on an edge shared by two triangles is
+    # then claimed by both (the z-test picks one) instead of by neither through rounding (cracks).
+    coeff[:, :3, 2] += EDGE_TOLERANCE_PX * (coeff[:, :3, 0].abs() + coeff[:, :3, 1].abs())
     coeff[:, 3] = torch.stack([-torch.ones_like(dx0), torch.zeros_like(dx0), (ex - 1).float()], -1)
     coeff[:, 4] = torch.stack([torch.zeros_like(dx0), -torch.ones_like(dx0), (ey - 1).float()], -1)
     coeff[:, 5] = (z[:, :, None] * coeff[:, :3]).sum(1)  # depth numerator: sum_i w_i z_i
@@ -327,7 +334,7 @@ def render(
     num_frames = _num_frames(meshes, K, world_to_cam)
     K_all = _per_frame(_as_tensor(K, device), num_frames, 2, "K")
     w2c = _per_frame(_as_tensor(world_to_cam, device), num_frames, 2, "world_to_cam")
-    verts_world, colors, faces, face_instance = _concat_meshes(meshes, num_frames, device)
+    verts_world, colors, faces, face_instance, face_smooth = _concat_meshes(meshes, num_frames, device)
     if faces.shape[0] >= 1 << TRIANGLE_BITS:
         raise ValueError(f"render: too many triangles ({faces.shape[0]}), limit {1 << TRIANGLE_BITS}")
     light = torch.as_tensor(DEFAULT_LIGHT_DIR if light_dir is None else light_dir, dtype=torch.float32)
@@ -352,30 +359,10 @@ def render(
             continue
         tri_idx = zbuf[pix] & ((1 << TRIANGLE_BITS) - 1)
         f_local = pix // (height * width)
-        py = (pix // width) % height
-        px = pix % width
-        # Recompute barycentrics of the winner at each covered pixel.
-        dx = (px.float() + 0.5 - Kc[f_local, 0, 2]) / Kc[f_local, 0, 0]
-        dy = (py.float() + 0.5 - Kc[f_local, 1, 2]) / Kc[f_local, 1, 1]
-        a = A[f_local, tri_idx]
-        w = a[:, :, 0] * dx[:, None] + a[:, :, 1] * dy[:, None] + a[:, :, 2]
-        b = w / w.sum(-1, keepdim=True)
-        z = (b * tri_z[f_local, tri_idx]).sum(-1)
-        corners = faces[tri_idx]  # (n,3)
-        normals = _vertex_normals(verts_cam, faces)
-        n = (b[..., None] * normals[f_local[:, None], corners]).sum(1)
-        color_frame = f_local if colors.shape[0] > 1 else torch.zeros_like(f_local)
-        color_frame = color_frame + (start if colors.shape[0] > 1 else 0)
-        c = (b[..., None] * colors[color_frame[:, None], corners]).sum(1)
-        # Two-sided lighting: turn the normal towards the viewer.
-        if orthographic:
-            view = torch.tensor([0.0, 0.0, -1.0], device=device).expand_as(n)
-        else:
-            view = -torch.stack([dx, dy, torch.ones_like(dx)], -1)
-        n = torch.where(((n * view).sum(-1, keepdim=True) < 0), -n, n)
-        n = torch.nn.functional.normalize(n, dim=-1, eps=1e-12)
-        lambert = (n @ light).clamp(min=0)
-        shaded = (c * (ambient + (1.0 - ambient) * lambert[:, None])).clamp(0, 1)
+        shaded, z, b = _shade(
+            pix, f_local, tri_idx, verts_cam, faces, face_smooth, colors, start, Kc, A, tri_z, (height, width),
+            orthographic, light, ambient,
+        )  # fmt: skip
 
         frame_pix = pix + start * height * width
         rgb.view(-1, 3)[frame_pix] = shaded
@@ -388,6 +375,51 @@ def render(
         bg = _background(background, num_frames, height, width, device)
         rgb = torch.where((instance > 0)[..., None], rgb, bg)
     return RenderOutput(rgb=rgb, depth=depth, instance=instance, face_id=face_id, barycentrics=bary)
+
+
+def _gather_corners(per_vertex: torch.Tensor, frame: torch.Tensor, corners: torch.Tensor) -> torch.Tensor:
+    """per_vertex (T,V,C), frame (n,), corners (n,3) -> (n,3,C) with flat index_select (fast on cpu)."""
+    num_vertices = per_vertex.shape[1]
+    index = (frame[:, None] * num_vertices + corners).reshape(-1)
+    return per_vertex.reshape(-1, per_vertex.shape[-1]).index_select(0, index).view(*corners.shape, -1)
+
+
+def _shade(pix, frame, tri_idx, verts_cam, faces, face_smooth, colors, start, K, A, tri_z, image_size,
+           orthographic, light, ambient):  # fmt: skip
+    """Per covered pixel: barycentrics of the winning triangle, depth, Lambert + ambient colour."""
+    height, width = image_size
+    num_faces = faces.shape[0]
+    py = (pix // width) % height
+    px = pix % width
+    dx = (px.float() + 0.5 - K[frame, 0, 2]) / K[frame, 0, 0]
+    dy = (py.float() + 0.5 - K[frame, 1, 2]) / K[frame, 1, 1]
+    flat_tri = frame * num_faces + tri_idx
+    a = A.reshape(-1, 3, 3).index_select(0, flat_tri)
+    w = a[:, :, 0] * dx[:, None] + a[:, :, 1] * dy[:, None] + a[:, :, 2]
+    b = w / w.sum(-1, keepdim=True)
+    z = (b * tri_z.reshape(-1, 3).index_select(0, flat_tri)).sum(-1)
+    corners = faces.index_select(0, tri_idx)
+    smooth = face_smooth.index_select(0, tri_idx)
+    n = torch.zeros((pix.numel(), 3), device=pix.device)
+    if bool(smooth.any()):
+        normals = _vertex_normals(verts_cam, faces)
+        n = (b[..., None] * _gather_corners(normals, frame, corners)).sum(1)
+    if not bool(smooth.all()):
+        p = _gather_corners(verts_cam, frame, corners)
+        flat = torch.linalg.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
+        n = torch.where(smooth[:, None], n, flat)
+    color_frame = frame + start if colors.shape[0] > 1 else torch.zeros_like(frame)
+    c = (b[..., None] * _gather_corners(colors, color_frame, corners)).sum(1)
+    # Two-sided lighting: turn the normal towards the viewer.
+    if orthographic:
+        view = torch.tensor([0.0, 0.0, -1.0], device=pix.device).expand_as(n)
+    else:
+        view = -torch.stack([dx, dy, torch.ones_like(dx)], -1)
+    n = torch.where(((n * view).sum(-1, keepdim=True) < 0), -n, n)
+    n = torch.nn.functional.normalize(n, dim=-1, eps=1e-12)
+    lambert = (n @ light).clamp(min=0)
+    shaded = (c * (ambient + (1.0 - ambient) * lambert[:, None])).clamp(0, 1)
+    return shaded, z, b
 
 
 def _background(background, num_frames, height, width, device) -> torch.Tensor:
