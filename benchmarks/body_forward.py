@@ -1,6 +1,7 @@
 """Body-model forward + backward time per batch of frames (what stage 4 pays per iteration).
 
 Usage: python benchmarks/body_forward.py [--model anny] [--device cpu] [--frames 1 30 120] [--repeats 5]
+       [--threads N]
 
 Times one optimiser-like step: pose (T, J, 3) and trans (T, 3) require grad, the shape is fixed (cached rest
 model), loss = keypoints + a vertex term, backward. Prints a markdown table (median and best of the repeats).
@@ -53,7 +54,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--frames", type=int, nargs="+", default=[1, 30, 120])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model = load_body_model(args.model, device=args.device)
     print(

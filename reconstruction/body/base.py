@@ -1,6 +1,8 @@
 """The BodyModel seam: anny (default) and SMPL-X implement it.
 
-Pose is local axis-angle per joint, joint 0 being the root orientation; translation is added to the root.
+Pose is local axis-angle per joint, joint 0 being the root orientation in world axes; ``trans`` is the world
+position of the root joint (``joints[:, 0] == trans``). Z-up, metres; the zero pose stands upright facing -Y
+with the person's left side at +X, for every model.
 Everything is batched over frames (leading dimension T) and device-agnostic.
 """
 
@@ -29,6 +31,29 @@ class BodyModel(Protocol):
     # joint index lists of each hand's finger joints (the "hand pose" of hoi_data.pkl)
     left_hand_joints: list[int]
     right_hand_joints: list[int]
+    parents: list[int]  # parent joint index per joint (-1 for the root, joint 0)
+    num_vertices: int
+    device: torch.device
+
+    def joint_index(self, name: str) -> int:
+        """Index of a joint by the model's own name (KeyError when unknown)."""
+        ...
+
+    def default_shape(self) -> torch.Tensor:
+        """(S,) the model's average body."""
+        ...
+
+    def standing_height(self, shape: torch.Tensor) -> float:
+        """max z - min z of the zero-pose mesh, metres."""
+        ...
+
+    def root_height_standing(self, shape: torch.Tensor) -> float:
+        """Root height above the soles in the zero pose: trans.z that puts the feet on z = 0."""
+        ...
+
+    def keypoints_from(self, vertices: torch.Tensor, joints: torch.Tensor) -> torch.Tensor:
+        """(T, 75, 3) MediaPipe-order keypoints from posed vertices and joints (what forward returns)."""
+        ...
 
     def forward(self, pose_aa: torch.Tensor, shape: torch.Tensor, trans: torch.Tensor) -> BodyOutput:
         """pose_aa (T, J, 3), shape (T, S) or (S,), trans (T, 3) -> BodyOutput."""

@@ -1,0 +1,239 @@
+"""Contact labelling from stages 1-3 alone (the reference asks a paid vision-language model instead).
+
+Signals per frame, all in the metric world:
+- hand-object distance: closest distance between each hand's points and the object surface samples;
+- object motion: speed of the object's surface samples (from the stage 3 poses), smoothed; an object
+  does not move by itself, so motion implies a hand on it;
+- hand-object velocity coupling: while the object moves, the hand that moves with it is the one holding it.
+
+A hand is in contact when it comes within ``near_dist`` (stays until beyond ``far_dist``: hysteresis), or
+when the object moves, the hand is within ``coupling_dist`` and moves with it. Gaps up to ``max_gap``
+frames are closed and intervals shorter than ``min_interval`` frames dropped. Feet are in contact with the
+ground when their lowest point is within ``foot_height`` of the ground.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reconstruction import fileio
+
+logger = logging.getLogger(__name__)
+
+HANDS = ("left", "right")
+
+
+@dataclass(frozen=True)
+class ContactParams:
+    near_dist: float = 0.06
+    far_dist: float = 0.12
+    motion_speed: float = 0.004
+    coupling_dist: float = 0.25
+    min_interval: int = 3
+    max_gap: int = 2
+    foot_height: float = 0.05
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any] | None) -> ContactParams:
+        section = dict(section or {})
+        section.pop("method", None)
+        return cls(**{k: v for k, v in section.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class ContactInterval:
+    hand: str  # "left" | "right"
+    start: int  # first contact frame
+    end: int  # last contact frame (inclusive)
+
+
+@dataclass
+class ContactLabels:
+    hands: np.ndarray  # (T, 2) bool, left/right hand touches the object
+    feet: np.ndarray  # (T, 2) bool, left/right foot on the ground
+    intervals: list[ContactInterval]
+    hand_distance: np.ndarray  # (T, 2) metres, closest hand-object distance (the evidence)
+    object_speed: np.ndarray  # (T,) metres/frame
+    object_moving: np.ndarray  # (T,) bool
+    params: ContactParams = field(default_factory=ContactParams)
+
+    @property
+    def contact_frame(self) -> int | None:
+        """First frame with any hand contact (the reference's ``contact_frame``)."""
+        frames = np.flatnonzero(self.hands.any(axis=1))
+        return int(frames[0]) if frames.size else None
+
+    @property
+    def contact_hand(self) -> str | None:
+        """ "left", "right" or "both" (hands that ever touch), None without contact."""
+        used = self.hands.any(axis=0)
+        if used.all():
+            return "both"
+        if used.any():
+            return HANDS[int(np.flatnonzero(used)[0])]
+        return None
+
+    @property
+    def first_move_frame(self) -> int | None:
+        frames = np.flatnonzero(self.object_moving)
+        return int(frames[0]) if frames.size else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "frames": self.hands.astype(bool).tolist(),
+            "feet": self.feet.astype(bool).tolist(),
+            "intervals": [asdict(i) for i in self.intervals],
+            "contact_frame": self.contact_frame,
+            "contact_hand": self.contact_hand,
+            "first_move_frame": self.first_move_frame,
+            "hand_distance": np.round(self.hand_distance, 5).tolist(),
+            "object_speed": np.round(self.object_speed, 6).tolist(),
+            "object_moving": self.object_moving.astype(bool).tolist(),
+            "params": asdict(self.params),
+            "method": "geometric",
+        }
+
+
+# ---- signals -----------------------------------------------------------------------------------------
+@torch.no_grad()
+def hand_object_distance(hand_points: torch.Tensor, object_points: torch.Tensor) -> torch.Tensor:
+    """(T, 2, H, 3) hand points and (T, N, 3) object surface samples -> (T, 2) closest distances."""
+    num_frames, num_hands, num_points, _ = hand_points.shape
+    flat = hand_points.reshape(num_frames, num_hands * num_points, 3)
+    closest = torch.cdist(flat, object_points).min(-1).values
+    return closest.reshape(num_frames, num_hands, num_points).min(-1).values
+
+
+def point_speed(points: np.ndarray) -> np.ndarray:
+    """(T, N, 3) -> (T,) mean speed of the points in metres/frame (central differences)."""
+    if points.shape[0] < 2:
+        return np.zeros(points.shape[0])
+    velocity = np.gradient(points, axis=0)
+    return np.linalg.norm(velocity, axis=-1).mean(-1)
+
+
+def _median3(signal: np.ndarray) -> np.ndarray:
+    """3-tap running median: one-frame tracking spikes do not start a motion."""
+    if signal.shape[0] < 3:
+        return signal.copy()
+    padded = np.concatenate([signal[:1], signal, signal[-1:]])
+    return np.median(np.stack([padded[:-2], padded[1:-1], padded[2:]]), axis=0)
+
+
+def hysteresis(distance: np.ndarray, near: float, far: float) -> np.ndarray:
+    """(T,) distances -> (T,) bool: on below ``near``, stays on until above ``far``."""
+    state = np.zeros(distance.shape[0], dtype=bool)
+    on = False
+    for t, d in enumerate(distance):
+        on = d <= near if not on else d <= far
+        state[t] = on
+    return state
+
+
+def clean_intervals(flags: np.ndarray, max_gap: int, min_length: int) -> np.ndarray:
+    """Close gaps of up to ``max_gap`` frames, then drop runs shorter than ``min_length`` frames."""
+    flags = flags.astype(bool).copy()
+    runs = _runs(flags)
+    for (_, end_a), (start_b, _) in zip(runs, runs[1:], strict=False):
+        if start_b - end_a - 1 <= max_gap:
+            flags[end_a + 1 : start_b] = True
+    for start, end in _runs(flags):
+        if end - start + 1 < min_length:
+            flags[start : end + 1] = False
+    return flags
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """Inclusive (start, end) of each run of True."""
+    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    return [(int(s), int(e) - 1) for s, e in zip(edges[::2], edges[1::2], strict=True)]
+
+
+# ---- labelling -------------------------------------------------------------------------------------
+def label_contacts(
+    hand_points: torch.Tensor,
+    object_points: torch.Tensor,
+    foot_points: torch.Tensor | None = None,
+    ground_z: float = 0.0,
+    params: ContactParams | None = None,
+    is_static_obj: bool = False,
+) -> ContactLabels:
+    """Per-frame hand (and foot) contact labels from the stage 1-3 estimates (world frame).
+
+    hand_points (T, 2, H, 3) left/right hand points; object_points (T, N, 3) object surface samples
+    posed per frame; foot_points (T, 2, F, 3) or None. ``is_static_obj`` ignores object motion (tracking
+    noise on a static object is not a carry)."""
+    params = params or ContactParams()
+    hand_points = hand_points.detach().float()
+    object_points = object_points.detach().float().to(hand_points.device)
+    distance = hand_object_distance(hand_points, object_points).cpu().numpy()  # (T, 2)
+    obj_np = object_points.cpu().numpy()
+    speed = _median3(point_speed(obj_np))
+    moving = np.zeros_like(speed, dtype=bool) if is_static_obj else speed > params.motion_speed
+
+    # velocity coupling: the hand moves like the object's nearest part does
+    hands_np = hand_points.cpu().numpy()
+    hand_velocity = (
+        np.gradient(hands_np.mean(axis=2), axis=0) if hands_np.shape[0] > 1 else np.zeros_like(hands_np[:, :, 0])
+    )
+    object_velocity = np.gradient(obj_np.mean(axis=1), axis=0) if obj_np.shape[0] > 1 else np.zeros_like(obj_np[:, 0])
+    mismatch = np.linalg.norm(hand_velocity - object_velocity[:, None, :], axis=-1)  # (T, 2)
+    coupled = mismatch <= 0.5 * np.linalg.norm(object_velocity, axis=-1)[:, None] + 0.5 * params.motion_speed
+
+    hands = np.zeros_like(distance, dtype=bool)
+    for h in range(2):
+        near = hysteresis(distance[:, h], params.near_dist, params.far_dist)
+        carried = moving & coupled[:, h] & (distance[:, h] <= params.coupling_dist)
+        hands[:, h] = near | carried
+    # the object moves but no hand qualifies (tracking errors): the closer hand is holding it
+    orphan = moving & ~hands.any(axis=1)
+    closer = distance.argmin(axis=1)
+    reachable = distance.min(axis=1) <= 2 * params.coupling_dist
+    hands[np.flatnonzero(orphan & reachable), closer[orphan & reachable]] = True
+    for h in range(2):
+        hands[:, h] = clean_intervals(hands[:, h], params.max_gap, params.min_interval)
+
+    intervals = [
+        ContactInterval(hand=HANDS[h], start=start, end=end) for h in range(2) for start, end in _runs(hands[:, h])
+    ]
+    intervals.sort(key=lambda i: (i.start, i.hand))
+    if foot_points is not None:
+        lowest = foot_points.detach()[..., 2].min(-1).values.cpu().numpy()  # (T, 2)
+        feet = lowest - ground_z <= params.foot_height
+    else:
+        feet = np.zeros_like(hands)
+    labels = ContactLabels(
+        hands=hands,
+        feet=feet,
+        intervals=intervals,
+        hand_distance=distance,
+        object_speed=speed,
+        object_moving=moving,
+        params=params,
+    )
+    logger.info(
+        "contact labels: %d interval(s), first contact frame %s (%s), object moving in %d/%d frames",
+        len(intervals),
+        labels.contact_frame,
+        labels.contact_hand,
+        int(moving.sum()),
+        moving.shape[0],
+    )
+    return labels
+
+
+def save_contact_labels(path: str | Path, labels: ContactLabels) -> Path:
+    return fileio.write_json(path, labels.to_json())
+
+
+def load_contact_labels(path: str | Path) -> dict[str, Any]:
+    import json
+
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,255 @@
+"""Loss terms of the stage 4 optimiser, one pure function per term (contract section 6).
+
+Conventions shared by every term:
+- tensors carry any number of leading batch dimensions ``...`` (videos), then frames ``T``, then points;
+  every term returns one value per batch element, shape ``(...)`` (a scalar for unbatched input), so the
+  optimiser can sum over videos for the backward pass and still log each video's curve.
+- lengths are metres, image coordinates pixels; the world is Z-up (ground terms use ``z``); camera-space
+  tensors use OpenCV (z forward).
+- masks are bool tensors; a term with nothing to measure (no contact frames, no depth points) returns 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_EPS = 1e-8
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` over ``dims``; 0 where the mask is empty."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum(dims) / mask.sum(dims).clamp_min(1.0)
+
+
+def project(points_cam: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Pinhole projection of camera-frame points (..., N, 3) -> pixels (..., N, 2).
+
+    K is (3, 3) or (B..., 3, 3) whose batch dims are the leading dims of ``points_cam``."""
+    while K.dim() - 2 < points_cam.dim() - 1:
+        K = K.unsqueeze(-3)
+    z = points_cam[..., 2].clamp_min(1e-4)  # points behind the camera would flip; keep them finite
+    u = points_cam[..., 0] / z * K[..., 0, 0] + K[..., 0, 2]
+    v = points_cam[..., 1] / z * K[..., 1, 1] + K[..., 1, 2]
+    return torch.stack([u, v], dim=-1)
+
+
+def huber(residual: torch.Tensor, delta: float) -> torch.Tensor:
+    """0.5 r^2 inside ``delta``, linear outside (robust to wrong contact partners)."""
+    absolute = residual.abs()
+    quadratic = absolute.clamp(max=delta)
+    return 0.5 * quadratic.square() + delta * (absolute - quadratic)
+
+
+def _velocity(points: torch.Tensor) -> torch.Tensor:
+    return points[..., 1:, :, :] - points[..., :-1, :, :]
+
+
+def _acceleration(points: torch.Tensor) -> torch.Tensor:
+    return points[..., 2:, :, :] - 2.0 * points[..., 1:-1, :, :] + points[..., :-2, :, :]
+
+
+def _temporal(points: torch.Tensor, beta: float) -> torch.Tensor:
+    """Mean squared acceleration + ``beta`` x mean squared velocity of points (..., T, N, D)."""
+    batch = points.shape[:-3]
+    total = points.new_zeros(batch)
+    if points.shape[-3] >= 3:
+        total = total + _acceleration(points).square().sum(-1).mean((-2, -1))
+    if beta and points.shape[-3] >= 2:
+        total = total + beta * _velocity(points).square().sum(-1).mean((-2, -1))
+    return total
+
+
+# ---- human ---------------------------------------------------------------------------------------
+def keypoint_tracking(
+    pred_2d: torch.Tensor,
+    target_2d: torch.Tensor,
+    confidence: torch.Tensor,
+    hand_mask: torch.Tensor,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """Confidence-weighted mean squared 2D reprojection error (pixels^2) of body and hand keypoints.
+
+    pred_2d, target_2d (..., T, K, 2); confidence (..., T, K) in [0, 1]; hand_mask (K,) bool marks hand
+    keypoints, weighted by ``beta`` relative to body keypoints (hand detections are noisier)."""
+    weight = confidence * torch.where(hand_mask, beta, 1.0).to(confidence.dtype)
+    error = (pred_2d - target_2d).square().sum(-1)
+    return (weight * error).sum((-2, -1)) / weight.sum((-2, -1)).clamp_min(_EPS)
+
+
+def human_smoothness(joints: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """1st + 2nd order temporal smoothness of body joints (..., T, J, 3): mean |a|^2 + beta mean |v|^2."""
+    return _temporal(joints, beta)
+
+
+def human_pose_reg(pose_residual: torch.Tensor) -> torch.Tensor:
+    """Mean squared axis-angle residual (..., T, J, 3): stay near the stage 1 pose."""
+    return pose_residual.square().sum(-1).mean((-2, -1))
+
+
+def residual_reg(residual: torch.Tensor) -> torch.Tensor:
+    """Mean squared residual over every non-batch dim (..., T, D) or (..., D): the *_reg terms
+    (human_global_init_reg, human_traj_reg, obj_traj_reg, obj_rot_reg)."""
+    return residual.square().sum(-1).mean(-1) if residual.dim() >= 2 else residual.square().sum(-1)
+
+
+def human_foot_contact(foot_points: torch.Tensor, ground_z: torch.Tensor, foot_height: float = 0.05) -> torch.Tensor:
+    """Foot skating: squared horizontal foot motion between frames where the foot is near the ground.
+
+    foot_points (..., T, F, 3) world (Z-up); ground_z (...). A foot point counts as planted at t and t+1
+    when both heights are below ``foot_height`` (decided without gradient: the term moves the foot
+    horizontally, it does not lift it off the floor)."""
+    height = foot_points[..., 2] - ground_z[..., None, None]
+    planted = (height < foot_height).detach()
+    both = planted[..., 1:, :] & planted[..., :-1, :]
+    slide = _velocity(foot_points)[..., :2].square().sum(-1)
+    return _masked_mean(slide, both, (-2, -1))
+
+
+def ground(foot_points: torch.Tensor, ground_z: torch.Tensor) -> torch.Tensor:
+    """Feet below the ground: mean squared depth under ``ground_z`` of foot points (..., T, F, 3)."""
+    below = (ground_z[..., None, None] - foot_points[..., 2]).clamp_min(0.0)
+    return below.square().mean((-2, -1))
+
+
+# ---- object --------------------------------------------------------------------------------------
+def verts_tracking(pred_2d: torch.Tensor, target_2d: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared pixel distance between the object's projected vertices and the stage 3 projection.
+
+    pred_2d, target_2d (..., T, N, 2); valid (..., T) frames where stage 3 tracked the object."""
+    error = (pred_2d - target_2d).square().sum(-1).mean(-1)
+    if valid is None:
+        return error.mean(-1)
+    return _masked_mean(error, valid, (-1,))
+
+
+def obj_smoothness(object_points: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
+    """Smoothness of the object's motion, measured on surface samples (..., T, N, 3) so rotation and
+    translation are weighed in metres."""
+    return _temporal(object_points, beta)
+
+
+def obj_precontact_reg(object_points: torch.Tensor, precontact: torch.Tensor) -> torch.Tensor:
+    """Object still before contact: mean squared frame-to-frame motion of surface samples (..., T, N, 3)
+    over consecutive frames that are both before the first contact (``precontact`` (..., T) bool)."""
+    both = precontact[..., 1:] & precontact[..., :-1]
+    motion = _velocity(object_points).square().sum(-1).mean(-1)
+    return _masked_mean(motion, both, (-1,))
+
+
+# ---- depth ---------------------------------------------------------------------------------------
+def _trimmed_mean(distances: torch.Tensor, valid: torch.Tensor, trim_pct: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per frame, mean of the smallest (1 - trim_pct) share of the valid entries of (..., T, N).
+
+    Returns (mean (..., T), frame has any valid entry (..., T))."""
+    big = torch.finfo(distances.dtype).max
+    ordered, _ = torch.where(valid, distances, big).sort(dim=-1)
+    count = valid.sum(-1)
+    keep = torch.ceil(count.to(distances.dtype) * (1.0 - trim_pct)).clamp_min(1.0)
+    rank = torch.arange(ordered.shape[-1], device=ordered.device)
+    kept = rank < keep[..., None]
+    kept = kept & (ordered < big)
+    mean = torch.where(kept, ordered, 0.0).sum(-1) / keep
+    return mean, count > 0
+
+
+def depth_pointcloud(
+    pred_points: torch.Tensor,
+    pred_valid: torch.Tensor,
+    depth_points: torch.Tensor,
+    depth_valid: torch.Tensor,
+    trim_pct: float = 0.2,
+    depth_tol: float = 0.02,
+) -> torch.Tensor:
+    """Bidirectional trimmed Chamfer between visible mesh points and unprojected depth points.
+
+    pred_points (..., T, N, 3), pred_valid (..., T, N) (visible samples of the posed meshes);
+    depth_points (..., T, M, 3), depth_valid (..., T, M) (depth pixels of the same instance, same frame).
+    Squared distances below ``depth_tol`` cost nothing (depth-estimate noise); in each direction the
+    worst ``trim_pct`` share is dropped (occlusions, mask errors). Mean over frames that have both."""
+    distance = torch.cdist(pred_points, depth_points)  # (..., T, N, M)
+    pair_ok = pred_valid[..., :, None] & depth_valid[..., None, :]
+    far = torch.finfo(distance.dtype).max
+    distance = torch.where(pair_ok, distance, far)
+    deadzone = lambda d: (d - depth_tol).clamp_min(0.0).square()  # noqa: E731
+    pred_to_depth, pred_any = _trimmed_mean(deadzone(distance.min(-1).values), pred_valid, trim_pct)
+    depth_to_pred, depth_any = _trimmed_mean(deadzone(distance.min(-2).values), depth_valid, trim_pct)
+    frame_ok = pred_any & depth_any
+    return _masked_mean(pred_to_depth + depth_to_pred, frame_ok, (-1,))
+
+
+# ---- contact and penetration ---------------------------------------------------------------------
+def contact(
+    hand_points_cam: torch.Tensor,
+    object_points_cam: torch.Tensor,
+    contact_mask: torch.Tensor,
+    K: torch.Tensor,
+    depth_only: bool = False,
+    max_contact_dist: float = 0.15,
+    contact_px: float = 20.0,
+    huber_delta: float = 0.01,
+) -> torch.Tensor:
+    """Hands touch the object in contact frames.
+
+    hand_points_cam (..., T, 2, H, 3): contact points of the left and right hand (camera frame);
+    object_points_cam (..., T, N, 3) object surface samples; contact_mask (..., T, 2) bool; K (..., 3, 3).
+    A (frame, hand) whose closest 3D hand-object distance exceeds ``max_contact_dist`` is skipped (the
+    label is then more likely wrong than the geometry).
+    Only the hand's contact patch should touch (not the back of the hand): per hand, the mean over its
+    ``max(1, H // 8)`` best-matching points is taken.
+    - default: squared closest 3D distance between hand points and object samples;
+    - ``depth_only``: the image already places hand and object; only their view-space depth is pulled
+      together. For each hand point, the object samples within ``contact_px`` pixels on screen are its
+      partners, the one nearest in 3D is chosen, and the Huber loss of their z difference is taken."""
+    diff = hand_points_cam[..., :, :, None, :] - object_points_cam[..., :, None, None, :, :]  # (...,T,2,H,N,3)
+    dist = diff.norm(dim=-1)
+    closest = dist.min(-1).values  # (..., T, 2, H)
+    active = contact_mask & (closest.min(-1).values <= max_contact_dist).detach()
+    patch = max(1, hand_points_cam.shape[-2] // 8)
+    if not depth_only:
+        per_hand = closest.square().topk(patch, dim=-1, largest=False).values.mean(-1)
+        return _masked_mean(per_hand, active, (-2, -1))
+    hand_px = project(hand_points_cam, K)  # (..., T, 2, H, 2)
+    obj_px = project(object_points_cam, K)  # (..., T, N, 2)
+    screen = (hand_px[..., :, :, None, :] - obj_px[..., :, None, None, :, :]).norm(dim=-1)  # (...,T,2,H,N)
+    near = screen <= contact_px
+    partner = torch.where(near, dist, torch.finfo(dist.dtype).max).argmin(-1, keepdim=True)
+    z_gap = diff[..., 2].gather(-1, partner).squeeze(-1)  # (..., T, 2, H)
+    has_partner = near.any(-1)
+    cost = torch.where(has_partner, huber(z_gap, huber_delta), torch.finfo(z_gap.dtype).max)
+    best = cost.topk(min(patch, cost.shape[-1]), dim=-1, largest=False).values
+    counted = best < torch.finfo(z_gap.dtype).max
+    per_hand = _masked_mean(torch.where(counted, best, 0.0), counted, (-1,))
+    return _masked_mean(per_hand, active & has_partner.any(-1), (-2, -1))
+
+
+def contact_smoothness(hand_points_obj: torch.Tensor, contact_mask: torch.Tensor) -> torch.Tensor:
+    """A held object moves rigidly with the hand: squared frame-to-frame motion of the hand's contact
+    points expressed in the object's frame, (..., T, 2, H, 3), over consecutive contact frames of a hand."""
+    both = contact_mask[..., 1:, :] & contact_mask[..., :-1, :]
+    motion = (hand_points_obj[..., 1:, :, :, :] - hand_points_obj[..., :-1, :, :, :]).square().sum(-1).mean(-1)
+    return _masked_mean(motion, both, (-2, -1))
+
+
+def signed_distance(points: torch.Tensor, surface: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
+    """Approximate signed distance of points (..., P, 3) to a closed surface given by dense samples
+    (..., N, 3) with outward unit normals (..., N, 3): the distance to the nearest sample, negative when
+    the point lies behind that sample's tangent plane (inside). Exact for points near the surface as the
+    sampling gets dense; the sign is what the penetration term needs."""
+    distance = torch.cdist(points, surface)  # (..., P, N)
+    nearest = distance.argmin(-1)  # (..., P)
+    index = nearest[..., None].expand(*nearest.shape, 3)
+    sample = surface.gather(-2, index)
+    normal = normals.gather(-2, index)
+    offset = points - sample
+    sign = torch.sign((offset * normal).sum(-1)).detach()
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    return sign * offset.norm(dim=-1)
+
+
+def penetration(body_points: torch.Tensor, object_surface: torch.Tensor, object_normals: torch.Tensor) -> torch.Tensor:
+    """Body vertices inside the object: per frame, sum of squared penetration depths of body points
+    (..., T, P, 3) w.r.t. the object (samples and normals (..., T, N, 3)); mean over frames."""
+    sdf = signed_distance(body_points, object_surface, object_normals)
+    return (-sdf).clamp_min(0.0).square().sum(-1).mean(-1)

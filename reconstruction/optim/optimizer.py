@@ -1,0 +1,613 @@
+"""The stage 4 optimiser: ``opt_stage_specs`` run in order over residual variables, all frames at once.
+
+Variables are residuals on top of the stage 1-3 estimates (the reference's names):
+- ``human_trans_global`` (B, 1, 3): one offset of the whole trajectory (``xy_only`` keeps the height);
+- ``human_trans_res`` (B, T, 3): per-frame root translation;
+- ``human_pose_res`` (B, T, J', 3): axis-angle added to the J' optimised body joints (``arm_only``:
+  only the arm chains get gradients), fingers and face keep the stage 1 values;
+- ``obj_t_res`` (B, T, 3) and ``obj_R_res`` (B, T, 3): object translation and rotation (axis-angle,
+  left-multiplied in the world frame).
+Every stage builds one Adam optimiser over its ``opt_vars`` with per-variable learning rates; variables
+not listed keep their current values. Several videos of the same length are stacked along a leading
+video dimension B and optimised together (their losses are independent; Adam is per element).
+
+The world is the render's metric Z-up world; the camera is OpenCV (``world_to_cam`` per frame).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import roma
+import torch
+
+from reconstruction.config import LossTermConfig, OptimizationConfig, OptStageSpec, OptVarConfig
+from reconstruction.keypoints import ALL_KEYPOINTS, NUM_BODY
+from reconstruction.optim import geometry, losses
+from reconstruction.optim.body_points import PointBody
+
+logger = logging.getLogger(__name__)
+
+# Body joints worth optimising (the stage 1 fit already holds fingers/toes/face; their residuals only add
+# cost and noise). Names are anny bone labels; SMPL-X uses its first 22 joints.
+ANNY_BODY_BONES: tuple[str, ...] = (
+    "root", "pelvis.L", "pelvis.R", "upperleg01.L", "upperleg02.L", "lowerleg01.L", "lowerleg02.L", "foot.L",
+    "upperleg01.R", "upperleg02.R", "lowerleg01.R", "lowerleg02.R", "foot.R", "spine05", "spine04", "spine03",
+    "spine02", "spine01", "clavicle.L", "shoulder01.L", "upperarm01.L", "upperarm02.L", "lowerarm01.L",
+    "lowerarm02.L", "wrist.L", "clavicle.R", "shoulder01.R", "upperarm01.R", "upperarm02.R", "lowerarm01.R",
+    "lowerarm02.R", "wrist.R", "neck01", "neck02", "neck03", "head",
+)  # fmt: skip
+ARM_MARKERS = ("clavicle", "shoulder", "upperarm", "lowerarm", "wrist", "_shoulder", "_elbow", "_wrist", "collar")
+FOOT_KEYPOINTS = ("left_ankle", "left_heel", "left_foot_index", "right_ankle", "right_heel", "right_foot_index")
+HAND_POINTS_PER_HAND = 32  # contact / penetration points per hand (evenly spread over the hand)
+BODY_POINTS = 600  # sparse body cover for depth and penetration
+CONTACT_SAMPLES = 384  # object samples the contact term compares hands with
+PENETRATION_SAMPLES = 512  # object samples defining the approximate SDF
+PENETRATION_CANDIDATES = 96  # body points per frame tested for penetration
+HUMAN_TERMS = {
+    "keypoint_tracking", "human_smoothness", "human_pose_reg", "human_foot_contact", "ground", "contact",
+    "contact_smoothness", "penetration", "depth_pointcloud",
+}  # fmt: skip
+OBJECT_TERMS = {
+    "verts_tracking", "obj_smoothness", "obj_precontact_reg", "depth_pointcloud", "contact", "contact_smoothness",
+    "penetration",
+}  # fmt: skip
+
+
+class OptimizerInputError(ValueError):
+    """Inputs that cannot be optimised together (shapes, lengths); the message names the video."""
+
+
+@dataclass
+class VideoInputs:
+    """One video's stage 1-3 estimates and observations (world frame unless named *_cam)."""
+
+    name: str
+    K: torch.Tensor  # (3, 3)
+    world_to_cam: torch.Tensor  # (4, 4) or (T, 4, 4)
+    image_size: tuple[int, int]  # (H, W)
+    body_pose: torch.Tensor  # (T, J, 3) local axis-angle, stage 1 motion_global
+    body_shape: torch.Tensor  # (S,)
+    body_trans: torch.Tensor  # (T, 3) world
+    keypoints_2d: torch.Tensor  # (T, 75, 3) x, y, confidence
+    object_vertices: torch.Tensor  # (V, 3) scaled mesh, model frame
+    object_faces: torch.Tensor  # (F, 3)
+    object_poses_cam: torch.Tensor  # (T, 4, 4) stage 3, object -> camera
+    contact: torch.Tensor  # (T, 2) bool, left/right hand
+    object_tracked: torch.Tensor | None = None  # (T,) bool frames stage 3 trusts (default all)
+    depth: torch.Tensor | None = None  # (T, H, W) metres, 0 = unknown
+    object_masks: torch.Tensor | None = None  # (T, H, W) bool
+    human_masks: torch.Tensor | None = None  # (T, H, W) bool
+    ground_z: float | None = None  # None: estimated from the stage 1 feet
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.body_pose.shape[0])
+
+
+@dataclass
+class OptimizationResult:
+    name: str
+    body_pose: torch.Tensor  # (T, J, 3)
+    body_shape: torch.Tensor  # (S,)
+    body_trans: torch.Tensor  # (T, 3) world
+    obj_R: torch.Tensor  # (T, 3, 3) world
+    obj_t: torch.Tensor  # (T, 3) world
+    obj_pose_cam: torch.Tensor  # (T, 4, 4)
+    history: dict[str, Any]  # {"stages": [{"name", "niter", "seconds", "terms": {term: [..]}, "total": [..]}]}
+    eval_data: dict[str, float]
+    seconds: float
+    init_losses: dict[str, float] = field(default_factory=dict)
+    final_losses: dict[str, float] = field(default_factory=dict)
+
+
+class _Batch:
+    """Constant tensors of B stacked videos on the device."""
+
+    def __init__(self, videos: list[VideoInputs], body: Any, config: OptimizationConfig, device: torch.device):
+        lengths = {v.num_frames for v in videos}
+        if len(lengths) != 1:
+            raise OptimizerInputError(f"videos of one batch must have the same length, got {sorted(lengths)}")
+        self.num_frames = lengths.pop()
+        sizes = {tuple(v.image_size) for v in videos}
+        self.image_size = videos[0].image_size
+        if len(sizes) != 1:
+            raise OptimizerInputError(f"videos of one batch must have the same image size, got {sorted(sizes)}")
+        T = self.num_frames
+        dtype = torch.float32
+
+        def stack(get: Callable[[VideoInputs], torch.Tensor], what: str) -> torch.Tensor:
+            items = []
+            for v in videos:
+                value = torch.as_tensor(get(v)).to(device=device)
+                items.append(value.to(dtype) if value.is_floating_point() else value)
+            shapes = {tuple(x.shape) for x in items}
+            if len(shapes) != 1:
+                raise OptimizerInputError(f"{what}: shapes differ between videos {sorted(shapes)}")
+            return torch.stack(items)
+
+        for v in videos:
+            if v.body_trans.shape[0] != T or v.object_poses_cam.shape[0] != T or v.keypoints_2d.shape[0] != T:
+                raise OptimizerInputError(
+                    f"{v.name}: frame counts differ: body {v.body_pose.shape[0]}, trans {v.body_trans.shape[0]}, "
+                    f"object poses {v.object_poses_cam.shape[0]}, keypoints {v.keypoints_2d.shape[0]}"
+                )
+        self.K = stack(lambda v: v.K, "K")  # (B, 3, 3)
+        w2c = stack(lambda v: v.world_to_cam if v.world_to_cam.dim() == 3 else v.world_to_cam.expand(T, 4, 4), "cam")
+        self.world_to_cam = w2c  # (B, T, 4, 4)
+        self.cam_to_world = torch.linalg.inv(w2c)
+        self.pose_init = stack(lambda v: v.body_pose, "body_pose")
+        self.shape = stack(lambda v: v.body_shape, "body_shape")
+        self.trans_init = stack(lambda v: v.body_trans, "body_trans")
+        kp = stack(lambda v: v.keypoints_2d, "keypoints_2d")
+        self.kp_target, self.kp_conf = kp[..., :2], kp[..., 2].clamp(0.0, 1.0)
+        self.hand_mask = torch.arange(len(ALL_KEYPOINTS), device=device) >= NUM_BODY
+        self.contact = stack(lambda v: v.contact.bool(), "contact")  # (B, T, 2)
+        self.tracked = stack(
+            lambda v: v.object_tracked.bool() if v.object_tracked is not None else torch.ones(T, dtype=torch.bool),
+            "object_tracked",
+        )
+        any_contact = self.contact.any(-1)  # (B, T)
+        first = torch.where(
+            any_contact.any(-1), any_contact.float().argmax(-1), torch.full_like(any_contact[:, 0], T, dtype=torch.long)
+        )
+        frames = torch.arange(T, device=device)
+        self.precontact = frames[None] < first[:, None]  # (B, T)
+        # the first contact frame of each hand's first interval ("duration: start")
+        hand_first = torch.where(self.contact.any(1), self.contact.float().argmax(1), -1)  # (B, 2)
+        self.contact_start = frames[None, :, None] == hand_first[:, None, :]
+
+        # object: surface samples with normals, tracking vertices, world poses
+        samples, normals, track = [], [], []
+        for v in videos:
+            verts = torch.as_tensor(v.object_vertices, dtype=dtype, device=device)
+            faces = torch.as_tensor(v.object_faces, dtype=torch.long, device=device)
+            pts, nrm = geometry.sample_surface(verts, faces, config.object_surface_samples, seed=config.seed)
+            samples.append(pts)
+            normals.append(geometry.outward_normals(pts, nrm))
+            track.append(verts[geometry.subsample_indices(verts.shape[0], 256).to(device)])
+        if len({t.shape[0] for t in track}) != 1:
+            raise OptimizerInputError("object meshes of one batch need at least 256 vertices or the same count")
+        self.obj_samples = torch.stack(samples)  # (B, N, 3)
+        self.obj_normals = torch.stack(normals)
+        self.obj_track_verts = torch.stack(track)  # (B, Nv, 3)
+        pose_cam = stack(lambda v: v.object_poses_cam, "object_poses_cam")
+        pose_world = self.cam_to_world @ pose_cam
+        self.obj_R_init = pose_world[..., :3, :3]
+        self.obj_t_init = pose_world[..., :3, 3]
+        track_cam = geometry.transform(self.obj_track_verts[:, None], pose_cam[..., :3, :3], pose_cam[..., :3, 3])
+        self.obj_track_target = losses.project(track_cam, self.K)  # (B, T, Nv, 2)
+
+        # human point subsets
+        segments = getattr(body, "vertex_segments", {})
+        num_vertices = int(getattr(body, "num_vertices", 0) or body.faces.max().item() + 1)
+        hand_ids = []
+        for side in ("left_hand", "right_hand"):
+            ids = segments.get(side)
+            if ids is None:
+                raise OptimizerInputError(f"body model {body.name} has no vertex segment {side!r}")
+            ids = torch.as_tensor(ids, device="cpu")
+            hand_ids.append(ids[geometry.subsample_indices(ids.shape[0], HAND_POINTS_PER_HAND)])
+        self.hand_vertex_ids = torch.stack(hand_ids).to(device)  # (2, H)
+        self.body_vertex_ids = geometry.subsample_indices(num_vertices, BODY_POINTS).to(device)
+        self.point_body = PointBody(body, torch.cat([self.hand_vertex_ids.flatten(), self.body_vertex_ids]))
+        self.foot_keypoints = torch.tensor([ALL_KEYPOINTS.index(n) for n in FOOT_KEYPOINTS], device=device)
+
+        # optimised joints
+        names = list(body.joint_names)
+        if getattr(body, "name", "") == "anny" and all(b in names for b in ANNY_BODY_BONES):
+            opt_joints = [names.index(b) for b in ANNY_BODY_BONES]
+        else:
+            opt_joints = list(range(min(22, len(names))))
+        self.opt_joints = torch.tensor(opt_joints, device=device)
+        self.arm_joint_mask = torch.tensor(
+            [any(m in names[j].lower() for m in ARM_MARKERS) for j in opt_joints], device=device
+        )
+
+        # depth observations, per instance, in the world frame
+        self.depth_obj = self.depth_human = None
+        if all(v.depth is not None for v in videos):
+            count = 0
+            for spec in config.opt_stage_specs.values():
+                if "depth_pointcloud" in spec.loss_cfg:
+                    count = max(count, spec.loss_cfg["depth_pointcloud"].num_gt_samples)
+            if count:
+                depth_obj = self._depth_points(videos, "object_masks", count // 2, device)
+                depth_human = self._depth_points(videos, "human_masks", count - count // 2, device)
+                # a depth backend that knows only the background (``static``) gives nothing to fit
+                if bool(depth_obj[1].any()) or bool(depth_human[1].any()):
+                    self.depth_obj, self.depth_human = depth_obj, depth_human
+                else:
+                    logger.info("no depth on the object or the human in any frame: depth_pointcloud is 0")
+
+    def _depth_points(self, videos: list[VideoInputs], mask_attr: str, count: int, device: torch.device):
+        points, valid = [], []
+        for i, v in enumerate(videos):
+            depth = torch.as_tensor(v.depth, dtype=torch.float32, device=device)
+            mask = getattr(v, mask_attr)
+            mask = torch.ones_like(depth, dtype=torch.bool) if mask is None else torch.as_tensor(mask, device=device)
+            cam, ok = geometry.sample_depth_points(depth, mask.bool(), self.K[i], count, seed=i)
+            points.append(geometry.apply_homogeneous(cam, self.cam_to_world[i]))
+            valid.append(ok)
+        return torch.stack(points), torch.stack(valid)
+
+
+class HOIOptimizer:
+    """Runs ``config.opt_stage_specs`` over a batch of videos with one body model on one device."""
+
+    def __init__(self, body: Any, config: OptimizationConfig, device: str | torch.device = "cpu"):
+        self.body = body
+        self.config = config
+        self.device = torch.device(device)
+        for stage_name, spec in config.opt_stage_specs.items():
+            for term in spec.loss_cfg:
+                if term not in TERM_FUNCTIONS:
+                    raise OptimizerInputError(
+                        f"optimization.opt_stage_specs.{stage_name}.loss_cfg.{term}: not implemented"
+                    )
+
+    # ------------------------------------------------------------------ variables and forward model
+    def _init_variables(self, batch: _Batch) -> dict[str, torch.Tensor]:
+        B, T, dev = batch.pose_init.shape[0], batch.num_frames, self.device
+        J = batch.opt_joints.shape[0]
+        shapes = {
+            "human_trans_global": (B, 1, 3),
+            "human_trans_res": (B, T, 3),
+            "human_pose_res": (B, T, J, 3),
+            "human_hand_pose_res": (B, T, 1, 3),  # reserved name: accepted, not used by the forward model
+            "obj_t_res": (B, T, 3),
+            "obj_R_res": (B, T, 3),
+        }
+        return {name: torch.zeros(shape, device=dev, requires_grad=True) for name, shape in shapes.items()}
+
+    def _human(self, batch: _Batch, var: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        B, T = batch.pose_init.shape[:2]
+        pose = batch.pose_init.clone()
+        pose[:, :, batch.opt_joints] = pose[:, :, batch.opt_joints] + var["human_pose_res"]
+        trans = batch.trans_init + var["human_trans_global"] + var["human_trans_res"]
+        if B == 1 or bool((batch.shape == batch.shape[:1]).all()):
+            posed = [batch.point_body(pose.reshape(B * T, *pose.shape[2:]), batch.shape[0], trans.reshape(B * T, 3))]
+        else:  # one body shape per video: pose each video's frames with its own rest model
+            posed = [batch.point_body(pose[b], batch.shape[b], trans[b]) for b in range(B)]
+        points = torch.cat([p.points for p in posed]).reshape(B, T, -1, 3)
+        keypoints = torch.cat([p.keypoints for p in posed]).reshape(B, T, -1, 3)
+        joints = torch.cat([p.joints for p in posed]).reshape(B, T, -1, 3)
+        num_hand = batch.hand_vertex_ids.numel()
+        return {
+            "pose": pose,
+            "trans": trans,
+            "keypoints": keypoints,
+            "joints": joints[:, :, batch.opt_joints],
+            "hands": points[:, :, :num_hand].reshape(B, T, 2, -1, 3),  # (B, T, 2, H, 3)
+            "body_points": points[:, :, num_hand:],  # (B, T, P, 3)
+            "feet": keypoints[:, :, batch.foot_keypoints],
+        }
+
+    def _object(self, batch: _Batch, var: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        rotation = roma.rotvec_to_rotmat(var["obj_R_res"]) @ batch.obj_R_init
+        translation = batch.obj_t_init + var["obj_t_res"]
+        return {"R": rotation, "t": translation}
+
+    # ------------------------------------------------------------------ losses
+    def _terms(
+        self, batch: _Batch, var: dict[str, torch.Tensor], loss_cfg: dict[str, LossTermConfig]
+    ) -> dict[str, torch.Tensor]:
+        """Unweighted value per term and video (B,)."""
+        needs_human = any(t in HUMAN_TERMS for t in loss_cfg)
+        needs_object = any(t in OBJECT_TERMS for t in loss_cfg)
+        ctx = _TermContext(batch=batch, var=var)
+        if needs_human:
+            ctx.human = self._human(batch, var)
+        if needs_object:
+            ctx.obj = self._object(batch, var)
+        return {name: TERM_FUNCTIONS[name](ctx, cfg) for name, cfg in loss_cfg.items()}
+
+    # ------------------------------------------------------------------ main loop
+    def run(
+        self,
+        videos: list[VideoInputs],
+        progress: Callable[[float, str], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+        eval_cfg: dict[str, LossTermConfig] | None = None,
+    ) -> list[OptimizationResult]:
+        if not videos:
+            return []
+        start = time.perf_counter()
+        torch.manual_seed(self.config.seed)
+        batch = _Batch(videos, self.body, self.config, self.device)
+        for v, ground in zip(videos, self._ground_heights(batch), strict=True):
+            v.ground_z = float(ground) if v.ground_z is None else v.ground_z
+        batch.ground_z = torch.tensor([v.ground_z for v in videos], device=self.device)
+        var = self._init_variables(batch)
+        stages = self.config.opt_stage_specs
+        total_iters = max(1, sum(spec.niter for spec in stages.values()))
+        done = 0
+        history: list[list[dict[str, Any]]] = [[] for _ in videos]
+        init_losses = final_losses = None
+        for stage_name, spec in stages.items():
+            stage_start = time.perf_counter()
+            terms_hist = self._run_stage(batch, var, stage_name, spec, done, total_iters, progress, should_cancel)
+            done += spec.niter
+            seconds = time.perf_counter() - stage_start
+            for b in range(len(videos)):
+                history[b].append(
+                    {
+                        "name": stage_name,
+                        "niter": spec.niter,
+                        "seconds": round(seconds, 3),
+                        "weights": {t: c.weight for t, c in spec.loss_cfg.items()},
+                        "terms": {t: values[:, b].tolist() for t, values in terms_hist.items() if t != "total"},
+                        "total": terms_hist["total"][:, b].tolist() if "total" in terms_hist else [],
+                    }
+                )
+            if terms_hist.get("total") is not None and terms_hist["total"].shape[0]:
+                if init_losses is None:
+                    init_losses = {t: v[0] for t, v in terms_hist.items()}
+                final_losses = {t: v[-1] for t, v in terms_hist.items()}
+        with torch.no_grad():
+            human = self._human(batch, var)
+            obj = self._object(batch, var)
+            eval_values = self._terms(batch, var, eval_cfg) if eval_cfg else {}
+        seconds = time.perf_counter() - start
+        results = []
+        for b, video in enumerate(videos):
+            pose_world = torch.eye(4, device=self.device).repeat(batch.num_frames, 1, 1)
+            pose_world[:, :3, :3] = obj["R"][b]
+            pose_world[:, :3, 3] = obj["t"][b]
+            results.append(
+                OptimizationResult(
+                    name=video.name,
+                    body_pose=human["pose"][b].detach().cpu(),
+                    body_shape=batch.shape[b].detach().cpu(),
+                    body_trans=human["trans"][b].detach().cpu(),
+                    obj_R=obj["R"][b].detach().cpu(),
+                    obj_t=obj["t"][b].detach().cpu(),
+                    obj_pose_cam=(batch.world_to_cam[b] @ pose_world).detach().cpu(),
+                    history={"stages": history[b], "seconds": round(seconds, 3), "batch_size": len(videos)},
+                    eval_data={n: float(eval_cfg[n].weight * v[b]) for n, v in eval_values.items()},
+                    seconds=seconds / len(videos),
+                    init_losses={t: float(v[b]) for t, v in (init_losses or {}).items()},
+                    final_losses={t: float(v[b]) for t, v in (final_losses or {}).items()},
+                )
+            )
+        logger.info("optimised %d video(s), %d frames, in %.1f s", len(videos), batch.num_frames, seconds)
+        return results
+
+    @torch.no_grad()
+    def evaluate(self, video: VideoInputs, eval_cfg: dict[str, LossTermConfig]) -> dict[str, float]:
+        """Weighted value of each ``eval`` metric (the reference's ``eval_data``) on the video's estimates as
+        they are (no optimisation): what stage 5 compares with ``eval.<name>.threshold``."""
+        if not eval_cfg:
+            return {}
+        for name in eval_cfg:
+            if name not in TERM_FUNCTIONS:
+                raise OptimizerInputError(f"eval.{name}: not implemented")
+        batch = _Batch([video], self.body, self.config, self.device)
+        ground = self._ground_heights(batch)
+        batch.ground_z = torch.tensor([video.ground_z], device=self.device) if video.ground_z is not None else ground
+        zero = {k: torch.zeros_like(v) for k, v in self._init_variables(batch).items()}
+        values = self._terms(batch, zero, eval_cfg)
+        return {name: float(eval_cfg[name].weight * values[name][0]) for name in eval_cfg}
+
+    @torch.no_grad()
+    def _ground_heights(self, batch: _Batch) -> torch.Tensor:
+        """Ground height per video: a low percentile of the stage 1 feet (the floor they stand on)."""
+        zero = {k: torch.zeros_like(v) for k, v in self._init_variables(batch).items()}
+        feet = self._human(batch, zero)["feet"][..., 2]  # (B, T, 6)
+        lowest = feet.min(-1).values
+        return torch.quantile(lowest, 0.1, dim=-1)
+
+    def _run_stage(
+        self,
+        batch: _Batch,
+        var: dict[str, torch.Tensor],
+        stage_name: str,
+        spec: OptStageSpec,
+        done: int,
+        total_iters: int,
+        progress: Callable[[float, str], None] | None,
+        should_cancel: Callable[[], bool] | None,
+    ) -> dict[str, torch.Tensor]:
+        groups, masks = [], {}
+        for name, opt in spec.opt_vars.items():
+            if name not in var:
+                raise OptimizerInputError(f"opt_stage_specs.{stage_name}.opt_vars.{name}: unknown variable")
+            groups.append({"params": [var[name]], "lr": opt.lr})
+            mask = self._grad_mask(batch, name, opt)
+            if mask is not None:
+                masks[name] = mask
+        term_names = list(spec.loss_cfg)
+        weights = torch.tensor([spec.loss_cfg[t].weight for t in term_names], device=self.device)
+        record = torch.zeros(spec.niter, len(term_names) + 1, batch.pose_init.shape[0], device=self.device)
+        if not groups or spec.niter == 0 or not term_names:
+            return {}
+        optimizer = torch.optim.Adam(groups)
+
+        def step_loss() -> tuple[torch.Tensor, torch.Tensor]:
+            values = self._terms(batch, var, spec.loss_cfg)
+            stacked = torch.stack([values[t] for t in term_names])  # (n_terms, B)
+            weighted = stacked * weights[:, None]
+            return weighted.sum(), weighted
+
+        compute = torch.compile(step_loss, dynamic=False) if self.config.compile else step_loss
+        for it in range(spec.niter):
+            optimizer.zero_grad(set_to_none=True)
+            total, weighted = compute()
+            total.backward()
+            for name, mask in masks.items():
+                if var[name].grad is not None:
+                    var[name].grad.mul_(mask)
+            optimizer.step()
+            record[it, :-1] = weighted.detach()
+            record[it, -1] = weighted.detach().sum(0)
+            if it % 25 == 0 or it == spec.niter - 1:
+                if should_cancel is not None and should_cancel():
+                    from reconstruction.stages.base import StageCancelled
+
+                    raise StageCancelled(f"cancelled during {stage_name} iteration {it}")
+                if progress is not None:
+                    progress((done + it + 1) / total_iters, f"{stage_name} {it + 1}/{spec.niter}")
+        record = record.cpu()
+        out = {t: record[:, i] for i, t in enumerate(term_names)}
+        out["total"] = record[:, -1]
+        return out
+
+    def _grad_mask(self, batch: _Batch, name: str, opt: OptVarConfig) -> torch.Tensor | None:
+        if name == "human_trans_global" and opt.xy_only:
+            return torch.tensor([1.0, 1.0, 0.0], device=self.device)
+        if name == "human_pose_res" and opt.arm_only:
+            return batch.arm_joint_mask.float()[:, None]
+        return None
+
+
+# ---- term adapters: build each term's inputs from the current state ---------------------------------
+@dataclass
+class _TermContext:
+    batch: _Batch
+    var: dict[str, torch.Tensor]
+    human: dict[str, torch.Tensor] | None = None
+    obj: dict[str, torch.Tensor] | None = None
+
+    def to_cam(self, points_world: torch.Tensor) -> torch.Tensor:
+        """(B, T, ..., N, 3) world points -> camera frame with the per-frame extrinsics."""
+        w2c = self.batch.world_to_cam
+        extra = points_world.dim() - 4
+        R, t = w2c[..., :3, :3], w2c[..., :3, 3]
+        for _ in range(extra):
+            R, t = R.unsqueeze(2), t.unsqueeze(2)
+        return geometry.transform(points_world, R, t)
+
+    def object_points(self, subset: int | None = None) -> torch.Tensor:
+        samples = self.batch.obj_samples if subset is None else self.batch.obj_samples[:, :subset]
+        return geometry.transform(samples[:, None], self.obj["R"], self.obj["t"])  # (B, T, N, 3)
+
+    def object_normals(self) -> torch.Tensor:
+        return self.batch.obj_normals[:, None] @ self.obj["R"].transpose(-1, -2)
+
+
+def _t_keypoint_tracking(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
+    pred = losses.project(ctx.to_cam(ctx.human["keypoints"]), ctx.batch.K)
+    beta = 0.1 if cfg.beta is None else cfg.beta
+    return losses.keypoint_tracking(pred, ctx.batch.kp_target, ctx.batch.kp_conf, ctx.batch.hand_mask, beta)
+
+
+def _t_human_smoothness(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
+    return losses.human_smoothness(ctx.human["joints"], 0.1 if cfg.beta is None else cfg.beta)
+
+
+def _t_human_pose_reg(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
+    return losses.human_pose_reg(ctx.var["human_pose_res"])
+
+
+def _t_human_foot_contact(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
+    return losses.human_foot_contact(ctx.human["feet"], ctx.batch.ground_z, cfg.foot_height)
+
+
+def _t_ground(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
+    return losses.ground(ctx.human["feet"], ctx.batch.ground_z)
+
+
+def _t_reg(var_name: str) -> Callable[[_TermContext, LossTermConfig], torch.Tensor]:
+    def term(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
+        return losses.residual_reg(ctx.var[var_name].flatten(1, -2))
+
+    return term
+
+
+def _t_verts_tracking(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
+    verts = geometry.transform(ctx.batch.obj_track_verts[:, None], ctx.obj["R"], ctx.obj["t"])
+    pred = losses.project(ctx.to_cam(verts), ctx.batch.K)
+    return losses.verts_tracking(pred, ctx.batch.obj_track_target, ctx.batch.tracked)
+
+
+def _t_obj_smoothness(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
+    return losses.obj_smoothness(ctx.object_points(subset=128), 0.0 if cfg.beta is None else cfg.beta)
+
+
+def _t_obj_precontact_reg(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
+    return losses.obj_precontact_reg(ctx.object_points(subset=128), ctx.batch.precontact)
+
+
+def _t_depth_pointcloud(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
+    batch = ctx.batch
+    if batch.depth_obj is None:
+        return batch.K.new_zeros(batch.K.shape[0])
+    frames = slice(None, None, cfg.interval)
+    obj_world = ctx.object_points()
+    human_world = ctx.human["body_points"]
+    # one joint z-buffer: a hand in front of the object hides the object's samples there
+    both_cam = ctx.to_cam(torch.cat([obj_world, human_world], dim=2))
+    visible = geometry.visible_points(both_cam, batch.K, batch.image_size, tol=max(cfg.depth_tol, 0.02))
+    n_obj = obj_world.shape[2]
+    total = losses.depth_pointcloud(
+        obj_world[:, frames], visible[:, frames, :n_obj], batch.depth_obj[0][:, frames], batch.depth_obj[1][:, frames],
+        cfg.trim_pct, cfg.depth_tol,
+    )  # fmt: skip
+    total = total + losses.depth_pointcloud(
+        human_world[:, frames], visible[:, frames, n_obj:], batch.depth_human[0][:, frames],
+        batch.depth_human[1][:, frames], cfg.trim_pct, cfg.depth_tol,
+    )  # fmt: skip
+    return total
+
+
+def _contact_mask(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
+    return ctx.batch.contact_start if cfg.duration == "start" else ctx.batch.contact
+
+
+def _t_contact(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
+    return losses.contact(
+        ctx.to_cam(ctx.human["hands"]),
+        ctx.to_cam(ctx.object_points(subset=CONTACT_SAMPLES)),
+        _contact_mask(ctx, cfg),
+        ctx.batch.K,
+        depth_only=cfg.depth_only,
+        max_contact_dist=cfg.max_contact_dist,
+        contact_px=cfg.contact_px,
+        huber_delta=cfg.huber_delta,
+    )
+
+
+def _t_contact_smoothness(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
+    R, t = ctx.obj["R"], ctx.obj["t"]
+    hands = ctx.human["hands"] - t[:, :, None, None, :]
+    in_object = hands @ R[:, :, None]  # R^T x for row vectors: x @ R
+    return losses.contact_smoothness(in_object, ctx.batch.contact)
+
+
+def _t_penetration(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
+    # Only body points near the object can be inside it: per frame, the PENETRATION_CANDIDATES points
+    # closest to the object's centre (hands first in line) are tested against the object's samples.
+    hands = ctx.human["hands"].flatten(2, 3)
+    points = torch.cat([hands, ctx.human["body_points"]], dim=2)
+    centre = ctx.obj["t"][:, :, None, :]
+    near = (points - centre).detach().norm(dim=-1).topk(PENETRATION_CANDIDATES, dim=-1, largest=False).indices
+    candidates = points.gather(2, near[..., None].expand(-1, -1, -1, 3))
+    samples = ctx.batch.obj_samples[:, :PENETRATION_SAMPLES]
+    normals = ctx.batch.obj_normals[:, :PENETRATION_SAMPLES]
+    surface = geometry.transform(samples[:, None], ctx.obj["R"], ctx.obj["t"])
+    surface_normals = normals[:, None] @ ctx.obj["R"].transpose(-1, -2)
+    return losses.penetration(candidates, surface, surface_normals)
+
+
+TERM_FUNCTIONS: dict[str, Callable[[_TermContext, LossTermConfig], torch.Tensor]] = {
+    "keypoint_tracking": _t_keypoint_tracking,
+    "human_smoothness": _t_human_smoothness,
+    "human_pose_reg": _t_human_pose_reg,
+    "human_foot_contact": _t_human_foot_contact,
+    "ground": _t_ground,
+    "human_global_init_reg": _t_reg("human_trans_global"),
+    "human_traj_reg": _t_reg("human_trans_res"),
+    "obj_traj_reg": _t_reg("obj_t_res"),
+    "obj_rot_reg": _t_reg("obj_R_res"),
+    "verts_tracking": _t_verts_tracking,
+    "obj_smoothness": _t_obj_smoothness,
+    "obj_precontact_reg": _t_obj_precontact_reg,
+    "depth_pointcloud": _t_depth_pointcloud,
+    "contact": _t_contact,
+    "contact_smoothness": _t_contact_smoothness,
+    "penetration": _t_penetration,
+}

@@ -1,0 +1,88 @@
+"""Contact labelling from constructed hand and object trajectories (reconstruction.optim.contact)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from reconstruction.optim import contact
+
+
+def _box_samples(n: int = 64) -> torch.Tensor:
+    g = torch.linspace(-0.05, 0.05, 4)
+    pts = torch.stack(torch.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
+    return pts[:n]
+
+
+def _pick_and_place(num_frames: int = 40):
+    """Left hand reaches (0-9), grasps at 10, carries the object up 30 cm (12-24), lets go at 28, leaves."""
+    obj_centre = torch.zeros(num_frames, 3)
+    obj_centre[:, 2] = 0.8
+    lift = torch.linspace(0.0, 0.3, 13)
+    obj_centre[12:25, 2] += lift
+    obj_centre[25:, 2] += 0.3
+    obj = obj_centre[:, None, :] + _box_samples()[None]
+    left = obj_centre.clone()
+    left[:, 0] -= 0.06  # 1 cm off the box's -x face while holding
+    approach = torch.linspace(0.6, 0.0, 10)
+    left[:10, 0] -= approach
+    leave = torch.linspace(0.0, 0.5, num_frames - 28)
+    left[28:, 0] -= leave
+    right = torch.tensor([0.6, 0.0, 0.9]).expand(num_frames, 3)
+    hands = torch.stack([left, right], 1)[:, :, None, :] + torch.randn(1, 1, 5, 3) * 0.005
+    return hands, obj
+
+
+def test_pick_and_place_left_hand_interval():
+    hands, obj = _pick_and_place()
+    labels = contact.label_contacts(hands, obj)
+    assert labels.hands.shape == (40, 2)
+    assert not labels.hands[:, 1].any(), "the right hand never comes near"
+    left = np.flatnonzero(labels.hands[:, 0])
+    assert 8 <= left[0] <= 11 and 26 <= left[-1] <= 30
+    assert len(labels.intervals) == 1 and labels.intervals[0].hand == "left"
+    assert labels.contact_hand == "left" and labels.contact_frame == left[0]
+    assert labels.object_moving[14:23].all() and not labels.object_moving[:10].any()
+    data = labels.to_json()
+    assert data["intervals"][0]["hand"] == "left" and len(data["frames"]) == 40
+
+
+def test_carry_detected_by_velocity_coupling_when_distance_is_noisy():
+    hands, obj = _pick_and_place()
+    hands = hands.clone()
+    hands[12:25, 0, :, 1] += 0.15  # stage 1 puts the hand 15 cm off while it carries the object
+    labels = contact.label_contacts(hands, obj)
+    assert labels.hands[13:24, 0].all(), "coupled motion keeps the carry in contact"
+    assert not labels.hands[:, 1].any()
+
+
+def test_static_object_and_cleaning():
+    hands, obj = _pick_and_place()
+    obj = obj[:1].expand_as(obj).clone()  # never moves
+    hands = hands.clone()
+    hands[:, 0] = torch.tensor([1.0, 1.0, 1.0])  # left hand far away
+    hands[20, 0] = obj[20, :5] + 0.01  # one-frame touch: too short to count
+    labels = contact.label_contacts(hands, obj, is_static_obj=True)
+    assert not labels.hands.any() and labels.contact_frame is None and labels.contact_hand is None
+    flags = np.array([0, 1, 1, 0, 1, 1, 0, 0, 0, 0, 1, 0], dtype=bool)
+    cleaned = contact.clean_intervals(flags, max_gap=1, min_length=3)
+    assert cleaned.tolist() == [False, True, True, True, True, True] + [False] * 6
+
+
+def test_hysteresis_and_feet():
+    d = np.array([0.2, 0.05, 0.1, 0.11, 0.13, 0.1])
+    assert contact.hysteresis(d, near=0.06, far=0.12).tolist() == [False, True, True, True, False, False]
+    hands, obj = _pick_and_place()
+    feet = torch.zeros(40, 2, 3, 3)
+    feet[:, 1, :, 2] = 0.3  # right foot lifted all the time
+    labels = contact.label_contacts(hands, obj, foot_points=feet, ground_z=0.0)
+    assert labels.feet[:, 0].all() and not labels.feet[:, 1].any()
+
+
+def test_save_and_load(tmp_path):
+    hands, obj = _pick_and_place()
+    labels = contact.label_contacts(hands, obj)
+    path = contact.save_contact_labels(tmp_path / "c.json", labels)
+    data = contact.load_contact_labels(path)
+    assert np.array(data["frames"]).shape == (40, 2)
+    assert data["contact_hand"] == "left"

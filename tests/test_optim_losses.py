@@ -1,0 +1,192 @@
+"""Each loss term on hand-computed cases: zero when perfect, a known value, a sensible gradient."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from reconstruction.optim import losses
+
+K = torch.tensor([[100.0, 0.0, 50.0], [0.0, 100.0, 40.0], [0.0, 0.0, 1.0]])
+
+
+def test_project_pinhole_and_batched_K():
+    pts = torch.tensor([[0.0, 0.0, 2.0], [1.0, -0.5, 2.0]])
+    assert torch.allclose(losses.project(pts, K), torch.tensor([[50.0, 40.0], [100.0, 15.0]]))
+    batched = losses.project(pts.expand(3, 4, 2, 3), torch.stack([K, 2 * K.triu(), K]))
+    assert batched.shape == (3, 4, 2, 2)
+    assert torch.allclose(batched[0, 1], losses.project(pts, K))
+
+
+def test_keypoint_tracking_value_weights_and_gradient():
+    target = torch.zeros(2, 3, 2)  # T=2, K=3
+    conf = torch.ones(2, 3)
+    hand = torch.tensor([False, False, True])
+    assert losses.keypoint_tracking(target, target, conf, hand).item() == 0.0
+    pred = target.clone()
+    pred[:, 0, 0] = 3.0  # body keypoint 3 px off
+    pred[:, 2, 1] = 10.0  # hand keypoint 10 px off, weight beta=0.1
+    value = losses.keypoint_tracking(pred, target, conf, hand, beta=0.1)
+    # per frame: (1*9 + 1*0 + 0.1*100) / (1 + 1 + 0.1)
+    assert value.item() == pytest.approx(19.0 / 2.1)
+    conf0 = conf.clone()
+    conf0[:, 0] = 0.0  # an undetected keypoint does not count
+    assert losses.keypoint_tracking(pred, target, conf0, hand, beta=0.1).item() == pytest.approx(10.0 / 1.1)
+    pred.requires_grad_(True)
+    losses.keypoint_tracking(pred, target, conf, hand).backward()
+    assert pred.grad[0, 0, 0] > 0  # pulls x back towards 0
+
+
+def test_smoothness_terms():
+    t = torch.arange(5.0)
+    linear = torch.stack([t, 2 * t, 0 * t], -1)[:, None, :]  # (T=5, N=1, 3) constant velocity
+    assert losses.human_smoothness(linear, beta=0.0).item() == pytest.approx(0.0)
+    # velocity term: |v|^2 = 1 + 4 = 5 per frame
+    assert losses.human_smoothness(linear, beta=0.1).item() == pytest.approx(0.5)
+    jitter = linear.clone()
+    jitter[2, 0, 2] = 1.0  # one spike: accelerations 1, -2, 1 in z over the 3 interior frames
+    assert losses.obj_smoothness(jitter).item() == pytest.approx((1 + 4 + 1) / 3)
+    batched = torch.stack([linear, jitter])
+    assert losses.obj_smoothness(batched).shape == (2,)
+    jitter.requires_grad_(True)
+    losses.obj_smoothness(jitter).backward()
+    assert jitter.grad[2, 0, 2] > 0  # the spike is pushed down
+
+
+def test_pose_and_residual_regularisers():
+    res = torch.zeros(4, 2, 3)
+    assert losses.human_pose_reg(res).item() == 0.0
+    res[:, 0, 0] = 0.2
+    assert losses.human_pose_reg(res).item() == pytest.approx(0.04 / 2)
+    assert losses.residual_reg(torch.tensor([0.3, 0.4, 0.0])).item() == pytest.approx(0.25)
+    assert losses.residual_reg(torch.tensor([[3.0, 4.0], [0.0, 0.0]])).item() == pytest.approx(12.5)
+
+
+def test_foot_contact_penalises_sliding_only_when_planted():
+    ground_z = torch.tensor(0.0)
+    feet = torch.zeros(3, 1, 3)
+    feet[:, 0, 0] = torch.tensor([0.0, 0.1, 0.3])  # slides 0.1 then 0.2 in x at z = 0.01
+    feet[:, 0, 2] = 0.01
+    assert losses.human_foot_contact(feet, ground_z).item() == pytest.approx((0.01 + 0.04) / 2)
+    lifted = feet.clone()
+    lifted[:, 0, 2] = 0.3  # a swinging foot may move freely
+    assert losses.human_foot_contact(lifted, ground_z).item() == 0.0
+    still = feet.clone()
+    still[:, 0, 0] = 0.5
+    assert losses.human_foot_contact(still, ground_z).item() == 0.0
+    below = feet.clone()
+    below[:, 0, 2] = -0.02
+    assert losses.ground(below, ground_z).item() == pytest.approx(0.0004)
+    assert losses.ground(feet, ground_z).item() == 0.0
+
+
+def test_verts_tracking_with_valid_frames():
+    target = torch.zeros(2, 4, 2)
+    pred = target.clone()
+    pred[1, :, 0] = 2.0
+    assert losses.verts_tracking(pred, target).item() == pytest.approx(2.0)
+    assert losses.verts_tracking(pred, target, torch.tensor([True, False])).item() == 0.0
+    assert losses.verts_tracking(pred, target, torch.tensor([False, True])).item() == pytest.approx(4.0)
+
+
+def test_obj_precontact_reg():
+    pts = torch.zeros(4, 2, 3)
+    pts[1:, :, 1] = 0.1  # moves between frames 0 and 1, then still
+    pre = torch.tensor([True, True, True, False])
+    assert losses.obj_precontact_reg(pts, pre).item() == pytest.approx(0.01 / 2)
+    assert losses.obj_precontact_reg(pts, torch.tensor([False, False, True, True])).item() == 0.0
+
+
+def test_depth_pointcloud_zero_known_trim_and_tol():
+    grid = torch.stack(torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij"), -1).reshape(-1, 2)
+    cloud = torch.cat([grid * 0.1, torch.full((16, 1), 2.0)], -1)[None]  # (T=1, 16, 3)
+    ok = torch.ones(1, 16, dtype=torch.bool)
+    assert losses.depth_pointcloud(cloud, ok, cloud, ok).item() == pytest.approx(0.0)
+    shifted = cloud + torch.tensor([0.0, 0.0, 0.03])  # every nearest distance is 0.03 m
+    value = losses.depth_pointcloud(shifted, ok, cloud, ok, trim_pct=0.0, depth_tol=0.0)
+    assert value.item() == pytest.approx(2 * 0.03**2, rel=1e-4)
+    # inside the tolerance nothing is paid
+    assert losses.depth_pointcloud(shifted, ok, cloud, ok, depth_tol=0.05).item() == 0.0
+    # an outlier depth point is trimmed away (1 of 17 < 20 %) but counted without trimming
+    outlier = torch.cat([cloud, torch.tensor([[[5.0, 5.0, 2.0]]])], 1)
+    ok17 = torch.ones(1, 17, dtype=torch.bool)
+    assert losses.depth_pointcloud(cloud, ok, outlier, ok17, trim_pct=0.2, depth_tol=0.0).item() == pytest.approx(0.0)
+    assert losses.depth_pointcloud(cloud, ok, outlier, ok17, trim_pct=0.0, depth_tol=0.0).item() > 1.0
+    # invalid points and empty frames are ignored
+    none = torch.zeros(1, 16, dtype=torch.bool)
+    assert losses.depth_pointcloud(shifted, ok, cloud, none).item() == 0.0
+    shifted.requires_grad_(True)
+    losses.depth_pointcloud(shifted, ok, cloud, ok, trim_pct=0.0, depth_tol=0.0).backward()
+    assert (shifted.grad[..., 2] > 0).all()  # pushed back towards the depth points
+
+
+def _hands_and_object(gap: float):
+    """Object: a 5x5 grid of points at z=2; both hands: one point ``gap`` in front of the grid centre."""
+    grid = torch.stack(torch.meshgrid(torch.linspace(-0.1, 0.1, 5), torch.linspace(-0.1, 0.1, 5), indexing="ij"), -1)
+    obj = torch.cat([grid.reshape(-1, 2), torch.full((25, 1), 2.0)], -1)[None]  # (T=1, 25, 3)
+    hands = torch.tensor([0.0, 0.0, 2.0 - gap]).expand(1, 2, 1, 3).clone()  # (T=1, 2, H=1, 3)
+    return hands, obj
+
+
+def test_contact_3d_and_depth_only():
+    hands, obj = _hands_and_object(0.0)
+    both = torch.tensor([[True, True]])
+    assert losses.contact(hands, obj, both, K).item() == 0.0
+    assert losses.contact(hands, obj, both, K, depth_only=True).item() == 0.0
+    hands, obj = _hands_and_object(0.05)
+    assert losses.contact(hands, obj, both, K).item() == pytest.approx(0.0025, rel=1e-5)
+    # depth_only: Huber of the z gap (0.05 > delta 0.01 -> linear part)
+    expected = 0.5 * 0.01**2 + 0.01 * (0.05 - 0.01)
+    assert losses.contact(hands, obj, both, K, depth_only=True, huber_delta=0.01).item() == pytest.approx(
+        expected, rel=1e-5
+    )
+    # no contact label -> nothing; too far -> skipped
+    assert losses.contact(hands, obj, torch.tensor([[False, False]]), K).item() == 0.0
+    assert losses.contact(hands, obj, both, K, max_contact_dist=0.01).item() == 0.0
+    # off to the side on screen: no partner within contact_px in depth_only mode
+    side = hands.clone()
+    side[..., 0] = 1.0
+    assert losses.contact(side, obj, both, K, depth_only=True, max_contact_dist=2.0).item() == 0.0
+    hands.requires_grad_(True)
+    losses.contact(hands, obj, both, K, depth_only=True).backward()
+    assert (hands.grad[..., 2] < 0).all()  # descent moves the hands to larger z, onto the object
+
+
+def test_contact_smoothness():
+    held = torch.zeros(3, 2, 1, 3)
+    mask = torch.tensor([[True, False]] * 3)
+    assert losses.contact_smoothness(held, mask).item() == 0.0
+    held[2, 0, 0, 0] = 0.1  # the left hand slides 10 cm on the object while holding it
+    held[1, 1, 0, 0] = 5.0  # the right hand is not in contact: free
+    assert losses.contact_smoothness(held, mask).item() == pytest.approx(0.01 / 2)
+
+
+def _unit_sphere(n: int = 400):
+    i = torch.arange(n, dtype=torch.float32) + 0.5
+    phi = torch.acos(1 - 2 * i / n)
+    theta = math.pi * (1 + 5**0.5) * i
+    pts = torch.stack([torch.cos(theta) * torch.sin(phi), torch.sin(theta) * torch.sin(phi), torch.cos(phi)], -1)
+    return pts, pts.clone()
+
+
+def test_signed_distance_and_penetration():
+    surface, normals = _unit_sphere()
+    probe = torch.tensor([[0.0, 0.0, 0.5], [0.0, 0.0, 1.5], [0.0, 0.0, -0.9]])
+    sdf = losses.signed_distance(probe, surface, normals)
+    assert sdf[0].item() == pytest.approx(-0.5, abs=0.03)
+    assert sdf[1].item() == pytest.approx(0.5, abs=0.03)
+    assert sdf[2].item() == pytest.approx(-0.1, abs=0.03)
+    outside = torch.tensor([[[2.0, 0.0, 0.0]]])
+    assert losses.penetration(outside, surface[None], normals[None]).item() == 0.0
+    inside = torch.tensor([[[0.0, 0.0, 0.9]]], requires_grad=True)
+    value = losses.penetration(inside, surface[None], normals[None])
+    assert value.item() == pytest.approx(0.01, abs=0.005)
+    value.backward()
+    assert inside.grad[0, 0, 2] < 0  # descent pushes the point out through the nearest surface (+z)
+
+
+def test_huber():
+    r = torch.tensor([0.0, 0.005, -0.02])
+    assert torch.allclose(losses.huber(r, 0.01), torch.tensor([0.0, 0.5 * 0.005**2, 0.5e-4 + 0.01 * 0.01]))
