@@ -31,6 +31,7 @@ import json
 import logging
 import platform
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -307,8 +308,21 @@ def package_versions() -> dict[str, str]:
                 found[name] = version(name)
             except PackageNotFoundError:
                 continue
+        commit = _source_commit()
+        if commit:
+            found["hoiweb_commit"] = commit
         _versions = found
     return dict(_versions)
+
+
+def _source_commit() -> str | None:
+    """The git commit of the engine's source tree (provenance only; ``None`` outside a checkout)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=5)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 # Models loaded once per process and shared by every video's StageContext.

@@ -174,3 +174,17 @@ def test_scenepic_page_opens_in_chromium(clean):
     non_white = (np.abs(region - 255).sum(-1) > 30).mean()
     assert non_white > 0.02, f"canvas looks empty ({non_white:.3%} drawn)"
     shutil.copy(html, ARTIFACTS / "recon_result.html")
+
+
+def test_with_recon_config(tmp_path):
+    """The pipeline hands stage 6 a ReconConfig: its visualization options are honoured."""
+    from reconstruction.config import load_config
+
+    scene = build_scene(tmp_path, num_frames=3, image_size=(64, 96), name="cfg")
+    config = load_config(None).merge({"visualization": {"vis_html": False, "extra_views": []}})
+    result = _run(scene, config=config)
+    assert sorted(p.name for p in result.files) == ["input.mp4", "recon_comparison.mp4", "recon_result.mp4"]
+    frames, _ = read_video(scene.layout.result_vis(scene.video) / "recon_comparison.mp4")
+    assert frames.shape == (3, 64, 3 * 96, 3)
+    disabled = _run(scene, config=load_config(None).merge({"visualization": {"enable": False}}))
+    assert disabled.files == []

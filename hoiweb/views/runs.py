@@ -120,7 +120,10 @@ def run_status(request, run_id: int):
 
 
 def run_status_payload(run: Run) -> dict:
+    running = run.jobs.filter(status=StageJob.RUNNING).order_by("-attempt", "stage").first() if run.is_active else None
     return {
+        "log_tail": "\n".join(running.log_tail.splitlines()[-25:]) if running else "",
+        "worker": running.worker_name if running else "",
         "id": run.pk,
         "status": run.status,
         "active": run.is_active,
@@ -141,7 +144,11 @@ def run_file(request, run_id: int, name: str):
     download = None
     if name == "hoi_data":
         download = f"{run.video.video_id.replace('/', '__')}__hoi_data.pkl"
-    return serve_file(request, path, download_name=download)
+    response = serve_file(request, path, download_name=download)
+    if name in ("scenepic", "scenepic_page"):
+        # The 3D page runs its own scripts: sandbox it into an opaque origin (no cookies, no access to the app).
+        response["Content-Security-Policy"] = "sandbox allow-scripts"
+    return response
 
 
 @require_POST

@@ -265,13 +265,16 @@ class NormalEquations:
     cost: torch.Tensor
 
 
-def _accumulate(residual: torch.Tensor, jacobian: torch.Tensor, weight: torch.Tensor, eq: NormalEquations) -> None:
-    """Add residuals (W,N) with jacobians (W,N,6) and per-residual weights (W,N) to ``eq``."""
+def _accumulate(
+    residual: torch.Tensor, jacobian: torch.Tensor | None, weight: torch.Tensor, eq: NormalEquations
+) -> None:
+    """Add residuals (W,N) with jacobians (W,N,6) (None: cost only) and weights (W,N) to ``eq``."""
     wr = residual * weight
-    wj = jacobian * weight[..., None]
-    eq.hessian += torch.einsum("wni,wnj->wij", wj, wj)
-    eq.gradient += torch.einsum("wni,wn->wi", wj, wr)
     eq.cost += (wr**2).sum(1)
+    if jacobian is not None:
+        wj = jacobian * weight[..., None]
+        eq.hessian += wj.transpose(1, 2) @ wj
+        eq.gradient += (wj.transpose(1, 2) @ wr[..., None])[..., 0]
 
 
 def data_terms(
@@ -304,7 +307,7 @@ def data_terms(
             # occluder never makes object pixels appear, so a model outline inside the mask is wrong.
             valid = valid * torch.where(inside_only, (value < 0).to(dtype), torch.ones_like(value))
         w = valid * _irls(value, config.robust_px) * (weight / norm) ** 0.5
-        jac = torch.zeros(*value.shape, 6, dtype=dtype, device=device)
+        jac = None
         if with_jacobian:
             image_grad = torch.stack(
                 [sample_image(grad[frames, :1], pixels, size), sample_image(grad[frames, 1:], pixels, size)], -1
@@ -340,9 +343,9 @@ def data_terms(
         * _irls(gap.norm(dim=-1), config.robust_px)
         * (config.weight_coverage / valid.sum(1, keepdim=True).clamp(min=1)) ** 0.5
     )
-    d_pixel = _projection_jacobian(matched_cam, K) @ _point_jacobian(matched_cam, centres)  # (W,M,2,6)
+    d_pixel = _projection_jacobian(matched_cam, K) @ _point_jacobian(matched_cam, centres) if with_jacobian else None
     for axis in range(2):
-        _accumulate(gap[..., axis], d_pixel[..., axis, :], w, eq)
+        _accumulate(gap[..., axis], None if d_pixel is None else d_pixel[..., axis, :], w, eq)
 
     if evidence.depth is not None:
         pixels = project(interior_cam, K)
@@ -351,7 +354,7 @@ def data_terms(
         usable = ((observed > 0) & in_mask & points.interior_valid).to(dtype)
         residual = (interior_cam[..., 2] - observed) / config.depth_scale_m
         w = usable * _irls(residual, 1.0) * (config.weight_depth / usable.sum(1, keepdim=True).clamp(min=1)) ** 0.5
-        jac = _point_jacobian(interior_cam, centres)[..., 2, :] / config.depth_scale_m
+        jac = _point_jacobian(interior_cam, centres)[..., 2, :] / config.depth_scale_m if with_jacobian else None
         _accumulate(residual, jac, w, eq)
     return eq
 

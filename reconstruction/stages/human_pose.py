@@ -152,10 +152,10 @@ def _require(path: Path, what: str) -> Path:
 
 
 def _read_inputs(ctx: StageContext) -> dict[str, Any]:
-    from reconstruction.video import read_video
-
     layout, vid = ctx.layout, ctx.video
     video_path = _require(layout.video(vid), "input video")
+    from reconstruction.video import read_video
+
     try:
         frames, fps = read_video(video_path)
     except (OSError, ValueError) as exc:
@@ -219,11 +219,12 @@ def run_mediapipe(ctx: StageContext, settings: dict[str, Any]) -> StageResult:
     started = time.perf_counter()
     ctx.progress(0.0, "detecting 2D keypoints")
     detector = get_detector(ctx.models, MediaPipePoseSettings())
-    keypoints_2d = detector.detect(
+    detections = detector.detect(
         frames,
         progress=lambda f: ctx.progress(0.4 * f, "detecting 2D keypoints"),
         check_cancelled=ctx.check_cancelled,
     )
+    keypoints_2d = detections.keypoints_2d
     detect_seconds = time.perf_counter() - started
     frames_with_body = float((keypoints_2d[:, :NUM_BODY, 2] > 0).any(axis=1).mean())
     if frames_with_body == 0:
@@ -253,6 +254,7 @@ def run_mediapipe(ctx: StageContext, settings: dict[str, Any]) -> StageResult:
         fit_settings,
         progress=lambda f: ctx.progress(0.4 + 0.55 * f, "fitting the body model"),
         check_cancelled=ctx.check_cancelled,
+        body_3d=torch.as_tensor(detections.body_3d, dtype=dtype, device=device),
     )
     pose_global, trans_global = transform_body(model, fit.pose_aa, shape, fit.trans, torch.linalg.inv(world_to_cam))
     fit_seconds = time.perf_counter() - started
@@ -262,6 +264,9 @@ def run_mediapipe(ctx: StageContext, settings: dict[str, Any]) -> StageResult:
         ctx.layout.hmr_keypoints(ctx.video),
         keypoints_2d=keypoints_2d.astype(np.float32),
         image_size=np.array(frames.shape[1:3], dtype=np.int64),
+        # hoiweb extension (readers of the contract's two keys ignore it): MediaPipe's metric 3D body
+        # landmarks (T,33,4) x, y, z, visibility, hip-centred.
+        body_landmarks_3d=detections.body_3d.astype(np.float32),
     )
     result = {
         "body_model": body_model_name,

@@ -94,7 +94,10 @@ class Command(BaseCommand):
                     run.apply_filter_report(json.loads(layout.filter_report(vid).read_text()))
                 elif layout.invalid_marker(vid).exists():
                     marker = json.loads(layout.invalid_marker(vid).read_text() or "{}")
-                    run.failed_check = str(marker.get("failed_check") or marker.get("reason") or "invalid")[:64]
+                    failed = marker.get("failed_checks") or [
+                        marker.get("failed_check") or marker.get("reason") or "invalid"
+                    ]
+                    run.failed_check = str(failed[0])[:64]
                 elif layout.valid(vid).exists():
                     run.failed_check = Run.FILTER_PASSED
                 if done[4]:
