@@ -74,6 +74,8 @@ STAGE_CONFIG_KEYS: dict[int, tuple[str, ...]] = {
 STAGE_CONFIG_EXCLUDE: dict[int, tuple[str, ...]] = {
     4: ("optimization.vis_cfg", "optimization.eval.*.threshold", "eval.*.threshold"),
 }
+# Names of stage 4's batched entry point ``f(ctxs: list[StageContext]) -> list[StageResult]``.
+BATCH_ENTRY_POINTS = ("run_batch", "run_many")
 # Stages whose result depends on the static-object flag.
 STATIC_OBJ_STAGES = (3, 4)
 
@@ -817,7 +819,8 @@ def _run_stage4_batch(
         module = load_stage(4)
     except StageUnavailable as exc:
         return [record(StageOutcome(vid, 4, "input_error", error=str(exc))) for vid in vids]
-    if getattr(module, "run_batch", None) is None:
+    batch_entry = next((getattr(module, name) for name in BATCH_ENTRY_POINTS if hasattr(module, name)), None)
+    if batch_entry is None:
         log.info("stage 4 has no run_batch: optimising %d videos one after the other", len(vids))
         return [one(vid, 4) for vid in vids]
     outcomes: list[StageOutcome] = []
@@ -838,7 +841,7 @@ def _run_stage4_batch(
             plans.append(plan)
         if not plans:
             return outcomes
-        failed = _batch_attempt(module.run_batch, plans, progress, should_cancel, verbose,
+        failed = _batch_attempt(batch_entry, plans, progress, should_cancel, verbose,
                                 _effective_static(config, is_static_obj), models, record, outcomes)  # fmt: skip
     if failed:  # outside the locks: ``one`` takes each video's lock itself
         outcomes += [one(plan.vid, 4) for plan in plans]
@@ -882,12 +885,12 @@ def _batch_attempt(
     share = (time.perf_counter() - t0) / len(plans)  # the batch's time, attributed evenly
     for plan, result in zip(plans, results, strict=True):
         try:
+            result.info = {**result.info, "batch_size": len(plans)}
             result = _finish(plan, result, share)
         except Exception as exc:
             _rollback(plan)
             outcomes.append(record(_outcome_from_exception(plan.vid, 4, exc, share)))
             continue
-        result.info["batch_size"] = len(plans)
         outcomes.append(record(StageOutcome(plan.vid, 4, "done", share, result)))
     return False
 
