@@ -34,6 +34,20 @@ RESULTS_DIR = Path(env("RESULTS_DIR", str(BASE_DIR / "var" / "results")))
 MEDIA_ROOT = Path(env("MEDIA_ROOT", str(BASE_DIR / "var" / "media")))
 MEDIA_URL = "/media/"
 MAX_UPLOAD_MB = int(env("MAX_UPLOAD_MB", "512"))
+# Exports (zips) and upload staging live under MEDIA_ROOT; inputs and results live under RESULTS_DIR.
+EXPORT_DIR = MEDIA_ROOT / "exports"
+UPLOAD_STAGING_DIR = MEDIA_ROOT / "staging"
+# Worker liveness: a running stage job refreshes its heartbeat every HEARTBEAT_SECONDS; one whose heartbeat
+# is older than WORKER_DEAD_AFTER_SECONDS is marked failed (its worker died) by any live worker or page view.
+HEARTBEAT_SECONDS = float(env("HOIWEB_HEARTBEAT_SECONDS", "5"))
+WORKER_DEAD_AFTER_SECONDS = float(env("HOIWEB_WORKER_DEAD_AFTER_SECONDS", "60"))
+# Progress writes from a running stage are throttled to at most this many per second.
+PROGRESS_WRITES_PER_SECOND = float(env("HOIWEB_PROGRESS_WRITES_PER_SECOND", "2"))
+# Engine config used as the base of the launch form's editor and of the diff on the run page.
+DEFAULT_CONFIG_PATH = Path(
+    env("HOIWEB_DEFAULT_CONFIG", str(BASE_DIR / "reconstruction" / "configs" / "manip_anny.yaml"))
+)
+RUNS_PER_PAGE = int(env("HOIWEB_RUNS_PER_PAGE", "50"))
 
 # Checkpoint / model paths of optional backends (empty = backend unavailable; selecting it is an error).
 SAM2_CHECKPOINT = env("SAM2_CHECKPOINT", "")
@@ -58,6 +72,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",  # login required everywhere by default
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -109,7 +124,25 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "/static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+
+
+def _plotly_bundle_dir() -> Path | None:
+    """plotly.min.js ships inside the installed ``plotly`` package: served from there, never from a CDN."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).parent / "package_data"
+    return folder if (folder / "plotly.min.js").exists() else None
+
+
+STATICFILES_DIRS: list = [BASE_DIR / "static"]
+if _plotly_bundle_dir() is not None:
+    STATICFILES_DIRS.append(("vendor/plotly", str(_plotly_bundle_dir())))
+# Serve static files straight from the finders (no collectstatic step needed for an internal deployment).
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
 STATIC_ROOT = BASE_DIR / "staticfiles"
 X_FRAME_OPTIONS = "SAMEORIGIN"  # the run page embeds our own ScenePic HTML in an iframe
 

@@ -95,6 +95,10 @@ class Layout:
             return candidates[0]
         return own
 
+    def own_mesh(self, vid: VideoId) -> Path:
+        """Where a video's own object mesh is written: ``<mesh_dir>/<dataset>/<category>/<name>.obj``."""
+        return self.dir("mesh_dir") / vid.dataset / vid.category / f"{vid.name}.obj"
+
     def render_input_dir(self, vid: VideoId) -> Path:
         return self.dir("foundation_pose_dir") / vid.rel
 
@@ -128,11 +132,27 @@ class Layout:
         """Stage 1: 2D body and hand keypoints with confidences (npz)."""
         return self.dir("hmr_cache_dir") / vid.rel / "keypoints.npz"
 
+    def hmr_debug_video(self, vid: VideoId) -> Path:
+        """Stage 1 ``--verbose``: detected and fitted keypoints drawn over the input video."""
+        return self.dir("hmr_cache_dir") / vid.rel / "debug_keypoints.mp4"
+
     def masks_cache(self, vid: VideoId) -> Path:
         return self.dir("recon_cache_dir") / "masks" / f"{vid}.npz"
 
     def depth_cache(self, vid: VideoId) -> Path:
         return self.dir("recon_cache_dir") / "depth" / f"{vid}.pt"
+
+    def masks_debug_video(self, vid: VideoId) -> Path:
+        """Stage 2 ``--verbose``: masks over the input, beside the masks cache."""
+        return self.dir("recon_cache_dir") / "masks" / f"{vid}.debug.mp4"
+
+    def depth_debug_video(self, vid: VideoId) -> Path:
+        """Stage 2 ``--verbose``: colour-mapped depth, beside the depth cache."""
+        return self.dir("recon_cache_dir") / "depth" / f"{vid}.debug.mp4"
+
+    def object_pose_debug_video(self, vid: VideoId) -> Path:
+        """Stage 3 ``--verbose``: the tracked mesh outline over the input, beside the poses."""
+        return self.object_poses(vid).with_name("tracking.debug.mp4")
 
     def object_poses(self, vid: VideoId) -> Path:
         return self.dir("foundation_pose_output_dir") / vid.rel / "pose_estimation_output" / "poses_in_cam.pkl"

@@ -175,6 +175,11 @@ def test_anny_keypoints_sides_and_face(anny_body):
     face_y = kps[:11, 1]
     assert int(face_y.argmin()) == index("nose")  # nose tip is the front-most face point
     assert float(_kp(out, "mouth_left")[2]) < float(_kp(out, "nose")[2]) < float(_kp(out, "left_eye")[2])
+    # COCO-regressed keypoints stay close to the anatomical joints they stand for
+    for name, bone in (("left_shoulder", "upperarm01.L"), ("right_elbow", "lowerarm01.R"),
+                       ("left_hip", "upperleg01.L"), ("right_ankle", "foot.R")):  # fmt: skip
+        assert float(torch.dist(kps[index(name)], joints[body.joint_index(bone)])) < 0.05, name
+    assert torch.allclose(body.keypoints_from(out.vertices.contiguous(), joints[None]), out.keypoints, atol=1e-6)
     # joint keypoints sit on their bones: wrist keypoint = wrist bone head
     assert float(torch.dist(_kp(out, "left_wrist"), joints[body.joint_index("wrist.L")])) < 0.03
     assert float(torch.dist(_kp(out, "left_hand_wrist"), _kp(out, "left_wrist"))) < 1e-6
@@ -195,8 +200,10 @@ def _check_hand_and_feet(body, out, frame: int) -> None:
         foot = vertices[body.vertex_segments[f"{prefix}_foot"]]
         heel, toe = _kp(out, f"{prefix}_heel", frame), _kp(out, f"{prefix}_foot_index", frame)
         ankle = _kp(out, f"{prefix}_ankle", frame)
-        assert float(torch.cdist(torch.stack([heel, toe]), foot).min(dim=1).values.max()) < 0.005
+        assert float(torch.cdist(toe[None], foot).min()) < 0.005  # toe tip on the surface
+        assert float(torch.cdist(heel[None], foot).min()) < 0.025  # COCO heel: just inside the heel
         assert float((toe - ankle).norm()) > 0.12 and float((heel - ankle).norm()) > 0.04
+        assert float(torch.dot(heel - ankle, toe - ankle)) < 0  # heel behind the ankle, toes in front
         assert float((toe - heel).norm()) > 0.2  # foot length
 
 
@@ -331,6 +338,8 @@ def test_smplx_loads_from_env_and_runs(monkeypatch, smplx_dir):
     assert float(pose.grad.abs().sum()) > 0 and float(trans.grad.abs().sum()) > 0
     single = body.forward(pose[1:2].detach(), shape, trans[1:2].detach())
     assert torch.allclose(single.vertices[0], out.vertices[1].detach(), atol=1e-5)
+    subset = body.forward(pose.detach(), shape, trans.detach(), vertex_ids=torch.tensor([5, 9120]))
+    assert torch.allclose(subset.vertices, out.vertices[:, [5, 9120]].detach(), atol=1e-5)
 
     # zero pose stands along +Z (SMPL-X's Y-up frame turned into the engine's Z-up world)
     rest = body.forward(body.rest_pose(1), shape, torch.zeros(1, 3)).vertices[0]
@@ -369,3 +378,62 @@ def test_anny_expanded_shape_parameter_gets_gradient(anny_body):
     assert torch.allclose(out.vertices.detach(), reference.vertices, atol=1e-5)
     out.vertices[..., 2].max(dim=1).values.sum().backward()  # height grows with the height phenotype
     assert float(shape.grad[4]) > 0
+
+
+def test_anny_kinematics_and_skinning_match_anny_itself(anny_body):
+    """Our batched kinematics + sparse skinning reproduce anny's own forward (local-ref, plain LBS)."""
+    body = anny_body
+    pose = _random_pose(body, 3, scale=0.4, seed=5)
+    trans = torch.tensor([[0.1, 0.2, 0.9], [0.0, 0.0, 0.0], [-1.0, 0.5, 1.1]])
+    shape = torch.tensor([0.8, 0.4, 0.6, 0.3, 0.55, 0.65])
+    ours = body.forward(pose, shape, trans)
+    deltas = roma.Rigid(
+        roma.rotvec_to_rotmat(pose), torch.cat([trans[:, None], torch.zeros(3, 103, 3)], dim=1)
+    ).to_homogeneous()
+    with torch.no_grad():
+        reference = body._model(pose_parameters=deltas, phenotype_kwargs=shape[None])
+    assert torch.allclose(ours.joints, reference["bone_poses"][..., :3, 3], atol=1e-5)
+    assert torch.allclose(ours.vertices, reference["vertices"], atol=1e-5)
+
+
+def test_solve_monotonic_finds_roots_both_ways_and_rejects_unreachable():
+    from reconstruction.body.solve import solve_monotonic
+
+    calls = []
+
+    def rising(x):
+        calls.append(x)
+        return 1.0 + 0.8 * x + 0.05 * x**2
+
+    x, low, high = solve_monotonic(rising, 1.5, 0.0, 1.0, tolerance=1e-7)
+    assert rising(x) == pytest.approx(1.5, abs=1e-6) and (low, high) == (1.0, pytest.approx(1.85))
+    assert len(calls) < 15  # regula falsi, not 30 bisection steps
+    x, _, _ = solve_monotonic(lambda v: -(v**3), -0.5, -1.0, 2.0, tolerance=1e-7)
+    assert x == pytest.approx(0.5 ** (1 / 3), abs=1e-5)
+    with pytest.raises(ValueError, match="outside the reachable range 1.0000-1.8500"):
+        solve_monotonic(rising, 2.5, 0.0, 1.0)
+
+
+def test_anny_vertex_subset_matches_full_forward(anny_body):
+    body = anny_body
+    pose = _random_pose(body, 3, seed=7)
+    trans = torch.randn(3, 3, generator=torch.Generator().manual_seed(8))
+    ids = torch.cat([body.vertex_segments["right_hand"][:50], torch.tensor([13717, 0, 297])])
+    full = body.forward(pose, body.default_shape(), trans)
+    subset = body.forward(pose, body.default_shape(), trans, vertex_ids=ids)
+    assert subset.vertices.shape == (3, len(ids), 3)
+    assert torch.allclose(subset.vertices, full.vertices[:, ids], atol=1e-5)
+    assert torch.allclose(subset.keypoints, full.keypoints, atol=1e-5)
+    assert torch.allclose(subset.joints, full.joints)
+    # differentiable shape and per-frame shapes take the other paths and agree too
+    shape = torch.full((6,), 0.5, requires_grad=True)
+    with_grad = body.forward(pose, shape, trans, vertex_ids=ids)
+    assert torch.allclose(with_grad.vertices.detach(), full.vertices[:, ids], atol=1e-5)
+    assert torch.allclose(with_grad.keypoints.detach(), full.keypoints, atol=1e-5)
+    with_grad.vertices.sum().backward()
+    assert float(shape.grad.abs().sum()) > 0
+    per_frame = body.forward(pose, torch.full((3, 6), 0.5) + torch.tensor([[0.0], [0.1], [0.2]]), trans, vertex_ids=ids)
+    assert per_frame.vertices.shape == (3, len(ids), 3)
+    assert torch.allclose(per_frame.vertices[0], full.vertices[0, ids], atol=1e-5)
+    with pytest.raises(ValueError, match="vertex_ids"):
+        body.forward(pose, body.default_shape(), trans, vertex_ids=torch.tensor([body.num_vertices]))

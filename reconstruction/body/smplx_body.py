@@ -23,6 +23,7 @@ import roma
 import torch
 
 from reconstruction.body.base import BodyOutput
+from reconstruction.body.solve import solve_monotonic
 from reconstruction.keypoints import ALL_KEYPOINTS
 
 logger = logging.getLogger(__name__)
@@ -67,8 +68,8 @@ SMPLX_KEYPOINT_TABLE: tuple[tuple[str, tuple[str, str | int]], ...] = (
     ("right_pinky", ("joint", "right_pinky1")),
     ("left_index", ("joint", "left_index1")),
     ("right_index", ("joint", "right_index1")),
-    ("left_thumb", ("joint", "left_thumb3")),
-    ("right_thumb", ("joint", "right_thumb3")),
+    ("left_thumb", ("joint", "left_thumb2")),
+    ("right_thumb", ("joint", "right_thumb2")),
     ("left_hip", ("joint", "left_hip")),
     ("right_hip", ("joint", "right_hip")),
     ("left_knee", ("joint", "left_knee")),
@@ -195,6 +196,7 @@ class SmplxBody:
         self.right_hand_joints = list(range(40, 55))
         self.vertex_segments = {seg: self._segment_vertices(seg) for seg in _SEGMENT_JOINTS}
         self._build_keypoint_regressor()
+        logger.info("SMPL-X (%s) loaded from %s on %s", gender, path, self.device)
 
     @property
     def device(self) -> torch.device:
@@ -273,8 +275,15 @@ class SmplxBody:
             layer.parents, layer.lbs_weights, pose2rot=False,
         )  # fmt: skip
 
-    def forward(self, pose_aa: torch.Tensor, shape: torch.Tensor, trans: torch.Tensor) -> BodyOutput:
-        """pose_aa (T, 55, 3), shape (B,) or (T, B), trans (T, 3) -> vertices, 55 joints, keypoints (world)."""
+    def forward(
+        self,
+        pose_aa: torch.Tensor,
+        shape: torch.Tensor,
+        trans: torch.Tensor,
+        vertex_ids: torch.Tensor | None = None,
+    ) -> BodyOutput:
+        """pose_aa (T, 55, 3), shape (B,) or (T, B), trans (T, 3) -> vertices, 55 joints, keypoints (world).
+        ``vertex_ids`` (N,): return only those vertices (SMPL-X skins them all anyway)."""
         if pose_aa.dim() != 3 or pose_aa.shape[1:] != (self.num_joints, 3):
             raise ValueError(f"SMPL-X pose_aa must be (T, {self.num_joints}, 3), got {tuple(pose_aa.shape)}")
         num_frames = pose_aa.shape[0]
@@ -291,7 +300,10 @@ class SmplxBody:
         offset = trans[:, None] - joints[:, :1]
         vertices = vertices + offset
         joints = joints + offset
-        return BodyOutput(vertices=vertices, joints=joints, keypoints=self.keypoints_from(vertices, joints))
+        keypoints = self.keypoints_from(vertices, joints)
+        if vertex_ids is not None:
+            vertices = vertices[:, torch.as_tensor(vertex_ids, dtype=torch.long, device=self.device)]
+        return BodyOutput(vertices=vertices, joints=joints, keypoints=keypoints)
 
     __call__ = forward
 
@@ -317,7 +329,7 @@ class SmplxBody:
 
     def shape_for_height(self, height_m: float, base_shape: torch.Tensor | None = None) -> torch.Tensor:
         """Betas whose standing height is ``height_m``: ``base_shape`` (default zeros) with beta 0 solved by
-        bisection in [-5, 5] (the first SMPL-X component is mostly body size)."""
+        in [-5, 5] (the first SMPL-X component is mostly body size)."""
         betas = self.default_shape() if base_shape is None else torch.as_tensor(base_shape, dtype=self.dtype).clone()
         betas = betas.to(self.device)
 
@@ -326,21 +338,11 @@ class SmplxBody:
             trial[0] = value
             return self.standing_height(trial)
 
-        low, high = -5.0, 5.0
-        h_low, h_high = height_at(low), height_at(high)
-        if h_low > h_high:  # make height increase from low to high
-            low, high, h_low, h_high = high, low, h_high, h_low
-        if not min(h_low, h_high) - 1e-4 <= height_m <= max(h_low, h_high) + 1e-4:
-            raise ValueError(
-                f"height {height_m:.3f} m is outside what this SMPL-X reaches ({h_low:.3f}-{h_high:.3f} m)"
-            )
-        for _ in range(40):
-            mid = 0.5 * (low + high)
-            if height_at(mid) < height_m:
-                low = mid
-            else:
-                high = mid
-        betas[0] = 0.5 * (low + high)
+        try:
+            value, _, _ = solve_monotonic(height_at, height_m, -5.0, 5.0)
+        except ValueError as error:
+            raise ValueError(f"this SMPL-X cannot stand {height_m:.3f} m tall: {error}") from None
+        betas[0] = value
         return betas
 
     def native_global_orient(self, root_aa: torch.Tensor) -> torch.Tensor:

@@ -232,20 +232,23 @@ def contact_smoothness(hand_points_obj: torch.Tensor, contact_mask: torch.Tensor
     return _masked_mean(motion, both, (-2, -1))
 
 
-def signed_distance(points: torch.Tensor, surface: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
+def signed_distance(points: torch.Tensor, surface: torch.Tensor, normals: torch.Tensor, k: int = 4) -> torch.Tensor:
     """Approximate signed distance of points (..., P, 3) to a closed surface given by dense samples
-    (..., N, 3) with outward unit normals (..., N, 3): the distance to the nearest sample, negative when
-    the point lies behind that sample's tangent plane (inside). Exact for points near the surface as the
-    sampling gets dense; the sign is what the penetration term needs."""
+    (..., N, 3) with outward unit normals (..., N, 3).
+
+    The magnitude is the distance to the nearest sample. A point is inside only when it lies behind the
+    tangent planes of all its ``k`` nearest samples: one plane alone misjudges points just outside an
+    edge (behind the neighbouring face's plane), which a sparse sampling makes common."""
     distance = torch.cdist(points, surface)  # (..., P, N)
-    nearest = distance.argmin(-1)  # (..., P)
-    index = nearest[..., None].expand(*nearest.shape, 3)
-    sample = surface.gather(-2, index)
-    normal = normals.gather(-2, index)
-    offset = points - sample
-    sign = torch.sign((offset * normal).sum(-1)).detach()
-    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-    return sign * offset.norm(dim=-1)
+    k = min(k, surface.shape[-2])
+    nearest = distance.topk(k, dim=-1, largest=False).indices  # (..., P, k)
+    index = nearest.flatten(-2)[..., None].expand(*nearest.shape[:-2], nearest.shape[-2] * k, 3)
+    sample = surface.gather(-2, index).reshape(*nearest.shape, 3)
+    normal = normals.gather(-2, index).reshape(*nearest.shape, 3)
+    offset = points[..., None, :] - sample  # (..., P, k, 3)
+    inside = ((offset * normal).sum(-1) < 0).all(-1).detach()
+    magnitude = offset[..., 0, :].norm(dim=-1)
+    return torch.where(inside, -magnitude, magnitude)
 
 
 def penetration(body_points: torch.Tensor, object_surface: torch.Tensor, object_normals: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ import torch
 from reconstruction.config import LossTermConfig, OptimizationConfig, OptStageSpec, OptVarConfig
 from reconstruction.keypoints import ALL_KEYPOINTS, NUM_BODY
 from reconstruction.optim import geometry, losses
+from reconstruction.optim.body_points import PointBody
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,13 @@ ANNY_BODY_BONES: tuple[str, ...] = (
 )  # fmt: skip
 ARM_MARKERS = ("clavicle", "shoulder", "upperarm", "lowerarm", "wrist", "_shoulder", "_elbow", "_wrist", "collar")
 FOOT_KEYPOINTS = ("left_ankle", "left_heel", "left_foot_index", "right_ankle", "right_heel", "right_foot_index")
-HAND_POINTS_PER_HAND = 64
-BODY_POINTS = 600
+HAND_POINTS_PER_HAND = 400  # hand vertices posed per hand (anny: ~1,600; ~1 cm spacing)
+CONTACT_POINTS_PER_HAND = 48  # of those, the ones nearest the object take part in contact / penetration
+RIGID_POINTS_PER_HAND = 32  # fixed evenly spread subset for contact_smoothness (same points every frame)
+BODY_POINTS = 600  # sparse body cover for depth and penetration
+CONTACT_SAMPLES = 384  # object samples the contact term compares hands with
+PENETRATION_SAMPLES = 512  # object samples defining the approximate SDF
+PENETRATION_CANDIDATES = 32  # sparse body points per frame tested for penetration (besides the hands)
 HUMAN_TERMS = {
     "keypoint_tracking", "human_smoothness", "human_pose_reg", "human_foot_contact", "ground", "contact",
     "contact_smoothness", "penetration", "depth_pointcloud",
@@ -148,7 +154,9 @@ class _Batch:
             "object_tracked",
         )
         any_contact = self.contact.any(-1)  # (B, T)
-        first = torch.where(any_contact.any(-1), any_contact.float().argmax(-1), torch.full_like(any_contact[:, 0], T, dtype=torch.long))
+        first = torch.where(
+            any_contact.any(-1), any_contact.float().argmax(-1), torch.full_like(any_contact[:, 0], T, dtype=torch.long)
+        )
         frames = torch.arange(T, device=device)
         self.precontact = frames[None] < first[:, None]  # (B, T)
         # the first contact frame of each hand's first interval ("duration: start")
@@ -187,7 +195,11 @@ class _Batch:
             ids = torch.as_tensor(ids, device="cpu")
             hand_ids.append(ids[geometry.subsample_indices(ids.shape[0], HAND_POINTS_PER_HAND)])
         self.hand_vertex_ids = torch.stack(hand_ids).to(device)  # (2, H)
+        self.rigid_hand_points = geometry.subsample_indices(self.hand_vertex_ids.shape[1], RIGID_POINTS_PER_HAND).to(
+            device
+        )
         self.body_vertex_ids = geometry.subsample_indices(num_vertices, BODY_POINTS).to(device)
+        self.point_body = PointBody(body, torch.cat([self.hand_vertex_ids.flatten(), self.body_vertex_ids]))
         self.foot_keypoints = torch.tensor([ALL_KEYPOINTS.index(n) for n in FOOT_KEYPOINTS], device=device)
 
         # optimised joints
@@ -209,8 +221,13 @@ class _Batch:
                 if "depth_pointcloud" in spec.loss_cfg:
                     count = max(count, spec.loss_cfg["depth_pointcloud"].num_gt_samples)
             if count:
-                self.depth_obj = self._depth_points(videos, "object_masks", count // 2, device)
-                self.depth_human = self._depth_points(videos, "human_masks", count - count // 2, device)
+                depth_obj = self._depth_points(videos, "object_masks", count // 2, device)
+                depth_human = self._depth_points(videos, "human_masks", count - count // 2, device)
+                # a depth backend that knows only the background (``static``) gives nothing to fit
+                if bool(depth_obj[1].any()) or bool(depth_human[1].any()):
+                    self.depth_obj, self.depth_human = depth_obj, depth_human
+                else:
+                    logger.info("no depth on the object or the human in any frame: depth_pointcloud is 0")
 
     def _depth_points(self, videos: list[VideoInputs], mask_attr: str, count: int, device: torch.device):
         points, valid = [], []
@@ -234,7 +251,9 @@ class HOIOptimizer:
         for stage_name, spec in config.opt_stage_specs.items():
             for term in spec.loss_cfg:
                 if term not in TERM_FUNCTIONS:
-                    raise OptimizerInputError(f"optimization.opt_stage_specs.{stage_name}.loss_cfg.{term}: not implemented")
+                    raise OptimizerInputError(
+                        f"optimization.opt_stage_specs.{stage_name}.loss_cfg.{term}: not implemented"
+                    )
 
     # ------------------------------------------------------------------ variables and forward model
     def _init_variables(self, batch: _Batch) -> dict[str, torch.Tensor]:
@@ -255,20 +274,21 @@ class HOIOptimizer:
         pose = batch.pose_init.clone()
         pose[:, :, batch.opt_joints] = pose[:, :, batch.opt_joints] + var["human_pose_res"]
         trans = batch.trans_init + var["human_trans_global"] + var["human_trans_res"]
-        shape = batch.shape[:, None].expand(B, T, -1).reshape(B * T, -1)
         if B == 1 or bool((batch.shape == batch.shape[:1]).all()):
-            shape = batch.shape[0]
-        out = self.body.forward(pose.reshape(B * T, *pose.shape[2:]), shape, trans.reshape(B * T, 3))
-        vertices = out.vertices.reshape(B, T, -1, 3)
-        keypoints = out.keypoints.reshape(B, T, -1, 3)
-        joints = out.joints.reshape(B, T, -1, 3)
+            posed = [batch.point_body(pose.reshape(B * T, *pose.shape[2:]), batch.shape[0], trans.reshape(B * T, 3))]
+        else:  # one body shape per video: pose each video's frames with its own rest model
+            posed = [batch.point_body(pose[b], batch.shape[b], trans[b]) for b in range(B)]
+        points = torch.cat([p.points for p in posed]).reshape(B, T, -1, 3)
+        keypoints = torch.cat([p.keypoints for p in posed]).reshape(B, T, -1, 3)
+        joints = torch.cat([p.joints for p in posed]).reshape(B, T, -1, 3)
+        num_hand = batch.hand_vertex_ids.numel()
         return {
             "pose": pose,
             "trans": trans,
             "keypoints": keypoints,
             "joints": joints[:, :, batch.opt_joints],
-            "hands": vertices[:, :, batch.hand_vertex_ids],  # (B, T, 2, H, 3)
-            "body_points": vertices[:, :, batch.body_vertex_ids],  # (B, T, P, 3)
+            "hands": points[:, :, :num_hand].reshape(B, T, 2, -1, 3),  # (B, T, 2, H, 3)
+            "body_points": points[:, :, num_hand:],  # (B, T, P, 3)
             "feet": keypoints[:, :, batch.foot_keypoints],
         }
 
@@ -361,6 +381,22 @@ class HOIOptimizer:
             )
         logger.info("optimised %d video(s), %d frames, in %.1f s", len(videos), batch.num_frames, seconds)
         return results
+
+    @torch.no_grad()
+    def evaluate(self, video: VideoInputs, eval_cfg: dict[str, LossTermConfig]) -> dict[str, float]:
+        """Weighted value of each ``eval`` metric (the reference's ``eval_data``) on the video's estimates as
+        they are (no optimisation): what stage 5 compares with ``eval.<name>.threshold``."""
+        if not eval_cfg:
+            return {}
+        for name in eval_cfg:
+            if name not in TERM_FUNCTIONS:
+                raise OptimizerInputError(f"eval.{name}: not implemented")
+        batch = _Batch([video], self.body, self.config, self.device)
+        ground = self._ground_heights(batch)
+        batch.ground_z = torch.tensor([video.ground_z], device=self.device) if video.ground_z is not None else ground
+        zero = {k: torch.zeros_like(v) for k, v in self._init_variables(batch).items()}
+        values = self._terms(batch, zero, eval_cfg)
+        return {name: float(eval_cfg[name].weight * values[name][0]) for name in eval_cfg}
 
     @torch.no_grad()
     def _ground_heights(self, batch: _Batch) -> torch.Tensor:
@@ -527,10 +563,19 @@ def _contact_mask(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
     return ctx.batch.contact_start if cfg.duration == "start" else ctx.batch.contact
 
 
+def _hand_points_near_object(ctx: _TermContext, count: int) -> torch.Tensor:
+    """Per frame and hand, the ``count`` hand vertices closest to the object's centre (B, T, 2, count, 3):
+    a dense patch where the hand can touch, instead of a sparse cover of the whole hand."""
+    hands = ctx.human["hands"]
+    centre = ctx.obj["t"][:, :, None, None, :]
+    near = (hands - centre).detach().norm(dim=-1).topk(count, dim=-1, largest=False).indices
+    return hands.gather(3, near[..., None].expand(*near.shape, 3))
+
+
 def _t_contact(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
     return losses.contact(
-        ctx.to_cam(ctx.human["hands"]),
-        ctx.to_cam(ctx.object_points(subset=512)),
+        ctx.to_cam(_hand_points_near_object(ctx, CONTACT_POINTS_PER_HAND)),
+        ctx.to_cam(ctx.object_points(subset=CONTACT_SAMPLES)),
         _contact_mask(ctx, cfg),
         ctx.batch.K,
         depth_only=cfg.depth_only,
@@ -542,15 +587,24 @@ def _t_contact(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
 
 def _t_contact_smoothness(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
     R, t = ctx.obj["R"], ctx.obj["t"]
-    hands = ctx.human["hands"] - t[:, :, None, None, :]
+    hands = ctx.human["hands"][:, :, :, ctx.batch.rigid_hand_points] - t[:, :, None, None, :]
     in_object = hands @ R[:, :, None]  # R^T x for row vectors: x @ R
     return losses.contact_smoothness(in_object, ctx.batch.contact)
 
 
 def _t_penetration(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
-    hands = ctx.human["hands"].flatten(2, 3)
-    points = torch.cat([hands, ctx.human["body_points"]], dim=2)
-    return losses.penetration(points, ctx.object_points(), ctx.object_normals())
+    # Only body points near the object can be inside it: the hand patches nearest the object plus, per
+    # frame, the PENETRATION_CANDIDATES sparse body points closest to the object's centre.
+    hands = _hand_points_near_object(ctx, CONTACT_POINTS_PER_HAND).flatten(2, 3)
+    body_points = ctx.human["body_points"]
+    centre = ctx.obj["t"][:, :, None, :]
+    near = (body_points - centre).detach().norm(dim=-1).topk(PENETRATION_CANDIDATES, dim=-1, largest=False).indices
+    candidates = torch.cat([hands, body_points.gather(2, near[..., None].expand(-1, -1, -1, 3))], dim=2)
+    samples = ctx.batch.obj_samples[:, :PENETRATION_SAMPLES]
+    normals = ctx.batch.obj_normals[:, :PENETRATION_SAMPLES]
+    surface = geometry.transform(samples[:, None], ctx.obj["R"], ctx.obj["t"])
+    surface_normals = normals[:, None] @ ctx.obj["R"].transpose(-1, -2)
+    return losses.penetration(candidates, surface, surface_normals)
 
 
 TERM_FUNCTIONS: dict[str, Callable[[_TermContext, LossTermConfig], torch.Tensor]] = {

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 TILE = 32  # largest per-triangle pixel grid; bigger boxes are split into tiles of this size
 TRIANGLE_BITS = 25  # triangle index bits of the z-test key (up to 33M triangles per frame)
 DEPTH_SCALE = float(2**20)  # depth quantum of the z-test: ~1e-6 m; max depth 2**17 m
+EDGE_TOLERANCE_PX = 1e-3
 DEFAULT_LIGHT_DIR = (0.3, -0.6, -1.0)  # towards the light, camera frame: above, right, behind camera
 
 
@@ -44,6 +45,9 @@ class Mesh:
     colors: torch.Tensor | np.ndarray | None = None  # (V,3) or (T,V,3) in [0,1]; None = light grey
     instance_id: int = 1
     smooth: bool = True  # interpolate vertex normals; False = flat faces (boxes, low-poly objects)
+    # Skip triangles facing away from the camera. Only for closed meshes with outward (counter-clockwise)
+    # winding, e.g. anny's body; halves the rasterisation work without changing the image.
+    cull_backfaces: bool = False
 
 
 @dataclass
@@ -52,7 +56,7 @@ class RenderOutput:
     depth: torch.Tensor  # (T,H,W) metres along the camera z axis, 0 = nothing
     instance: torch.Tensor  # (T,H,W) int64, 0 = background, else the Mesh's instance_id
     face_id: torch.Tensor  # (T,H,W) int64 index into the concatenated faces of all meshes, -1 = none
-    barycentrics: torch.Tensor  # (T,H,W,3) float, perspective-correct, 0 where nothing
+    barycentrics: torch.Tensor | None = None  # (T,H,W,3) perspective-correct, when asked for
 
     def mask(self, instance_id: int) -> torch.Tensor:
         return self.instance == instance_id
@@ -106,8 +110,8 @@ class _Scene:
 
 
 def _concat_meshes(meshes, num_frames, device):
-    """-> (vertices (T,V,3), colors (1|T,V,3), faces (F,3), face instance ids (F,), face smooth flags (F,))."""
-    verts, colors, faces, instances, smooth = [], [], [], [], []
+    """-> vertices (T,V,3), colors (1|T,V,3), faces (F,3), per-face instance id, smooth and cull flags."""
+    verts, colors, faces, instances, smooth, cull = [], [], [], [], [], []
     offset = 0
     animated_colors = any(m.colors is not None and np.ndim(m.colors) == 3 for m in meshes)
     for index, mesh in enumerate(meshes):
@@ -131,8 +135,12 @@ def _concat_meshes(meshes, num_frames, device):
         faces.append(f + offset)
         instances.append(torch.full((f.shape[0],), int(mesh.instance_id), dtype=torch.long, device=device))
         smooth.append(torch.full((f.shape[0],), bool(mesh.smooth), dtype=torch.bool, device=device))
+        cull.append(torch.full((f.shape[0],), bool(mesh.cull_backfaces), dtype=torch.bool, device=device))
         offset += v.shape[1]
-    return torch.cat(verts, 1), torch.cat(colors, 1), torch.cat(faces, 0), torch.cat(instances), torch.cat(smooth)
+    return (
+        torch.cat(verts, 1), torch.cat(colors, 1), torch.cat(faces, 0), torch.cat(instances), torch.cat(smooth),
+        torch.cat(cull),
+    )  # fmt: skip
 
 
 # ---- geometry per triangle -------------------------------------------------------------------------
@@ -148,8 +156,11 @@ def _vertex_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)
 
 
-def _triangle_setup(tri: torch.Tensor, orthographic: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """tri (T,F,3 vertices,3) camera space -> (A (T,F,3,3), usable (T,F) bool)."""
+def _triangle_setup(tri: torch.Tensor, orthographic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """tri (T,F,3 vertices,3) camera space -> (A (T,F,3,3), usable (T,F) bool, front-facing (T,F) bool).
+
+    For both projections det(M) < 0 exactly when a counter-clockwise triangle faces the camera.
+    """
     if orthographic:
         columns = torch.cat([tri[..., :2], torch.ones_like(tri[..., :1])], dim=-1)
     else:
@@ -162,7 +173,7 @@ def _triangle_setup(tri: torch.Tensor, orthographic: bool) -> tuple[torch.Tensor
     scale = c0.norm(dim=-1) * c1.norm(dim=-1) * c2.norm(dim=-1) + 1e-30
     usable = det.abs() > 1e-7 * scale  # edge-on or through the eye: covers no pixel area
     A = adj * torch.sign(det)[..., None, None]
-    return A, usable
+    return A, usable, det < 0
 
 
 def _screen_bbox(tri, fx, fy, cx, cy, near, orthographic):
@@ -221,7 +232,7 @@ def _tiles(x0, x1, y0, y1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, to
     return owner, tx0, ty0, ex, ey
 
 
-def _rasterize_chunk(verts_cam, faces, K, image_size, near, orthographic, max_candidates):
+def _rasterize_chunk(verts_cam, faces, face_cull, K, image_size, near, orthographic, max_candidates):
     """Z-buffer of one frame chunk -> winning key per pixel (T*H*W,) int64 (max = empty), A, tri z.
 
     Per tile, the edge functions, the box limits and the depth's numerator and denominator are all
@@ -233,7 +244,8 @@ def _rasterize_chunk(verts_cam, faces, K, image_size, near, orthographic, max_ca
     height, width = image_size
     fx, fy, cx, cy = K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2]
     tri = verts_cam[:, faces]  # (T,F,3,3)
-    A, usable = _triangle_setup(tri, orthographic)
+    A, usable, front_facing = _triangle_setup(tri, orthographic)
+    usable = usable & (front_facing | ~face_cull)
     umin, umax, vmin, vmax, any_front = _screen_bbox(tri, fx, fy, cx, cy, near, orthographic)
     # Pixel i has its centre at i + 0.5.
     x0 = torch.ceil(umin - 0.5).clamp(min=0, max=width)
@@ -257,6 +269,9 @@ def _rasterize_chunk(verts_cam, faces, K, image_size, near, orthographic, max_ca
     coeff[:, :3, 0] = a[:, :, 0] / fx[tile_frame, None]
     coeff[:, :3, 1] = a[:, :, 1] / fy[tile_frame, None]
     coeff[:, :3, 2] = a[:, :, 0] * dx0[:, None] + a[:, :, 1] * dy0[:, None] + a[:, :, 2]
+    # Widen every edge by 1/1000 pixel: a pixel centre exactly on an edge shared by two triangles is
+    # then claimed by both (the z-test picks one) instead of by neither through rounding (cracks).
+    coeff[:, :3, 2] += EDGE_TOLERANCE_PX * (coeff[:, :3, 0].abs() + coeff[:, :3, 1].abs())
     coeff[:, 3] = torch.stack([-torch.ones_like(dx0), torch.zeros_like(dx0), (ex - 1).float()], -1)
     coeff[:, 4] = torch.stack([torch.zeros_like(dx0), -torch.ones_like(dx0), (ey - 1).float()], -1)
     coeff[:, 5] = (z[:, :, None] * coeff[:, :3]).sum(1)  # depth numerator: sum_i w_i z_i
@@ -309,6 +324,7 @@ def render(
     device: str | torch.device | None = None,
     max_candidates: int = 1 << 21,
     max_triangle_frames: int = 1 << 21,
+    return_barycentrics: bool = False,
 ) -> RenderOutput:
     """Rasterise ``meshes`` for every frame -> RGB, depth (metres), instance ids, face ids.
 
@@ -330,7 +346,7 @@ def render(
     num_frames = _num_frames(meshes, K, world_to_cam)
     K_all = _per_frame(_as_tensor(K, device), num_frames, 2, "K")
     w2c = _per_frame(_as_tensor(world_to_cam, device), num_frames, 2, "world_to_cam")
-    verts_world, colors, faces, face_instance, face_smooth = _concat_meshes(meshes, num_frames, device)
+    verts_world, colors, faces, face_instance, face_smooth, face_cull = _concat_meshes(meshes, num_frames, device)
     if faces.shape[0] >= 1 << TRIANGLE_BITS:
         raise ValueError(f"render: too many triangles ({faces.shape[0]}), limit {1 << TRIANGLE_BITS}")
     light = torch.as_tensor(DEFAULT_LIGHT_DIR if light_dir is None else light_dir, dtype=torch.float32)
@@ -340,7 +356,7 @@ def render(
     depth = torch.zeros((num_frames, height, width), device=device)
     instance = torch.zeros((num_frames, height, width), dtype=torch.long, device=device)
     face_id = torch.full((num_frames, height, width), -1, dtype=torch.long, device=device)
-    bary = torch.zeros((num_frames, height, width, 3), device=device)
+    bary = torch.zeros((num_frames, height, width, 3), device=device) if return_barycentrics else None
 
     chunk = max(1, max_triangle_frames // max(1, faces.shape[0]))
     for start in range(0, num_frames, chunk):
@@ -348,7 +364,9 @@ def render(
         R, t = w2c[start:stop, :3, :3], w2c[start:stop, :3, 3]
         verts_cam = verts_world[start:stop] @ R.transpose(1, 2) + t[:, None]
         Kc = K_all[start:stop]
-        zbuf, A, tri_z = _rasterize_chunk(verts_cam, faces, Kc, (height, width), near, orthographic, max_candidates)
+        zbuf, A, tri_z = _rasterize_chunk(
+            verts_cam, faces, face_cull, Kc, (height, width), near, orthographic, max_candidates
+        )
         hit = zbuf != torch.iinfo(torch.int64).max
         pix = hit.nonzero(as_tuple=True)[0]
         if pix.numel() == 0:
@@ -365,7 +383,8 @@ def render(
         depth.view(-1)[frame_pix] = z
         instance.view(-1)[frame_pix] = face_instance[tri_idx]
         face_id.view(-1)[frame_pix] = tri_idx
-        bary.view(-1, 3)[frame_pix] = b
+        if bary is not None:
+            bary.view(-1, 3)[frame_pix] = b
 
     if background is not None:
         bg = _background(background, num_frames, height, width, device)
@@ -432,3 +451,29 @@ def _background(background, num_frames, height, width, device) -> torch.Tensor:
     if bg.shape[1:] != (height, width, 3) or bg.shape[0] not in (1, num_frames):
         raise ValueError(f"render: background must be (3,), (H,W,3) or (T,H,W,3), got {tuple(bg.shape)}")
     return bg.expand(num_frames, height, width, 3)
+
+
+def composite(front: RenderOutput, back: RenderOutput) -> RenderOutput:
+    """Depth-composite two renders of the same camera and size (z-test per pixel).
+
+    ``back`` may hold one frame (a static layer such as the ground, rendered once) and is then
+    broadcast over ``front``'s frames. Background pixels of ``front`` show ``back`` entirely.
+    """
+    num_frames = front.rgb.shape[0]
+    if back.rgb.shape[1:] != front.rgb.shape[1:] or back.rgb.shape[0] not in (1, num_frames):
+        raise ValueError(f"composite: layer shapes differ: {tuple(front.rgb.shape)} vs {tuple(back.rgb.shape)}")
+
+    def grow(x: torch.Tensor) -> torch.Tensor:
+        return x.expand(num_frames, *x.shape[1:])
+
+    back_depth = grow(back.depth)
+    front_wins = (front.instance > 0) & ((back.instance == 0).expand_as(front.instance) | (front.depth < back_depth))
+    return RenderOutput(
+        rgb=torch.where(front_wins[..., None], front.rgb, grow(back.rgb)),
+        depth=torch.where(front_wins, front.depth, back_depth),
+        instance=torch.where(front_wins, front.instance, grow(back.instance)),
+        face_id=torch.where(front_wins, front.face_id, -1),
+        barycentrics=None
+        if front.barycentrics is None or back.barycentrics is None
+        else torch.where(front_wins[..., None], front.barycentrics, grow(back.barycentrics)),
+    )

@@ -1,0 +1,222 @@
+"""Mask backend ``classical`` (default, no weights): object and human masks for a static camera.
+
+How a frame is split:
+1. Foreground = CIE Lab colour difference against a background model. The model is frame 0 with the
+   first-frame human/object masks cut out; those holes are filled as later frames reveal background.
+2. Where the background is still unknown, a three-class colour model (background / object / human
+   Lab histograms learned on frame 0) and MediaPipe selfie segmentation decide.
+3. Object vs human inside the foreground: the colour model plus a spatial prior, the previous object
+   mask carried to this frame by dense optical flow (DIS). The prior keeps the object's occluded part
+   alive while a hand covers it, so the object reappears when the hand moves on.
+4. Human = the non-object foreground united with the selfie segmentation where the background is
+   unknown; morphological clean-up, small blobs dropped.
+
+Everything per pixel is vectorised (numpy/OpenCV); only the flow tracking walks frame by frame.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClassicalMaskConfig:
+    diff_threshold: float = 10.0  # Lab distance (L in [0,100]) above which a pixel differs from background
+    colour_bins: int = 16  # histogram bins per Lab channel
+    prior_weight: float = 3.0  # log-odds bonus for object pixels carried by flow from the previous frame
+    object_margin: float = 0.0  # object iff log P(c|obj) + prior > log P(c|human) + margin
+    search_radius_frac: float = 0.03  # object may appear this far (x image diagonal) from its prior
+    selfie_threshold: float = 0.5
+    use_selfie: bool = True
+    kernel_px: int = 3  # morphological clean-up kernel
+    min_blob_frac: float = 2e-4  # drop blobs smaller than this fraction of the image
+
+    @classmethod
+    def from_section(cls, section: dict[str, Any]) -> ClassicalMaskConfig:
+        values = dict(section.get("classical") or {})
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown key(s) in preprocess.classical: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+# ---- colour ---------------------------------------------------------------------------------------
+def rgb_to_lab(frames: np.ndarray) -> np.ndarray:
+    """uint8 (...,H,W,3) RGB -> float32 Lab (L in [0,100]); all frames in one OpenCV call."""
+    shape = frames.shape
+    flat = frames.reshape(-1, shape[-2], 3).astype(np.float32) / 255.0
+    return cv2.cvtColor(flat, cv2.COLOR_RGB2Lab).reshape(shape)
+
+
+def colour_bins(lab: np.ndarray, bins: int) -> np.ndarray:
+    """Lab -> flat histogram bin index per pixel (int32)."""
+    scaled = np.stack([lab[..., 0] / 100.0, (lab[..., 1] + 128.0) / 256.0, (lab[..., 2] + 128.0) / 256.0], axis=-1)
+    q = np.clip((scaled * bins).astype(np.int32), 0, bins - 1)
+    return (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
+
+
+def colour_log_likelihood(samples: np.ndarray, bins: int) -> np.ndarray:
+    """log P(colour | class), a table over the bins^3 colour bins, from the class's pixel bins.
+
+    The histogram is blurred so nearby shades (shading, compression) count too.
+    """
+    hist = np.bincount(samples.ravel(), minlength=bins**3).astype(np.float64).reshape(bins, bins, bins)
+    hist = ndimage.gaussian_filter(hist, sigma=0.8, mode="nearest")
+    hist = hist / max(hist.sum(), 1.0) + 1e-6
+    return np.log(hist.ravel()).astype(np.float32)
+
+
+# ---- person segmentation --------------------------------------------------------------------------
+class SelfieSegmenter:
+    """MediaPipe selfie segmentation (the model ships in the mediapipe wheel)."""
+
+    def __init__(self) -> None:
+        import mediapipe as mp
+
+        self._model = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=1)
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (T,H,W,3) RGB -> float32 (T,H,W) person probability."""
+        return np.stack([self._model.process(np.ascontiguousarray(f)).segmentation_mask for f in frames]).astype(
+            np.float32
+        )
+
+    def close(self) -> None:
+        self._model.close()
+
+
+# ---- morphology -----------------------------------------------------------------------------------
+def _disk(radius: int) -> np.ndarray:
+    size = 2 * max(radius, 0) + 1
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+
+
+def clean_mask(mask: np.ndarray, kernel_px: int, min_blob: int) -> np.ndarray:
+    """Open then close with a small disk, drop blobs below ``min_blob`` pixels, fill small holes."""
+    kernel = _disk(kernel_px // 2 + 1)
+    m = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel)
+    m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, kernel)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    keep = np.zeros(count, dtype=bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_blob
+    return keep[labels]
+
+
+def keep_components_touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """Connected components of ``mask`` that overlap ``seed`` (temporal consistency of the object)."""
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return mask
+    touched = np.zeros(count, dtype=bool)
+    touched[np.unique(labels[seed & mask])] = True
+    touched[0] = False
+    return touched[labels] if touched.any() else mask
+
+
+def warp_with_flow(mask: np.ndarray, flow_to_prev: np.ndarray, grid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Carry a mask of frame t-1 to frame t with the flow t -> t-1 (backward warping)."""
+    map_x = grid[0] + flow_to_prev[..., 0]
+    map_y = grid[1] + flow_to_prev[..., 1]
+    warped = cv2.remap(mask.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderValue=0.0)
+    return warped > 0.5
+
+
+# ---- the tracker ----------------------------------------------------------------------------------
+@dataclass
+class MaskTrack:
+    object_masks: np.ndarray  # (T,H,W) bool
+    human_masks: np.ndarray  # (T,H,W) bool
+    background_known: np.ndarray  # (H,W) bool at the end of the video
+
+
+def track_masks(
+    frames: np.ndarray,
+    first_object: np.ndarray,
+    first_human: np.ndarray,
+    config: ClassicalMaskConfig = ClassicalMaskConfig(),
+    segmenter: SelfieSegmenter | None = None,
+    progress: Any = None,
+) -> MaskTrack:
+    """Track object and human masks through ``frames`` (T,H,W,3) uint8 from the frame-0 masks."""
+    num_frames, height, width, _ = frames.shape
+    lab = rgb_to_lab(frames)
+    bins = colour_bins(lab, config.colour_bins)
+    first_object = first_object & ~first_human  # a pixel belongs to one instance; the occluder wins
+    first_fg = first_object | first_human
+    # Pixels on the frame-0 outline are mixed colours: leave them out of every colour model.
+    core_background = ~cv2.dilate(first_fg.astype(np.uint8), _disk(2)).astype(bool)
+    core_object = cv2.erode(first_object.astype(np.uint8), _disk(1)).astype(bool)
+    core_human = cv2.erode(first_human.astype(np.uint8), _disk(1)).astype(bool)
+    log_bg = colour_log_likelihood(bins[0][core_background], config.colour_bins)
+    log_obj = colour_log_likelihood(bins[0][core_object if core_object.any() else first_object], config.colour_bins)
+    log_hum = colour_log_likelihood(bins[0][core_human if core_human.any() else first_human], config.colour_bins)
+
+    person_prob = None
+    if config.use_selfie:
+        own = segmenter is None
+        segmenter = segmenter or SelfieSegmenter()
+        try:
+            person_prob = segmenter(frames)
+        finally:
+            if own:
+                segmenter.close()
+
+    background_lab = lab[0].copy()
+    background_known = core_background.copy()
+    grid = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    flow_engine = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+    diagonal = float(np.hypot(height, width))
+    search = _disk(max(int(round(config.search_radius_frac * diagonal)), 1))
+    min_blob = max(int(config.min_blob_frac * height * width), 4)
+
+    object_masks = np.zeros((num_frames, height, width), dtype=bool)
+    human_masks = np.zeros_like(object_masks)
+    object_masks[0], human_masks[0] = first_object, first_human
+    # The object prior: its visible mask plus the part a hand hides, carried along by the flow.
+    object_prior = first_object.copy()
+    for t in range(1, num_frames):
+        flow = flow_engine.calc(gray[t], gray[t - 1], None)
+        carried_object = warp_with_flow(object_masks[t - 1], flow, grid)
+        object_prior = warp_with_flow(object_prior, flow, grid)
+
+        difference = np.linalg.norm(lab[t] - background_lab, axis=-1)
+        fg_known = difference > config.diff_threshold
+        # Unknown background: the colour model says foreground, or the person segmenter does.
+        fg_colour = np.maximum(log_obj, log_hum)[bins[t]] > log_bg[bins[t]]
+        if person_prob is not None:
+            fg_colour |= person_prob[t] > config.selfie_threshold
+        foreground = np.where(background_known, fg_known, fg_colour)
+
+        object_score = log_obj[bins[t]] - log_hum[bins[t]] + config.prior_weight * carried_object
+        near_prior = cv2.dilate((object_prior | carried_object).astype(np.uint8), search).astype(bool)
+        obj = foreground & near_prior & (object_score > config.object_margin)
+        obj = clean_mask(obj, config.kernel_px, min_blob)
+        obj = keep_components_touching(
+            obj, cv2.dilate(carried_object.astype(np.uint8), search).astype(bool) | object_prior
+        )
+
+        human = foreground & ~obj
+        if person_prob is not None:
+            human |= ~background_known & (person_prob[t] > config.selfie_threshold) & ~obj
+        human = clean_mask(human, config.kernel_px, min_blob) & ~obj
+
+        object_masks[t], human_masks[t] = obj, human
+        # Keep the occluded object part only while something (the human) still covers it.
+        object_prior = obj | (object_prior & human)
+        # Background revealed: unknown pixels confidently neither human nor object join the model.
+        revealed = ~background_known & ~foreground & ~cv2.dilate((obj | human).astype(np.uint8), _disk(2)).astype(bool)
+        if revealed.any():
+            background_lab[revealed] = lab[t][revealed]
+            background_known |= revealed
+        if progress is not None:
+            progress(t / max(num_frames - 1, 1), f"masks frame {t + 1}/{num_frames}")
+    return MaskTrack(object_masks=object_masks, human_masks=human_masks, background_known=background_known)

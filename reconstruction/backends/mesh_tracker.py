@@ -1,0 +1,586 @@
+"""Object pose backend ``mesh_tracker`` (default): model-based 6-DoF tracking of the known mesh.
+
+Per frame, the pose is a residual (rotation vector about the object's centroid + translation) on top
+of a warm start extrapolated from the frames already solved. Short windows of frames are optimised
+together with Adam. No rasteriser gradient is needed: the project renderer, run without gradient at
+the current estimate, says which surface points are visible (its z-buffer, face ids and barycentrics
+give exact visible surface points in the model frame); the losses then act on those points projected
+with the pose being optimised:
+
+- contour: points on the rendered silhouette's outline should sit on the object mask's outline
+  (signed distance of the mask, bilinear); points over the human mask are skipped (the hand may hide
+  the true outline);
+- interior: visible points should land on "object or human" pixels (distance transform), so points
+  hidden by the hand cost nothing;
+- coverage: every outline pixel of the object mask (away from the hand) should have a model outline
+  point nearby (one-sided chamfer, nearest neighbour found without gradient);
+- depth: visible points against the per-frame depth where it is known inside the object mask;
+- smoothness: second differences of centroid (in pixels) and rotation over the window and the two
+  frames solved before it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import cv2
+import numpy as np
+import roma
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    window: int = 4  # frames solved together
+    iterations: int = 20  # Levenberg-Marquardt iterations per window
+    visibility_refresh: int = 4  # re-render the visible points every this many iterations
+    contour_samples: int = 400  # model outline points per frame
+    interior_samples: int = 400  # visible model points per frame
+    mask_contour_samples: int = 400  # object-mask outline pixels per frame (coverage term)
+    weight_contour: float = 1.0
+    weight_interior: float = 1.0
+    weight_coverage: float = 0.5
+    weight_depth: float = 1.0
+    weight_smooth_translation: float = 0.05  # per px^2 of centroid acceleration
+    weight_smooth_rotation: float = 20.0  # per rad^2 of angular acceleration
+    depth_scale_m: float = 0.01  # depth residuals are measured in units of this
+    coarse_steps: int = 2  # centroid/area alignment passes before Levenberg-Marquardt
+    max_step_rad: float = 0.04  # trust region per iteration
+    max_step_m: float = 0.01
+    robust_px: float = 1.5  # Charbonnier knee for pixel residuals
+    human_margin_px: int = 3  # outline evidence this close to the human mask is not trusted
+    seed: int = 0
+
+    @classmethod
+    def from_section(cls, section: dict[str, Any]) -> TrackerConfig:
+        values = dict(section.get("mesh_tracker") or {})
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown key(s) in obj_pose_tracking.mesh_tracker: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+# ---- image evidence -------------------------------------------------------------------------------
+@dataclass
+class FrameEvidence:
+    """Per-frame image evidence, (T,...) tensors on the tracker's device."""
+
+    signed_distance: torch.Tensor  # (T,1,H,W) px, object mask: > 0 outside, <= 0 inside
+    signed_gradient: torch.Tensor  # (T,2,H,W) d/dx, d/dy of signed_distance
+    outside_distance: torch.Tensor  # (T,1,H,W) px to the nearest object-or-human pixel
+    outside_gradient: torch.Tensor  # (T,2,H,W)
+    near_human: torch.Tensor  # (T,1,H,W) 1 within human_margin_px of the human mask
+    human_masks: torch.Tensor  # (T,H,W) bool
+    contour_pixels: torch.Tensor  # (T,M,2) object-mask outline pixel centres (x, y), away from the human
+    contour_valid: torch.Tensor  # (T,M) bool
+    object_masks: torch.Tensor  # (T,1,H,W) float
+    depth: torch.Tensor | None  # (T,1,H,W) metres, 0 = unknown
+    has_object: torch.Tensor  # (T,) bool, object mask non-empty
+
+
+def frame_evidence(
+    object_masks: np.ndarray,
+    human_masks: np.ndarray,
+    depth: np.ndarray | None,
+    config: TrackerConfig,
+    device: str,
+    dtype: torch.dtype = torch.float32,
+) -> FrameEvidence:
+    """Distance transforms and outline samples for every frame (OpenCV per frame, C++ speed)."""
+    num_frames = object_masks.shape[0]
+    obj = object_masks.astype(np.uint8)
+    allowed = (object_masks | human_masks).astype(np.uint8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * config.human_margin_px + 1,) * 2)
+    rng = np.random.default_rng(config.seed)
+    samples = config.mask_contour_samples
+    signed = np.zeros(object_masks.shape, dtype=np.float32)
+    outside = np.zeros(object_masks.shape, dtype=np.float32)
+    near_human = np.zeros(object_masks.shape, dtype=np.float32)
+    contour = np.zeros((num_frames, samples, 2), dtype=np.float32)
+    contour_valid = np.zeros((num_frames, samples), dtype=bool)
+    for t in range(num_frames):
+        near_human[t] = cv2.dilate(human_masks[t].astype(np.uint8), kernel)
+        if not obj[t].any():
+            continue  # nothing to align to: contour/coverage terms vanish, interior uses the human only
+        # Zero level through the centres of the mask's inner outline pixels: the model outline points
+        # are lifted from the centres of the rendered silhouette's inner outline pixels, so they match.
+        signed[t] = cv2.distanceTransform(1 - obj[t], cv2.DIST_L2, 5) - cv2.distanceTransform(obj[t], cv2.DIST_L2, 5)
+        signed[t] += obj[t]
+        outside[t] = cv2.distanceTransform(1 - allowed[t], cv2.DIST_L2, 5)
+        outline = (obj[t] > 0) & (cv2.erode(obj[t], np.ones((3, 3), np.uint8)) == 0) & (near_human[t] == 0)
+        ys, xs = np.nonzero(outline)
+        if len(xs):
+            pick = rng.choice(len(xs), size=min(samples, len(xs)), replace=False)
+            contour[t, : len(pick)] = np.stack([xs[pick], ys[pick]], axis=1) + 0.5
+            contour_valid[t, : len(pick)] = True
+
+    def as_image(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a)[:, None].to(device=device, dtype=dtype)
+
+    def gradient(a: np.ndarray) -> torch.Tensor:
+        d_dy, d_dx = np.gradient(a, axis=(1, 2))
+        return torch.from_numpy(np.stack([d_dx, d_dy], axis=1)).to(device=device, dtype=dtype)
+
+    return FrameEvidence(
+        signed_distance=as_image(signed),
+        signed_gradient=gradient(signed),
+        outside_distance=as_image(outside),
+        outside_gradient=gradient(outside),
+        near_human=as_image(near_human),
+        human_masks=torch.from_numpy(human_masks).to(device),
+        contour_pixels=torch.from_numpy(contour).to(device=device, dtype=dtype),
+        contour_valid=torch.from_numpy(contour_valid).to(device),
+        object_masks=as_image(obj.astype(np.float32)),
+        depth=None if depth is None else torch.as_tensor(np.asarray(depth))[:, None].to(device=device, dtype=dtype),
+        has_object=torch.from_numpy(obj.reshape(num_frames, -1).any(1)).to(device),
+    )
+
+
+# ---- geometry -------------------------------------------------------------------------------------
+def project(points_cam: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """(...,N,3) camera points -> (...,N,2) continuous pixel coordinates (pixel centres at +0.5)."""
+    z = points_cam[..., 2:3].clamp(min=1e-4)
+    return points_cam[..., :2] / z * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
+
+
+def sample_image(
+    image: torch.Tensor, pixels: torch.Tensor, size: tuple[int, int], mode: str = "bilinear"
+) -> torch.Tensor:
+    """Sample (T,1,H,W) at (T,N,2) pixel coords -> (T,N); outside the image reads the border."""
+    height, width = size
+    grid = torch.stack([pixels[..., 0] / width * 2 - 1, pixels[..., 1] / height * 2 - 1], dim=-1)[:, :, None]
+    return F.grid_sample(image, grid, mode=mode, padding_mode="border", align_corners=False)[:, 0, :, 0]
+
+
+def transform(poses: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """(W,4,4) poses applied to (N,3) or (W,N,3) points -> (W,N,3)."""
+    return points @ poses[:, :3, :3].transpose(1, 2) + poses[:, None, :3, 3]
+
+
+@dataclass
+class VisiblePoints:
+    """Model-frame surface points seen at a pose estimate, per frame (padded, with validity)."""
+
+    contour: torch.Tensor  # (W,Nc,3) points on the rendered silhouette's outline
+    contour_valid: torch.Tensor  # (W,Nc) bool
+    interior: torch.Tensor  # (W,Ni,3) visible points anywhere on the silhouette
+    interior_valid: torch.Tensor  # (W,Ni) bool
+
+
+def _pick(candidates: torch.Tensor, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random subset of the (W,P) bool candidate pixels: (W,count) flat indices and validity."""
+    scores = torch.rand(candidates.shape, generator=generator, device="cpu").to(candidates.device)
+    scores = torch.where(candidates, scores, torch.full_like(scores, -1.0))
+    top = scores.topk(min(count, candidates.shape[1]), dim=1)
+    return top.indices, top.values >= 0
+
+
+@torch.no_grad()
+def visible_points(
+    poses: torch.Tensor,
+    vertices: torch.Tensor,
+    faces: torch.Tensor,
+    K: np.ndarray,
+    size: tuple[int, int],
+    config: TrackerConfig,
+    generator: torch.Generator,
+) -> VisiblePoints:
+    """Render the mesh at ``poses`` and lift sampled silhouette pixels back to model-frame points."""
+    from reconstruction.render import Mesh, render
+
+    out = render([Mesh(transform(poses, vertices), faces, instance_id=2)], K, np.eye(4), size, device=vertices.device)
+    num = poses.shape[0]
+    silhouette = out.face_id >= 0  # (W,H,W)
+    eroded = -F.max_pool2d(-silhouette.float()[:, None], 3, stride=1, padding=1)[:, 0] > 0.5
+    outline = (silhouette & ~eroded).reshape(num, -1)
+    face_id = out.face_id.reshape(num, -1)
+    bary = out.barycentrics.reshape(num, -1, 3)
+
+    def lift(indices: torch.Tensor) -> torch.Tensor:
+        f = torch.gather(face_id, 1, indices).clamp(min=0)
+        b = torch.gather(bary, 1, indices[..., None].expand(-1, -1, 3))
+        corners = vertices[faces[f]]  # (W,N,3,3)
+        return (b[..., None] * corners).sum(-2)
+
+    contour_idx, contour_ok = _pick(outline, config.contour_samples, generator)
+    interior_idx, interior_ok = _pick(silhouette.reshape(num, -1), config.interior_samples, generator)
+    return VisiblePoints(lift(contour_idx), contour_ok, lift(interior_idx), interior_ok)
+
+
+# ---- Gauss-Newton on a window of frames -----------------------------------------------------------
+def _skew(v: torch.Tensor) -> torch.Tensor:
+    """(...,3) -> (...,3,3) cross-product matrices."""
+    zero = torch.zeros_like(v[..., 0])
+    return torch.stack(
+        [
+            torch.stack([zero, -v[..., 2], v[..., 1]], -1),
+            torch.stack([v[..., 2], zero, -v[..., 0]], -1),
+            torch.stack([-v[..., 1], v[..., 0], zero], -1),
+        ],
+        -2,
+    )
+
+
+def _projection_jacobian(points_cam: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """d(pixel)/d(camera point): (...,N,2,3)."""
+    x, y, z = points_cam.unbind(-1)
+    z = z.clamp(min=1e-4)
+    zero = torch.zeros_like(z)
+    fx, fy = K[0, 0], K[1, 1]
+    row_u = torch.stack([fx / z, zero, -fx * x / z**2], -1)
+    row_v = torch.stack([zero, fy / z, -fy * y / z**2], -1)
+    return torch.stack([row_u, row_v], -2)
+
+
+def _point_jacobian(points_cam: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """d(camera point)/d(rotvec about the centre, translation) at zero residual: (W,N,3,6)."""
+    lever = points_cam - centres[:, None]
+    eye = torch.eye(3, dtype=points_cam.dtype, device=points_cam.device).expand(*lever.shape[:-1], 3, 3)
+    return torch.cat([-_skew(lever), eye], -1)
+
+
+def _cap_norm(vectors: torch.Tensor, limit: float) -> torch.Tensor:
+    """Scale (N,3) vectors down to at most ``limit`` in norm."""
+    norm = vectors.norm(dim=-1, keepdim=True)
+    return vectors * (limit / norm.clamp(min=limit))
+
+
+def _irls(residual: torch.Tensor, knee: float) -> torch.Tensor:
+    """Square-root IRLS weights of the Charbonnier cost."""
+    return (1 + (residual / knee) ** 2) ** -0.25
+
+
+@dataclass
+class NormalEquations:
+    """Per-frame data blocks: H (W,6,6) = J^T J, g (W,6) = J^T r, cost (W,) = sum r^2 (weighted)."""
+
+    hessian: torch.Tensor
+    gradient: torch.Tensor
+    cost: torch.Tensor
+
+
+def _accumulate(
+    residual: torch.Tensor, jacobian: torch.Tensor | None, weight: torch.Tensor, eq: NormalEquations
+) -> None:
+    """Add residuals (W,N) with jacobians (W,N,6) (None: cost only) and weights (W,N) to ``eq``."""
+    wr = residual * weight
+    eq.cost += (wr**2).sum(1)
+    if jacobian is not None:
+        wj = jacobian * weight[..., None]
+        eq.hessian += wj.transpose(1, 2) @ wj
+        eq.gradient += (wj.transpose(1, 2) @ wr[..., None])[..., 0]
+
+
+def data_terms(
+    rotations: torch.Tensor, centres: torch.Tensor, centroid: torch.Tensor, points: VisiblePoints,
+    evidence: FrameEvidence, frames: slice, K: torch.Tensor, size: tuple[int, int], config: TrackerConfig,
+    with_jacobian: bool = True,
+) -> NormalEquations:  # fmt: skip
+    """Linearise every image term of every frame of the window at the current poses."""
+    num = rotations.shape[0]
+    dtype, device = rotations.dtype, rotations.device
+    eq = NormalEquations(
+        torch.zeros(num, 6, 6, dtype=dtype, device=device),
+        torch.zeros(num, 6, dtype=dtype, device=device),
+        torch.zeros(num, dtype=dtype, device=device),
+    )
+    has_object = evidence.has_object[frames].to(dtype)
+
+    def cam(model_points: torch.Tensor) -> torch.Tensor:
+        return (model_points - centroid) @ rotations.transpose(1, 2) + centres[:, None]
+
+    def image_term(
+        image: torch.Tensor, grad: torch.Tensor, cam_points: torch.Tensor, valid: torch.Tensor, weight: float,
+        inside_only: torch.Tensor | None = None,
+    ) -> None:  # fmt: skip
+        pixels = project(cam_points, K)
+        value = sample_image(image[frames], pixels, size)
+        norm = valid.sum(1, keepdim=True).clamp(min=1)
+        if inside_only is not None:
+            # Where an occluder may hide the outline, only "inside the object mask" is evidence: an
+            # occluder never makes object pixels appear, so a model outline inside the mask is wrong.
+            valid = valid * torch.where(inside_only, (value < 0).to(dtype), torch.ones_like(value))
+        w = valid * _irls(value, config.robust_px) * (weight / norm) ** 0.5
+        jac = None
+        if with_jacobian:
+            image_grad = torch.stack(
+                [sample_image(grad[frames, :1], pixels, size), sample_image(grad[frames, 1:], pixels, size)], -1
+            )  # (W,N,2)
+            d_pixel = _projection_jacobian(cam_points, K) @ _point_jacobian(cam_points, centres)  # (W,N,2,6)
+            jac = (image_grad[..., None, :] @ d_pixel)[..., 0, :]
+        _accumulate(value, jac, w, eq)
+
+    contour_cam = cam(points.contour)
+    hidden = sample_image(evidence.near_human[frames], project(contour_cam, K), size, mode="nearest") > 0.5
+    contour_valid = points.contour_valid.to(dtype) * has_object[:, None]
+    image_term(
+        evidence.signed_distance, evidence.signed_gradient, contour_cam, contour_valid, config.weight_contour, hidden
+    )
+    interior_cam = cam(points.interior)
+    image_term(
+        evidence.outside_distance,
+        evidence.outside_gradient,
+        interior_cam,
+        points.interior_valid.to(dtype),
+        config.weight_interior,
+    )
+
+    # Coverage: each object outline pixel against its nearest model outline point (ICP-style matching).
+    contour_px = project(contour_cam, K)
+    far = torch.where(points.contour_valid[..., None], contour_px, torch.full_like(contour_px, 1e5))
+    nearest = torch.cdist(evidence.contour_pixels[frames], far).argmin(dim=2)  # (W,M)
+    matched_cam = torch.gather(contour_cam, 1, nearest[..., None].expand(-1, -1, 3))
+    gap = project(matched_cam, K) - evidence.contour_pixels[frames]  # (W,M,2)
+    valid = evidence.contour_valid[frames].to(dtype) * points.contour_valid.any(1, keepdim=True).to(dtype)
+    w = (
+        valid
+        * _irls(gap.norm(dim=-1), config.robust_px)
+        * (config.weight_coverage / valid.sum(1, keepdim=True).clamp(min=1)) ** 0.5
+    )
+    d_pixel = _projection_jacobian(matched_cam, K) @ _point_jacobian(matched_cam, centres) if with_jacobian else None
+    for axis in range(2):
+        _accumulate(gap[..., axis], None if d_pixel is None else d_pixel[..., axis, :], w, eq)
+
+    if evidence.depth is not None:
+        pixels = project(interior_cam, K)
+        observed = sample_image(evidence.depth[frames], pixels, size, mode="nearest")
+        in_mask = sample_image(evidence.object_masks[frames], pixels, size, mode="nearest") > 0.5
+        usable = ((observed > 0) & in_mask & points.interior_valid).to(dtype)
+        residual = (interior_cam[..., 2] - observed) / config.depth_scale_m
+        w = usable * _irls(residual, 1.0) * (config.weight_depth / usable.sum(1, keepdim=True).clamp(min=1)) ** 0.5
+        jac = _point_jacobian(interior_cam, centres)[..., 2, :] / config.depth_scale_m if with_jacobian else None
+        _accumulate(residual, jac, w, eq)
+    return eq
+
+
+def smoothness_terms(
+    rotations: torch.Tensor, centres: torch.Tensor, history_rot: torch.Tensor, history_centre: torch.Tensor,
+    K: torch.Tensor, config: TrackerConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Second differences over [history, window]: full (6W,6W) normal matrix, (6W,) gradient, cost."""
+    num, hist = rotations.shape[0], history_rot.shape[0]
+    length = num + hist
+    dtype, device = rotations.dtype, rotations.device
+    hessian = torch.zeros(6 * num, 6 * num, dtype=dtype, device=device)
+    gradient = torch.zeros(6 * num, dtype=dtype, device=device)
+    if length < 3:
+        return hessian, gradient, torch.zeros((), dtype=dtype, device=device)
+    all_rot = torch.cat([history_rot, rotations])
+    all_centre = torch.cat([history_centre, centres])
+    second = torch.zeros(length - 2, length, dtype=dtype, device=device)
+    idx = torch.arange(length - 2, device=device)
+    second[idx, idx], second[idx, idx + 1], second[idx, idx + 2] = 1.0, -2.0, 1.0
+    d_window = second[:, hist:]  # only window frames move
+    pixels_per_m = K[0, 0].to(dtype) / all_centre[:, 2].mean().clamp(min=0.1)
+    accel = (second @ all_centre) * pixels_per_m  # (L-2,3)
+    rel = roma.rotmat_to_rotvec(all_rot[1:] @ all_rot[:-1].transpose(1, 2))
+    # Angular acceleration as a second difference of frame-to-frame rotation vectors, first order in
+    # the left-multiplied residual rotvecs: rel_t' ~ rel_t + w_t - w_(t-1).
+    angular = rel[1:] - rel[:-1]
+    blocks = (
+        (slice(3, 6), accel, pixels_per_m, config.weight_smooth_translation),
+        (slice(0, 3), angular, 1.0, config.weight_smooth_rotation),
+    )
+    cost = torch.zeros((), dtype=dtype, device=device)
+    for part, value, unit, weight in blocks:
+        jac = d_window * unit * weight**0.5  # (L-2, W) per coordinate
+        value = value * weight**0.5
+        coupling = jac.T @ jac  # (W,W)
+        grad = jac.T @ value  # (W,3)
+        for a in range(3):
+            rows = torch.arange(num, device=device) * 6 + part.start + a
+            hessian[rows[:, None], rows[None, :]] += coupling
+            gradient[rows] += grad[:, a]
+        cost = cost + (value**2).sum()
+    return hessian, gradient, cost
+
+
+@dataclass
+class TrackResult:
+    poses: np.ndarray  # (T,4,4) float64 object->camera
+    contour_px: np.ndarray  # (T,) RMS signed distance of the model outline to the mask outline (px)
+
+
+def mesh_centroid(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted surface centroid (rotations are parametrised about it)."""
+    tri = vertices[faces]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    if area.sum() <= 0:
+        return vertices.mean(0)
+    return (area[:, None] * tri.mean(1)).sum(0) / area.sum()
+
+
+def _poses(rotations: torch.Tensor, centres: torch.Tensor, centroid: torch.Tensor) -> torch.Tensor:
+    pose = torch.zeros(rotations.shape[0], 4, 4, dtype=rotations.dtype, device=rotations.device)
+    pose[:, :3, :3] = rotations
+    pose[:, :3, 3] = centres - rotations @ centroid
+    pose[:, 3, 3] = 1
+    return pose
+
+
+@torch.no_grad()
+def coarse_align(
+    rotations: torch.Tensor, centres: torch.Tensor, centroid: torch.Tensor, mesh: tuple[torch.Tensor, torch.Tensor],
+    object_masks: torch.Tensor, human_masks: torch.Tensor, K: np.ndarray, size: tuple[int, int],
+    min_pixels: int = 20,
+) -> torch.Tensor:  # fmt: skip
+    """Move each frame's centre so the unoccluded predicted silhouette matches the mask's centroid and area.
+
+    Silhouette energies only see a few pixels around the outline; a jump larger than that (fast motion,
+    small objects) needs this global 2D moment match first. Returns the new (W,3) centres.
+    """
+    from reconstruction.render import Mesh, render
+
+    poses = _poses(rotations, centres, centroid).float()
+    out = render([Mesh(transform(poses, mesh[0]), mesh[1], instance_id=2)], K, np.eye(4), size, device=mesh[0].device)
+    predicted = (out.face_id >= 0) & ~human_masks
+    observed = object_masks
+    height, width = size
+    ys = torch.arange(height, dtype=centres.dtype, device=centres.device)[:, None] + 0.5
+    xs = torch.arange(width, dtype=centres.dtype, device=centres.device)[None] + 0.5
+
+    def moments(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        weight = mask.to(centres.dtype)
+        area = weight.sum((1, 2))
+        cx = (weight * xs).sum((1, 2)) / area.clamp(min=1)
+        cy = (weight * ys).sum((1, 2)) / area.clamp(min=1)
+        return area, cx, cy
+
+    area_p, cx_p, cy_p = moments(predicted)
+    area_o, cx_o, cy_o = moments(observed)
+    usable = (area_p >= min_pixels) & (area_o >= min_pixels)
+    K_t = torch.as_tensor(K, dtype=centres.dtype, device=centres.device)
+    depth_ratio = torch.where(usable, (area_p / area_o.clamp(min=1)).sqrt().clamp(0.85, 1.18), torch.ones_like(area_p))
+    new_z = centres[:, 2] * depth_ratio
+    centre_px = project(centres[:, None], K_t)[:, 0]
+    target_u = centre_px[:, 0] + torch.where(usable, cx_o - cx_p, torch.zeros_like(cx_o))
+    target_v = centre_px[:, 1] + torch.where(usable, cy_o - cy_p, torch.zeros_like(cy_o))
+    new_x = (target_u - K_t[0, 2]) / K_t[0, 0] * new_z
+    new_y = (target_v - K_t[1, 2]) / K_t[1, 1] * new_z
+    return torch.stack([new_x, new_y, new_z], dim=1)
+
+
+def solve_window(
+    rotations: torch.Tensor, centres: torch.Tensor, history: tuple[torch.Tensor, torch.Tensor], centroid: torch.Tensor,
+    mesh: tuple[torch.Tensor, torch.Tensor], evidence: FrameEvidence, frames: slice, K: np.ndarray,
+    size: tuple[int, int], config: TrackerConfig, generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Levenberg-Marquardt over the window's 6W pose residuals (left-multiplied, about the centroid)."""
+    K_t = torch.as_tensor(K, dtype=rotations.dtype, device=rotations.device)
+    num = rotations.shape[0]
+    for _ in range(config.coarse_steps):
+        centres = coarse_align(
+            rotations,
+            centres,
+            centroid,
+            mesh,
+            evidence.object_masks[frames, 0] > 0.5,
+            evidence.human_masks[frames],
+            K,
+            size,
+        )
+    damping = torch.full((num,), 0.1, dtype=rotations.dtype, device=rotations.device)
+    points = None
+
+    def total(rot: torch.Tensor, cen: torch.Tensor, with_jacobian: bool) -> tuple[NormalEquations, tuple]:
+        eq = data_terms(rot, cen, centroid, points, evidence, frames, K_t, size, config, with_jacobian)
+        smooth = smoothness_terms(rot, cen, history[0], history[1], K_t, config)
+        return eq, smooth
+
+    for iteration in range(config.iterations):
+        if iteration % config.visibility_refresh == 0:
+            points = visible_points(_poses(rotations, centres, centroid).float(), *mesh, K, size, config, generator)
+            points = VisiblePoints(*(p.to(rotations.dtype) if p.is_floating_point() else p for p in (
+                points.contour, points.contour_valid, points.interior, points.interior_valid)))  # fmt: skip
+        eq, (smooth_h, smooth_g, _) = total(rotations, centres, True)
+        hessian = torch.block_diag(*eq.hessian) + smooth_h
+        gradient = eq.gradient.reshape(-1) + smooth_g
+        # Per-frame Levenberg damping: each frame keeps its step only if its own image cost drops, so a
+        # frame far from its solution does not hold back the others (smoothness couples them weakly).
+        scale = damping.repeat_interleave(6) * (hessian.diagonal() + 1e-6)
+        step = -torch.linalg.solve(hessian + torch.diag(scale), gradient).reshape(num, 6)
+        # Trust region: the distance-transform linearisation only holds for small moves, and rotation is
+        # the weakly observed part; cap each step instead of trusting a far Gauss-Newton jump.
+        step = torch.cat([_cap_norm(step[:, :3], config.max_step_rad), _cap_norm(step[:, 3:], config.max_step_m)], 1)
+        new_rot = roma.rotvec_to_rotmat(step[:, :3]) @ rotations
+        new_centre = centres + step[:, 3:]
+        new_eq, _ = total(new_rot, new_centre, False)
+        better = new_eq.cost < eq.cost
+        rotations = torch.where(better[:, None, None], new_rot, rotations)
+        centres = torch.where(better[:, None], new_centre, centres)
+        damping = torch.where(better, (damping / 3).clamp(min=1e-6), damping * 4)
+        if step.abs().max() < 1e-7 or bool((damping > 1e6).all()):
+            break
+    return rotations, centres
+
+
+def track_object(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    K: np.ndarray,
+    initial_pose: np.ndarray,
+    object_masks: np.ndarray,
+    human_masks: np.ndarray,
+    depth: np.ndarray | None = None,
+    config: TrackerConfig = TrackerConfig(),
+    device: str = "cpu",
+    progress: Callable[[float, str], None] | None = None,
+    check_cancelled: Callable[[], None] | None = None,
+) -> TrackResult:
+    """Track the mesh through T frames from ``initial_pose`` (object->camera at frame 0, kept as is)."""
+    num_frames, height, width = object_masks.shape
+    size = (height, width)
+    dtype = torch.float64  # the normal equations need it; the image work is cheap either way
+    generator = torch.Generator().manual_seed(config.seed)
+    mesh = (
+        torch.as_tensor(vertices, dtype=torch.float32, device=device),
+        torch.as_tensor(faces, dtype=torch.long, device=device),
+    )
+    centroid = torch.as_tensor(mesh_centroid(vertices, faces), dtype=dtype, device=device)
+    evidence = frame_evidence(object_masks, human_masks, depth, config, device, dtype)
+
+    pose0 = torch.as_tensor(initial_pose, dtype=dtype, device=device)
+    rotations = torch.zeros(num_frames, 3, 3, dtype=dtype, device=device)  # solved object rotations
+    centres = torch.zeros(num_frames, 3, dtype=dtype, device=device)  # solved centroid positions (camera)
+    rotations[0] = pose0[:3, :3]
+    centres[0] = pose0[:3, :3] @ centroid + pose0[:3, 3]
+    contour_px = np.zeros(num_frames)
+
+    start = 1
+    while start < num_frames:
+        stop = min(start + config.window, num_frames)
+        frames = slice(start, stop)
+        steps = torch.arange(1, stop - start + 1, device=device, dtype=dtype)[:, None]
+        # Warm start: constant velocity from the last two solved frames (rotation and centroid).
+        if start >= 2:
+            rel = roma.rotmat_to_rotvec(rotations[start - 1] @ rotations[start - 2].T)
+            vel = centres[start - 1] - centres[start - 2]
+        else:
+            rel = vel = torch.zeros(3, dtype=dtype, device=device)
+        window_rot = roma.rotvec_to_rotmat(steps * rel) @ rotations[start - 1]
+        window_centre = centres[start - 1] + steps * vel
+        history = (rotations[max(start - 2, 0) : start], centres[max(start - 2, 0) : start])
+        window_rot, window_centre = solve_window(
+            window_rot, window_centre, history, centroid, mesh, evidence, frames, K, size, config, generator
+        )
+        rotations[frames], centres[frames] = window_rot, window_centre
+        points = visible_points(_poses(window_rot, window_centre, centroid).float(), *mesh, K, size, config, generator)
+        cam = (points.contour.to(dtype) - centroid) @ window_rot.transpose(1, 2) + window_centre[:, None]
+        signed = sample_image(evidence.signed_distance[frames], project(cam, torch.as_tensor(K, dtype=dtype)), size)
+        valid = points.contour_valid.to(dtype)
+        contour_px[frames] = ((signed**2 * valid).sum(1) / valid.sum(1).clamp(min=1)).sqrt().cpu().numpy()
+        if progress is not None:
+            progress(stop / num_frames, f"object pose frame {stop}/{num_frames}")
+        if check_cancelled is not None:
+            check_cancelled()
+        start = stop
+
+    poses = _poses(roma.special_procrustes(rotations), centres, centroid).cpu()
+    poses[0] = torch.as_tensor(initial_pose, dtype=torch.float64)
+    return TrackResult(poses=poses.numpy(), contour_px=contour_px)

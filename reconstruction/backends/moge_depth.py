@@ -1,0 +1,66 @@
+"""Depth backend ``moge``: per-frame monocular depth from MoGe (PyPI ``dlr-moge``) with a user checkpoint.
+
+The package ships no weights and nothing may be downloaded at run time, so the checkpoint path comes
+from ``preprocess.moge_checkpoint`` in the config or the ``MOGE_CHECKPOINT`` environment variable.
+A missing package or checkpoint is an error naming the setting; there is no silent fallback.
+The raw estimate is later aligned to the first-frame GT depth (``depth_align.align_depth``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reconstruction.stages.base import StageInputError
+
+logger = logging.getLogger(__name__)
+
+SETTING = "preprocess.moge_checkpoint (or the MOGE_CHECKPOINT environment variable)"
+
+
+def resolve_checkpoint(section: dict[str, Any]) -> Path:
+    value = section.get("moge_checkpoint") or os.environ.get("MOGE_CHECKPOINT")
+    if not value:
+        raise StageInputError(f"depth backend 'moge' needs a checkpoint: set {SETTING}")
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise StageInputError(f"MoGe checkpoint not found: {path} (from {SETTING})")
+    return path
+
+
+def load_model(checkpoint: Path, device: str) -> Any:
+    try:
+        from moge.model.v2 import MoGeModel  # dlr-moge 2.x
+    except ImportError:
+        try:
+            from moge.model.v1 import MoGeModel
+        except ImportError as exc:
+            raise StageInputError(
+                "depth backend 'moge' needs the 'dlr-moge' package (pip install dlr-moge==2.0.0) "
+                f"and a checkpoint from {SETTING}"
+            ) from exc
+    model = MoGeModel.from_pretrained(str(checkpoint))
+    return model.to(device).eval()
+
+
+@torch.inference_mode()
+def estimate_depth(
+    frames: np.ndarray, section: dict[str, Any], device: str = "cpu", batch_size: int = 4
+) -> torch.Tensor:
+    """uint8 (T,H,W,3) RGB -> float32 (T,H,W) metric depth estimate (0 where MoGe's mask is off)."""
+    checkpoint = resolve_checkpoint(section)
+    model = load_model(checkpoint, device)
+    depths = []
+    for start in range(0, len(frames), batch_size):
+        batch = torch.from_numpy(frames[start : start + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255.0
+        output = model.infer(batch)
+        depth = output["depth"].float()
+        if "mask" in output:
+            depth = torch.where(output["mask"].bool(), depth, torch.zeros_like(depth))
+        depths.append(torch.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0).cpu())
+    return torch.cat(depths)

@@ -1,0 +1,85 @@
+"""Mask backend ``sam2``: SAM 2 video propagation of the first-frame object and human masks.
+
+Uses the PyPI ``sam2`` package (sdist, no weights). The checkpoint comes from
+``preprocess.sam2_checkpoint`` or ``SAM2_CHECKPOINT``; the model config (a name inside the package,
+e.g. ``configs/sam2.1/sam2.1_hiera_s.yaml``) from ``preprocess.sam2_config``. A missing package or
+checkpoint raises an error naming the setting - never a silent fallback to another backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from reconstruction.stages.base import StageInputError
+
+logger = logging.getLogger(__name__)
+
+SETTING = "preprocess.sam2_checkpoint (or the SAM2_CHECKPOINT environment variable)"
+DEFAULT_CONFIG = "configs/sam2.1/sam2.1_hiera_s.yaml"
+OBJECT_ID, HUMAN_ID = 1, 2
+
+
+def resolve_checkpoint(section: dict[str, Any]) -> Path:
+    value = section.get("sam2_checkpoint") or os.environ.get("SAM2_CHECKPOINT")
+    if not value:
+        raise StageInputError(f"mask backend 'sam2' needs a checkpoint: set {SETTING}")
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise StageInputError(f"SAM 2 checkpoint not found: {path} (from {SETTING})")
+    return path
+
+
+def build_predictor(section: dict[str, Any], device: str, checkpoint: Path | None) -> Any:
+    """SAM 2 video predictor. ``checkpoint=None`` (random weights) is only for plumbing tests."""
+    try:
+        from sam2.build_sam import build_sam2_video_predictor
+    except ImportError as exc:
+        raise StageInputError(
+            f"mask backend 'sam2' needs the 'sam2' package and its dependencies (pip install sam2==1.1.0; "
+            f"import failed: {exc}) and a checkpoint from {SETTING}"
+        ) from exc
+    config_name = section.get("sam2_config") or DEFAULT_CONFIG
+    return build_sam2_video_predictor(
+        config_name, str(checkpoint) if checkpoint else None, device=device, apply_postprocessing=False
+    )
+
+
+def track_masks(
+    frames: np.ndarray,
+    first_object: np.ndarray,
+    first_human: np.ndarray,
+    section: dict[str, Any],
+    device: str = "cpu",
+    predictor: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Propagate both first-frame masks through the video -> object (T,H,W) bool, human (T,H,W) bool."""
+    if predictor is None:
+        predictor = build_predictor(section, device, resolve_checkpoint(section))
+    num_frames, height, width, _ = frames.shape
+    object_masks = np.zeros((num_frames, height, width), dtype=bool)
+    human_masks = np.zeros_like(object_masks)
+    with tempfile.TemporaryDirectory(prefix="sam2_frames_") as folder:
+        # SAM 2's video loader reads a folder of numbered JPEGs.
+        for index, frame in enumerate(frames):
+            cv2.imwrite(str(Path(folder) / f"{index:05d}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        with torch.inference_mode():
+            state = predictor.init_state(video_path=folder, offload_video_to_cpu=True)
+            predictor.add_new_mask(state, frame_idx=0, obj_id=OBJECT_ID, mask=first_object)
+            predictor.add_new_mask(state, frame_idx=0, obj_id=HUMAN_ID, mask=first_human)
+            for frame_index, object_ids, mask_logits in predictor.propagate_in_video(state):
+                logits = mask_logits[:, 0].float().cpu().numpy()
+                for obj_id, logit in zip(object_ids, logits, strict=True):
+                    target = object_masks if obj_id == OBJECT_ID else human_masks
+                    target[frame_index] = logit > 0.0
+    # The object wins where both claim a pixel only if the human does not occlude it: SAM 2 tracks each
+    # instance independently, so resolve overlaps in favour of the (occluding) human.
+    object_masks &= ~human_masks
+    return object_masks, human_masks

@@ -1,0 +1,234 @@
+"""Evaluate one video's stage outputs against its synthetic ground truth.
+
+``evaluate_video(layout, vid)`` returns ``{"video": ..., "stages": {"human_pose": {...}, "object_pose":
+{...}, "optimize": {...}}}`` with whatever stage outputs exist (stage 1 ``hmr_result``, stage 3
+``object_poses``, stage 4 ``raw_hoi_data`` + ``contact_labels``); ``evaluate_and_save`` also writes it to
+``layout.metrics(vid)``. Every figure is in metres, degrees or m/frame (see ``metrics``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reconstruction import fileio
+from reconstruction import keypoints as kp
+from reconstruction.eval import metrics
+from reconstruction.eval.geometry import point_mesh_signed_distance
+from reconstruction.layout import Layout, VideoId
+from reconstruction.render_config import load_pickle
+from reconstruction.synth.ground_truth import GroundTruth, load_ground_truth
+
+logger = logging.getLogger(__name__)
+
+BODY_INDICES = [kp.index(name) for name in kp.MPJPE_BODY_JOINTS]
+FOOT_INDICES = [kp.index(n) for n in ("left_heel", "right_heel", "left_foot_index", "right_foot_index")]
+ADD_POINTS = 1000  # model points used for ADD / ADD-S (evenly strided mesh vertices)
+PENETRATION_MARGIN = 0.05  # body vertices farther than this from the object's bounding sphere are skipped
+
+
+class EvaluationError(ValueError):
+    """A stage output cannot be compared with the ground truth (shape mismatch, unreadable file)."""
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    return metrics.as_numpy(value)
+
+
+def _check_frames(name: str, value: np.ndarray, num_frames: int, path: Path) -> None:
+    if value.shape[0] != num_frames:
+        raise EvaluationError(f"{path}: {name} has {value.shape[0]} frames, ground truth has {num_frames}")
+
+
+def keypoint_metrics(pred_cam: np.ndarray, gt_cam: np.ndarray) -> dict[str, float]:
+    """Body MPJPE / PA-MPJPE on the 12 MPJPE joints, hand errors (absolute and wrist-relative), jitter."""
+    body_pred, body_gt = pred_cam[:, BODY_INDICES], gt_cam[:, BODY_INDICES]
+    hands_pred = np.concatenate([pred_cam[:, kp.LEFT_HAND_SLICE], pred_cam[:, kp.RIGHT_HAND_SLICE]], axis=0)
+    hands_gt = np.concatenate([gt_cam[:, kp.LEFT_HAND_SLICE], gt_cam[:, kp.RIGHT_HAND_SLICE]], axis=0)
+    return {
+        "body_mpjpe_m": metrics.mpjpe(body_pred, body_gt),
+        "body_pa_mpjpe_m": metrics.pa_mpjpe(body_pred, body_gt),
+        "hand_joint_error_m": metrics.hand_joint_error(hands_pred, hands_gt),
+        "hand_joint_error_wrist_relative_m": metrics.hand_joint_error(hands_pred, hands_gt, wrist_relative=True),
+        "body_accel_jitter_m_per_frame2": metrics.acceleration_jitter(body_pred),
+        "body_accel_error_m_per_frame2": metrics.acceleration_error(body_pred, body_gt),
+    }
+
+
+def object_metrics(pred_poses_cam: np.ndarray, gt: GroundTruth, model_points: np.ndarray) -> dict[str, float]:
+    gt_poses = gt.object_poses_cam
+    return {
+        "object_translation_error_m": metrics.object_translation_error(pred_poses_cam, gt_poses),
+        "object_rotation_error_deg": metrics.object_rotation_error(pred_poses_cam, gt_poses),
+        "object_add_m": metrics.add(pred_poses_cam, gt_poses, model_points),
+        "object_add_s_m": metrics.add_s(pred_poses_cam, gt_poses, model_points),
+        "object_accel_jitter_m_per_frame2": metrics.acceleration_jitter(pred_poses_cam[:, :3, 3]),
+    }
+
+
+def _load_mesh(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    import trimesh
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"object mesh of the ground truth not found: {path}")
+    mesh = trimesh.load(str(path), force="mesh", process=False)
+    return torch.tensor(np.asarray(mesh.vertices), dtype=torch.float64), torch.tensor(np.asarray(mesh.faces))
+
+
+def _model_points(vertices: torch.Tensor) -> np.ndarray:
+    stride = max(1, vertices.shape[0] // ADD_POINTS)
+    return vertices[::stride].numpy()
+
+
+def body_penetration(
+    body_vertices_world: torch.Tensor,
+    object_poses_world: torch.Tensor,
+    mesh_vertices: torch.Tensor,
+    mesh_faces: torch.Tensor,
+) -> dict[str, float]:
+    """Penetration of body vertices (T,V,3) into the object mesh posed by (T,4,4), from exact signed
+    distances of the vertices near the object (others cannot penetrate)."""
+    radius = float(mesh_vertices.norm(dim=-1).max()) + PENETRATION_MARGIN
+    per_frame = []
+    for frame in range(body_vertices_world.shape[0]):
+        pose = object_poses_world[frame]
+        local = (body_vertices_world[frame] - pose[:3, 3]) @ pose[:3, :3]
+        near = local[local.norm(dim=-1) < radius]
+        if near.shape[0] == 0:
+            per_frame.append(np.array([1.0]))
+            continue
+        per_frame.append(point_mesh_signed_distance(near, mesh_vertices, mesh_faces).numpy())
+    width = max(len(x) for x in per_frame)
+    padded = np.stack([np.pad(x, (0, width - len(x)), constant_values=1.0) for x in per_frame])
+    out = metrics.penetration_depth(padded)
+    return {"penetration_max_m": out["max"], "penetration_mean_m": out["mean"], "penetration_frame_ratio": out["ratio"]}
+
+
+def _contact_metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    scores = metrics.contact_scores(pred, gt)
+    return {
+        f"contact_{hand}_{name}": float(scores[hand][name]) for hand in scores for name in ("precision", "recall", "f1")
+    }
+
+
+def evaluate_human_pose(layout: Layout, vid: VideoId, gt: GroundTruth) -> dict[str, float] | None:
+    path = layout.hmr_result(vid)
+    if not path.exists():
+        return None
+    result = torch.load(path, map_location="cpu", weights_only=False)
+    if "keypoints_3d_cam" not in result:
+        raise EvaluationError(f"{path}: no keypoints_3d_cam")
+    pred = _to_numpy(result["keypoints_3d_cam"])
+    _check_frames("keypoints_3d_cam", pred, gt.num_frames, path)
+    out = keypoint_metrics(pred, gt.keypoints_3d_cam)
+    if "predicted_body_height" in result:
+        out["body_height_error_m"] = abs(float(result["predicted_body_height"]) - gt.height_m)
+    return out
+
+
+def evaluate_object_pose(
+    layout: Layout, vid: VideoId, gt: GroundTruth, model_points: np.ndarray
+) -> dict[str, float] | None:
+    path = layout.object_poses(vid)
+    if not path.exists():
+        return None
+    poses = _to_numpy(load_pickle(path))
+    if poses.ndim != 3 or poses.shape[1:] != (4, 4):
+        raise EvaluationError(f"{path}: expected (T,4,4) object poses, got {poses.shape}")
+    _check_frames("object poses", poses, gt.num_frames, path)
+    return object_metrics(poses, gt, model_points)
+
+
+def evaluate_optimize(
+    layout: Layout, vid: VideoId, gt: GroundTruth, mesh: tuple[torch.Tensor, torch.Tensor], device: str = "cpu"
+) -> dict[str, float] | None:
+    path = layout.raw_hoi_data(vid)
+    if not path.exists():
+        return None
+    data = load_pickle(path)
+    try:
+        human, obj = data["human_data"], data["obj_data"]
+    except (KeyError, TypeError) as exc:
+        raise EvaluationError(f"{path}: missing human_data/obj_data ({exc})") from exc
+    from reconstruction.body import load_body_model
+
+    meta = data.get("meta") or {}
+    body_name = human.get("body_model") or meta.get("body_model") or gt.body_model
+    body = load_body_model(body_name, device=device)
+    poses = torch.as_tensor(_to_numpy(human["poses"]), dtype=torch.float32)
+    num_frames = poses.shape[0]
+    _check_frames("human_data.poses", poses.numpy(), gt.num_frames, path)
+    poses = poses.reshape(num_frames, -1, 3)
+    if poses.shape[1] != body.num_joints:
+        raise EvaluationError(
+            f"{path}: poses has {poses.shape[1]} joints, body model {body_name} has {body.num_joints}"
+        )
+    shape_key = "betas" if "betas" in human else "shape"
+    shape = torch.as_tensor(_to_numpy(human[shape_key]), dtype=torch.float32).reshape(-1, body.num_shape)[0]
+    trans = torch.as_tensor(_to_numpy(human["trans"]), dtype=torch.float32).reshape(num_frames, 3)
+    with torch.no_grad():
+        out = body.forward(poses, shape, trans)
+    w2c = torch.as_tensor(gt.world_to_cam, dtype=torch.float64)
+    kp_world = out.keypoints.double()
+    kp_cam = (kp_world @ w2c[:, :3, :3].transpose(1, 2) + w2c[:, None, :3, 3]).numpy()
+    result = keypoint_metrics(kp_cam, gt.keypoints_3d_cam)
+    result["foot_skating_m_per_frame"] = metrics.foot_skating(kp_world[:, FOOT_INDICES].numpy())
+
+    obj_R = _to_numpy(obj["obj_R"]).reshape(num_frames, 3, 3)
+    obj_t = _to_numpy(obj["obj_t"]).reshape(num_frames, 3)
+    poses_world = np.tile(np.eye(4), (num_frames, 1, 1))
+    poses_world[:, :3, :3], poses_world[:, :3, 3] = obj_R, obj_t
+    scale = float(np.asarray(obj.get("obj_scale", 1.0)).reshape(-1)[0])
+    mesh_vertices, mesh_faces = mesh
+    result.update(object_metrics(gt.world_to_cam @ poses_world, gt, _model_points(mesh_vertices)))
+    result.update(
+        body_penetration(out.vertices.double(), torch.as_tensor(poses_world), mesh_vertices * scale, mesh_faces)
+    )
+    contact_path = layout.contact_labels(vid)
+    if contact_path.exists():
+        frames = np.asarray(json.loads(contact_path.read_text()).get("frames", []), dtype=bool)
+        if frames.shape == gt.contact.shape:
+            result.update(_contact_metrics(frames, gt.contact))
+        else:
+            logger.warning(
+                "%s: contact frames %s do not match ground truth %s", contact_path, frames.shape, gt.contact.shape
+            )
+    return result
+
+
+def evaluate_video(layout: Layout, vid: VideoId, device: str = "cpu") -> dict[str, Any]:
+    """All metrics of one video's available stage outputs against its ground truth."""
+    gt_path = layout.ground_truth(vid)
+    gt = load_ground_truth(gt_path)
+    mesh = _load_mesh(gt.object_mesh_path)
+    stages: dict[str, dict[str, float]] = {}
+    for name, evaluate in (
+        ("human_pose", lambda: evaluate_human_pose(layout, vid, gt)),
+        ("object_pose", lambda: evaluate_object_pose(layout, vid, gt, _model_points(mesh[0]))),
+        ("optimize", lambda: evaluate_optimize(layout, vid, gt, mesh, device)),
+    ):
+        figures = evaluate()
+        if figures is not None:
+            stages[name] = {key: float(value) for key, value in figures.items()}
+    return {
+        "video": str(vid),
+        "variant": gt.variant,
+        "category": gt.category,
+        "num_frames": gt.num_frames,
+        "stages": stages,
+    }
+
+
+def evaluate_and_save(layout: Layout, vid: VideoId, device: str = "cpu") -> dict[str, Any]:
+    report = evaluate_video(layout, vid, device)
+    fileio.write_json(layout.metrics(vid), report)
+    return report
+
+
+def videos_with_ground_truth(layout: Layout, dataset: str | None = None, category: str | None = None) -> list[VideoId]:
+    return [vid for vid in layout.list_videos(dataset, category) if layout.ground_truth(vid).exists()]

@@ -1,0 +1,305 @@
+"""Fit a body model to per-frame 2D keypoints, all frames at once (pure torch, cpu or cuda).
+
+Variables (camera frame): a per-frame root rotation residual (composed onto the initial root rotation), a
+per-frame root translation, and a per-frame local axis-angle residual on the joints that matter (spine,
+neck, head, shoulders, arms, legs; fingers optionally). The shape stays fixed (known character).
+
+Loss = confidence-weighted Geman-McClure reprojection (pixels) + pose prior (stay near the initial pose,
+strongly at frame 0 whose pose the render config gives) + joint-angle limit + 1st/2nd-order temporal
+smoothness on pose and translation + depth anchoring (frame 0's root is known; depth elsewhere stays near it
+unless the keypoints say otherwise).
+
+Two phases: root rotation and translation alone on the torso keypoints (gets the body to where it is in
+every frame), then everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import roma
+import torch
+
+from reconstruction.body.base import BodyModel
+from reconstruction.keypoints import NUM_BODY, index
+
+logger = logging.getLogger(__name__)
+
+HIP_KEYPOINTS = [index("left_hip"), index("right_hip")]
+# Body points whose depth MediaPipe's 3D landmarks give usefully (joint centres of the limbs and torso).
+DEPTH_KEYPOINTS = [
+    index(n)
+    for n in (
+        "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+        "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+    )
+]  # fmt: skip
+TORSO_KEYPOINTS = [index(n) for n in ("left_shoulder", "right_shoulder", "left_hip", "right_hip")]
+# Joint names (anny bone labels and SMPL-X joint names) left out of the body fit: fingers, toes, face.
+NON_BODY_JOINTS = re.compile(r"finger|metacarpal|thumb|index|middle|ring|pinky|toe|eye|jaw|tongue|^root$", re.I)
+FINGER_JOINTS = re.compile(r"finger|metacarpal|thumb|index|middle|ring|pinky", re.I)
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    iterations_global: int = 60  # phase 1: root rotation + translation only
+    iterations: int = 200  # phase 2: everything
+    lr_pose: float = 0.03
+    lr_trans: float = 0.01
+    min_confidence: float = 0.3  # keypoints below are ignored
+    gmof_sigma_px: float = 25.0  # robust scale of the reprojection error
+    hand_weight: float = 0.3  # weight of the 42 hand keypoints relative to the body's
+    fit_fingers: bool = True  # optimise finger joints too (only where hand keypoints were seen)
+    w_reprojection: float = 1.0
+    w_pose_prior: float = 2.0  # sum over joints of squared residual (rad^2), every frame
+    w_first_frame: float = 200.0  # frame 0 pose and translation are given by the render config
+    w_joint_limit: float = 100.0
+    joint_limit_rad: float = 2.6  # local rotation magnitude beyond which a joint is implausible
+    w_pose_velocity: float = 20.0
+    w_pose_acceleration: float = 200.0
+    w_trans_velocity: float = 200.0
+    w_trans_acceleration: float = 5000.0
+    w_depth: float = 20.0  # (z_t - z_0)^2 in m^2: a weak pull, the known body size fixes depth
+    # ||trans_t - trans_0||^2 in m^2: the character mostly stays where the render put it (manipulation);
+    # a pull only, walking still wins through the keypoints.
+    w_trans_prior: float = 0.0
+    # Hip-relative depth of the limbs vs MediaPipe's metric 3D landmarks (m^2): resolves the forward/backward
+    # ambiguity of a limb that 2D reprojection cannot.
+    w_relative_depth: float = 1000.0
+
+
+@dataclass
+class BodyFitResult:
+    pose_aa: torch.Tensor  # (T, J, 3) local axis-angle, root in the camera frame
+    trans: torch.Tensor  # (T, 3) camera frame
+    keypoints_3d: torch.Tensor  # (T, 75, 3) camera frame
+    reprojection_px: torch.Tensor  # (T, 75) pixel error of every keypoint (NaN where not used)
+    losses: dict[str, float] = field(default_factory=dict)  # final value of each term
+    history: list[float] = field(default_factory=list)  # total loss per iteration
+
+
+def select_joints(joint_names: list[str], fingers: bool) -> list[int]:
+    """Indices of the joints given a pose residual (never the root, which has its own variable)."""
+    chosen = []
+    for i, name in enumerate(joint_names):
+        if i == 0:
+            continue
+        if not NON_BODY_JOINTS.search(name) or (fingers and FINGER_JOINTS.search(name)):
+            chosen.append(i)
+    return chosen
+
+
+def transform_body(
+    model: BodyModel, pose_aa: torch.Tensor, shape: torch.Tensor, trans: torch.Tensor, transform: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-express a posed body under a rigid ``transform`` (4,4) (e.g. world -> camera).
+
+    Rotates the root and solves for the translation that puts every joint where ``transform`` sends it.
+    Works whatever point the model rotates its root about: for a rigid root change the offset between the
+    transformed body and the re-rotated one is the same for all joints.
+    """
+    rotation, offset = transform[:3, :3], transform[:3, 3]
+    new_pose = pose_aa.clone()
+    new_pose[:, 0] = roma.rotmat_to_rotvec(rotation @ roma.rotvec_to_rotmat(pose_aa[:, 0]))
+    with torch.no_grad():
+        target = model.forward(pose_aa, shape, trans).joints @ rotation.T + offset
+        rotated = model.forward(new_pose, shape, torch.zeros_like(trans)).joints
+    return new_pose, (target - rotated).mean(dim=1)
+
+
+def project(points: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """(..., 3) camera-frame points -> (..., 2) pixels; depth clamped so points behind stay finite."""
+    z = points[..., 2:3].clamp(min=1e-3)
+    uv = points[..., :2] / z
+    return uv * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
+
+
+def keypoint_weights(keypoints_2d: torch.Tensor, settings: FitSettings) -> torch.Tensor:
+    """(T, 75) weights: confidence above the threshold, hands scaled by ``hand_weight``."""
+    conf = keypoints_2d[..., 2]
+    weights = torch.where(conf >= settings.min_confidence, conf, torch.zeros_like(conf))
+    weights = weights.clone()
+    weights[:, NUM_BODY:] *= settings.hand_weight
+    return weights
+
+
+def initial_translations(
+    model: BodyModel,
+    pose_aa: torch.Tensor,
+    shape: torch.Tensor,
+    trans0: torch.Tensor,
+    keypoints_2d: torch.Tensor,
+    weights: torch.Tensor,
+    K: torch.Tensor,
+) -> torch.Tensor:
+    """(T,3): frame-0 translation shifted per frame so the torso lands on the detected torso (same depth).
+
+    Frames without a detected torso take the nearest frame's value.
+    """
+    num_frames = keypoints_2d.shape[0]
+    with torch.no_grad():
+        body = model.forward(pose_aa[:1], shape, trans0[None]).keypoints[0]
+    torso_w = weights[:, TORSO_KEYPOINTS] > 0  # (T, 4)
+    seen = torso_w.any(dim=1)
+    trans = trans0.expand(num_frames, 3).clone()
+    if not bool(seen.any()):
+        return trans
+    depth = body[TORSO_KEYPOINTS, 2].mean()
+    projected = project(body[TORSO_KEYPOINTS], K)  # (4, 2)
+    detected = keypoints_2d[:, TORSO_KEYPOINTS, :2]  # (T, 4, 2)
+    mask = torso_w.unsqueeze(-1).float()
+    shift_px = ((detected - projected) * mask).sum(1) / mask.sum(1).clamp(min=1)  # (T, 2)
+    shift_m = shift_px * depth / torch.stack([K[0, 0], K[1, 1]])
+    trans[:, :2] = trans0[:2] + shift_m
+    # Fill frames with no torso from the nearest frame that has one.
+    seen_idx = torch.nonzero(seen).squeeze(1)
+    nearest = seen_idx[(torch.arange(num_frames, device=seen.device)[:, None] - seen_idx[None]).abs().argmin(1)]
+    return trans[nearest]
+
+
+def fit_body(
+    model: BodyModel,
+    keypoints_2d: torch.Tensor,
+    K: torch.Tensor,
+    init_pose_aa: torch.Tensor,
+    init_trans: torch.Tensor,
+    shape: torch.Tensor,
+    settings: FitSettings | None = None,
+    progress: Callable[[float], None] | None = None,
+    check_cancelled: Callable[[], None] | None = None,
+    body_3d: torch.Tensor | None = None,
+) -> BodyFitResult:
+    """Fit all frames of ``keypoints_2d`` (T,75,3) given frame 0's pose (J,3) and translation (3,), camera frame.
+
+    ``body_3d`` (T,33,4): optional metric hip-centred 3D body landmarks + visibility (MediaPipe's), used
+    for the limbs' relative depth.
+    """
+    settings = settings or FitSettings()
+    device, dtype = keypoints_2d.device, keypoints_2d.dtype
+    num_frames = keypoints_2d.shape[0]
+    K = K.to(device=device, dtype=dtype)
+    shape = shape.to(device=device, dtype=dtype)
+    init_pose = init_pose_aa.to(device=device, dtype=dtype).expand(num_frames, -1, -1).clone()
+    init_trans = init_trans.to(device=device, dtype=dtype)
+    weights = keypoint_weights(keypoints_2d, settings)
+    hands_seen = bool((weights[:, NUM_BODY:] > 0).any())
+    joints = torch.tensor(select_joints(model.joint_names, settings.fit_fingers and hands_seen), device=device)
+    root_rot0 = roma.rotvec_to_rotmat(init_pose[:, 0])
+
+    root_residual = torch.zeros(num_frames, 3, device=device, dtype=dtype, requires_grad=True)
+    pose_residual = torch.zeros(num_frames, len(joints), 3, device=device, dtype=dtype, requires_grad=True)
+    trans_start = initial_translations(model, init_pose, shape, init_trans, keypoints_2d, weights, K)
+    trans = trans_start.clone().requires_grad_(True)
+
+    def full_pose() -> torch.Tensor:
+        pose = init_pose.clone()
+        pose[:, 0] = roma.rotmat_to_rotvec(roma.rotvec_to_rotmat(root_residual) @ root_rot0)
+        pose[:, joints] = init_pose[:, joints] + pose_residual
+        return pose
+
+    torso_only = torch.zeros_like(weights)
+    torso_only[:, TORSO_KEYPOINTS] = weights[:, TORSO_KEYPOINTS]
+    sigma2 = settings.gmof_sigma_px**2
+    if body_3d is not None and settings.w_relative_depth > 0:
+        body_3d = body_3d.to(device=device, dtype=dtype)
+        ref_depth = body_3d[:, DEPTH_KEYPOINTS, 2] - body_3d[:, HIP_KEYPOINTS, 2].mean(1, keepdim=True)
+        depth_weights = torch.where(body_3d[:, DEPTH_KEYPOINTS, 3] >= settings.min_confidence, 1.0, 0.0)
+        depth_weights = depth_weights * (weights[:, HIP_KEYPOINTS] > 0).all(1, keepdim=True)
+    else:
+        depth_weights = None
+
+    def losses(use_weights: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        pose = full_pose()
+        output = model.forward(pose, shape.expand(num_frames, -1), trans)
+        uv = project(output.keypoints, K)
+        sq = ((uv - keypoints_2d[..., :2]) ** 2).sum(-1)
+        robust = sigma2 * sq / (sigma2 + sq)
+        terms = {
+            "reprojection": settings.w_reprojection * (use_weights * robust).sum() / use_weights.sum().clamp(min=1e-6)
+        }
+        local = pose[:, joints]
+        terms["pose_prior"] = settings.w_pose_prior * (pose_residual**2).sum((1, 2)).mean()
+        first = (
+            (pose_residual[0] ** 2).sum() + (root_residual[0] ** 2).sum() + ((trans[0] - init_trans) ** 2).sum() * 100
+        )
+        terms["first_frame"] = settings.w_first_frame * first
+        excess = (local.norm(dim=-1) - settings.joint_limit_rad).clamp(min=0)
+        terms["joint_limit"] = settings.w_joint_limit * (excess**2).sum(1).mean()
+        if num_frames > 1:
+            rot = roma.rotvec_to_rotmat(pose[:, 0])
+            vel = torch.cat([(local[1:] - local[:-1]).flatten(1), (rot[1:] - rot[:-1]).flatten(1)], 1)
+            terms["pose_velocity"] = settings.w_pose_velocity * (vel**2).sum(1).mean()
+            terms["trans_velocity"] = settings.w_trans_velocity * ((trans[1:] - trans[:-1]) ** 2).sum(1).mean()
+        if num_frames > 2:
+            acc = torch.cat(
+                [
+                    (local[2:] - 2 * local[1:-1] + local[:-2]).flatten(1),
+                    (rot[2:] - 2 * rot[1:-1] + rot[:-2]).flatten(1),
+                ],
+                1,
+            )
+            terms["pose_acceleration"] = settings.w_pose_acceleration * (acc**2).sum(1).mean()
+            trans_acc = trans[2:] - 2 * trans[1:-1] + trans[:-2]
+            terms["trans_acceleration"] = settings.w_trans_acceleration * (trans_acc**2).sum(1).mean()
+        if depth_weights is not None:
+            points = output.keypoints
+            depth = points[:, DEPTH_KEYPOINTS, 2] - points[:, HIP_KEYPOINTS, 2].mean(1, keepdim=True)
+            residual = (depth - ref_depth) ** 2
+            # Robust (GMoF, 10 cm scale): a wrong MediaPipe depth must not drag a well-seen limb.
+            robust_depth = 0.01 * residual / (0.01 + residual)
+            terms["relative_depth"] = (
+                settings.w_relative_depth * (depth_weights * robust_depth).sum() / (depth_weights.sum().clamp(min=1.0))
+            )
+        terms["trans_prior"] = settings.w_trans_prior * ((trans - init_trans) ** 2).sum(1).mean()
+        terms["depth"] = settings.w_depth * ((trans[:, 2] - init_trans[2]) ** 2).mean()
+        return sum(terms.values()), terms, output.keypoints
+
+    history: list[float] = []
+    total_iterations = settings.iterations_global + settings.iterations
+    phases = [
+        (settings.iterations_global, [root_residual, trans], torso_only if bool((torso_only > 0).any()) else weights),
+        (settings.iterations, [root_residual, trans, pose_residual], weights),
+    ]
+    done = 0
+    terms: dict[str, torch.Tensor] = {}
+    for iterations, variables, use_weights in phases:
+        if iterations <= 0:
+            continue
+        groups = [{"params": [v], "lr": settings.lr_trans if v is trans else settings.lr_pose} for v in variables]
+        optimizer = torch.optim.Adam(groups)
+        for _ in range(iterations):
+            optimizer.zero_grad(set_to_none=True)
+            total, terms, _ = losses(use_weights)
+            total.backward()
+            optimizer.step()
+            history.append(float(total.detach()))
+            done += 1
+            if done % 20 == 0:
+                if check_cancelled is not None:
+                    check_cancelled()
+                if progress is not None:
+                    progress(done / total_iterations)
+
+    with torch.no_grad():
+        pose = full_pose()
+        output = model.forward(pose, shape.expand(num_frames, -1), trans)
+        error = (project(output.keypoints, K) - keypoints_2d[..., :2]).norm(dim=-1)
+        error = torch.where(weights > 0, error, torch.full_like(error, float("nan")))
+    logger.info(
+        "fitted %d frames: median reprojection %.1f px, %s",
+        num_frames,
+        float(np.nanmedian(error.cpu().numpy())) if bool((weights > 0).any()) else float("nan"),
+        ", ".join(f"{k} {float(v.detach()):.3g}" for k, v in terms.items()),
+    )
+    return BodyFitResult(
+        pose_aa=pose.detach(),
+        trans=trans.detach(),
+        keypoints_3d=output.keypoints.detach(),
+        reprojection_px=error,
+        losses={k: float(v.detach()) for k, v in terms.items()},
+        history=history,
+    )

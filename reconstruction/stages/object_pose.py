@@ -1,0 +1,129 @@
+"""Stage 3 - object pose: per-frame 6-DoF object->camera poses of the known mesh.
+
+Config section ``obj_pose_tracking`` (the reference's keys ``foundation_pose_debug``, ``crop_image``,
+``interpolation_factor`` are accepted and have no effect here):
+- ``backend``: ``mesh_tracker`` (default) | ``foundation_pose`` (import, ``import_path``);
+- ``mesh_tracker``: TrackerConfig overrides.
+``is_static_obj`` (``ctx.is_static_obj`` or ``pipeline.is_static_obj``) writes the frame-0 pose of the
+render config for every frame. Output: ``layout.object_poses`` = pickled float64 (T,4,4), validated
+before it is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from reconstruction import fileio
+from reconstruction.stages import scene_inputs
+from reconstruction.stages.base import StageContext, StageInputError, StageResult
+
+NUMBER = 3
+NAME = "object_pose"
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("mesh_tracker", "foundation_pose")
+
+
+def static_poses(initial_pose: np.ndarray, num_frames: int) -> np.ndarray:
+    return np.repeat(np.asarray(initial_pose, dtype=np.float64)[None], num_frames, axis=0)
+
+
+def render_silhouettes(
+    vertices: np.ndarray, faces: np.ndarray, poses: np.ndarray, K: np.ndarray, size: tuple[int, int], device: str
+) -> np.ndarray:
+    """(T,H,W) bool silhouettes of the mesh at ``poses`` (project renderer)."""
+    import torch
+
+    from reconstruction.render import Mesh, render
+
+    verts = torch.as_tensor(vertices, dtype=torch.float32)
+    rot = torch.as_tensor(poses[:, :3, :3], dtype=torch.float32)
+    trans = torch.as_tensor(poses[:, :3, 3], dtype=torch.float32)
+    out = render(
+        [Mesh(verts @ rot.transpose(1, 2) + trans[:, None], faces, instance_id=2)], K, np.eye(4), size, device=device
+    )
+    return (out.instance == 2).cpu().numpy()
+
+
+def run(ctx: StageContext) -> StageResult:
+    start = time.perf_counter()
+    layout, vid = ctx.layout, ctx.video
+    section = scene_inputs.config_section(ctx.config, "obj_pose_tracking")
+    backend = str(section.get("backend", "mesh_tracker"))
+    if backend not in BACKENDS:
+        raise StageInputError(f"obj_pose_tracking.backend: unknown backend {backend!r} (choose {', '.join(BACKENDS)})")
+    is_static = bool(
+        ctx.is_static_obj or scene_inputs.config_section(ctx.config, "pipeline").get("is_static_obj", False)
+    )
+
+    render_config, K = scene_inputs.load_render_inputs(layout, vid)
+    image_size = (render_config.frame_height, render_config.frame_width)
+    initial_pose = render_config.object_to_cam()
+    masks_path = layout.masks_cache(vid)
+    info: dict[str, object] = {"backend": "static" if is_static else backend}
+    metrics: dict[str, float] = {}
+
+    if backend == "foundation_pose" and not is_static:
+        from reconstruction.backends.grail_import import import_poses
+
+        source = section.get("import_path") or layout.object_poses(vid)
+        poses = import_poses(source)
+        if masks_path.exists():
+            num_frames = len(scene_inputs.load_masks_cache(masks_path, image_size))
+            if len(poses) != num_frames:
+                raise StageInputError(
+                    f"{source}: {len(poses)} poses but the video has {num_frames} frames ({masks_path})"
+                )
+        info["import_path"] = str(source)
+        mesh = None
+    else:
+        mesh = scene_inputs.load_object_mesh(layout.mesh(vid), render_config.obj_scale)
+        masks = scene_inputs.load_masks_cache(masks_path, image_size)
+        object_masks, human_masks = scene_inputs.masks_to_tensors(masks)
+        num_frames = len(object_masks)
+        if is_static:
+            poses = static_poses(initial_pose, num_frames)
+        else:
+            from reconstruction.backends import mesh_tracker
+
+            if not object_masks[0].any():
+                raise StageInputError(f"{masks_path}: object mask of frame 0 is empty, nothing to track")
+            depth = scene_inputs.load_depth_cache(layout.depth_cache(vid), num_frames, image_size).numpy()
+            try:
+                tracker_config = mesh_tracker.TrackerConfig.from_section(section)
+            except (TypeError, ValueError) as exc:
+                raise StageInputError(str(exc)) from exc
+            result = mesh_tracker.track_object(
+                mesh.vertices, mesh.faces, K, initial_pose, object_masks, human_masks, depth,
+                tracker_config, ctx.device, progress=lambda f, msg: ctx.progress(0.05 + 0.9 * f, msg),
+                check_cancelled=ctx.check_cancelled,
+            )  # fmt: skip
+            poses = result.poses
+            metrics["contour_rms_px_median"] = float(np.median(result.contour_px[1:])) if num_frames > 1 else 0.0
+            metrics["contour_rms_px_max"] = float(result.contour_px.max())
+
+    poses = scene_inputs.validate_object_poses(poses, f"object poses computed for {vid}")
+    ctx.check_cancelled()
+    files = [fileio.write_pickle(layout.object_poses(vid), poses.astype(np.float64))]
+    if ctx.verbose:
+        from reconstruction.backends import debug_video
+
+        frames, fps = scene_inputs.load_frames(layout.video(vid))
+        if mesh is None:
+            mesh = scene_inputs.load_object_mesh(layout.mesh(vid), render_config.obj_scale)
+        count = min(len(frames), len(poses))
+        silhouettes = render_silhouettes(mesh.vertices, mesh.faces, poses[:count], K, image_size, ctx.device)
+        files.append(
+            debug_video.write_pose_video(layout.object_pose_debug_video(vid), frames[:count], silhouettes, fps)
+        )
+    travel = np.linalg.norm(poses[:, :3, 3] - poses[:1, :3, 3], axis=1)
+    metrics["object_travel_m_max"] = float(travel.max())
+    ctx.progress(1.0, "done")
+    seconds = time.perf_counter() - start
+    logger.info("stage 3 %s: %d poses in %.1f s (%s)", vid, len(poses), seconds, info["backend"])
+    info["num_frames"] = len(poses)
+    return StageResult(files=files, seconds=seconds, metrics=metrics, info=info)

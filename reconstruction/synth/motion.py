@@ -1,0 +1,119 @@
+"""Scripted manipulation motion: idle -> reach -> grasp -> lift -> carry/rotate -> place -> release.
+
+The motion is a per-frame blend of three key ingredients, so every frame is exact rather than fitted:
+``reach`` scales the IK arm/finger angles of the grasp pose (0 = idle arms, 1 = hands on the object),
+``lean`` scales the forward bend of the spine (the grasp pose is solved leaning, lifting straightens
+up), and ``yaw`` turns the whole body about the vertical axis through the root (carry/rotate). While
+an object is held, the arms are frozen relative to the chest, so both hands move rigidly together and
+the object is attached to the right hand's frame: hands stay exactly where the IK put them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+LEAN_BONES = ("spine04", "spine03", "spine02")  # the forward bend is spread over these (anny labels)
+
+
+@dataclass
+class Timeline:
+    """Per-frame blend weights (T,) and the held interval [grasp_frame, release_frame)."""
+
+    reach: np.ndarray
+    lean: np.ndarray
+    yaw: np.ndarray  # radians
+    grasp_frame: int
+    release_frame: int
+    moves_object: bool
+
+    @property
+    def held(self) -> np.ndarray:
+        frames = np.arange(len(self.reach))
+        return (frames >= self.grasp_frame) & (frames < self.release_frame)
+
+
+def _ramp(t: np.ndarray, start: float, stop: float) -> np.ndarray:
+    """Smoothstep from 0 at ``start`` to 1 at ``stop`` (fractions of the clip)."""
+    x = np.clip((t - start) / max(stop - start, 1e-9), 0.0, 1.0)
+    return x * x * (3 - 2 * x)
+
+
+def make_timeline(num_frames: int, variant: str, carry_yaw: float) -> Timeline:
+    """Phase fractions of the clip for a variant. ``carry_yaw`` is the turn while carrying (radians)."""
+    if num_frames < 4:
+        raise ValueError(f"a manipulation clip needs at least 4 frames, got {num_frames}")
+    t = np.linspace(0.0, 1.0, num_frames)
+    grasp, release = {"static_object": (0.35, 0.75), "object_lost": (0.15, 0.94)}.get(variant, (0.3, 0.86))
+    # Phase boundaries snap to frames: the reach ends exactly on the grasp frame and the placing ends
+    # exactly on the last held frame, so the object is let go only once it is back on the table.
+    grasp_frame = int(np.ceil(grasp * (num_frames - 1) - 1e-9))
+    last_held = max(int(np.floor(release * (num_frames - 1) + 1e-9)), grasp_frame)
+    tg, th = grasp_frame / (num_frames - 1), last_held / (num_frames - 1)
+    reach = _ramp(t, min(0.08, tg / 2), tg) - _ramp(t, th, 1.0)
+    if variant == "static_object":
+        # Reach, rest the hands on the object, let go: the object never moves.
+        lean = reach.copy()
+        yaw = np.zeros(num_frames)
+    elif variant == "object_lost":
+        # Turn away with the object for most of the clip: it is hidden behind the body.
+        lift_end, place_start = min(tg + 0.07, th), min(0.88, th)
+        lean = _ramp(t, min(0.03, tg / 2), tg) - _ramp(t, tg, lift_end) + _ramp(t, place_start, th) - _ramp(t, th, 1.0)
+        turn_back_end = min(0.88, place_start)
+        yaw = np.pi * (_ramp(t, lift_end, min(0.3, turn_back_end)) - _ramp(t, min(0.8, turn_back_end), turn_back_end))
+    else:  # normal, camera_shake
+        lift_end, place_start = min(max(0.5, tg), th), min(0.7, th)
+        lean = _ramp(t, min(0.08, tg / 2), tg) - _ramp(t, tg, lift_end) + _ramp(t, place_start, th) - _ramp(t, th, 1.0)
+        yaw = carry_yaw * _ramp(t, lift_end, place_start)
+    release_frame = min(last_held + 1, num_frames)
+    reach[grasp_frame:release_frame] = 1.0  # exact grasp pose while holding
+    return Timeline(reach, lean, yaw, grasp_frame, release_frame, moves_object=variant != "static_object")
+
+
+def lean_pose(body, lean_rad: float) -> torch.Tensor:
+    """(J,3) pose with the spine bent forward by ``lean_rad`` in total (the person faces -Y: +X axis)."""
+    pose = torch.zeros(body.num_joints, 3, dtype=body.dtype, device=body.device)
+    for name in LEAN_BONES:
+        pose[body.joint_index(name), 0] = lean_rad / len(LEAN_BONES)
+    return pose
+
+
+def compose_motion(
+    grasp_pose: torch.Tensor, lean: torch.Tensor, arm_joints: list[int], timeline: Timeline
+) -> torch.Tensor:
+    """(T,J,3) pose sequence from the solved grasp pose (J,3), the lean pose (J,3) and the timeline.
+
+    Arm and finger joints are zero in the idle pose, so scaling their axis-angle by ``reach`` is the
+    geodesic from idle to grasp; the spine lean is scaled by ``lean``; the root yaw is about +Z."""
+    dtype, device = grasp_pose.dtype, grasp_pose.device
+    reach = torch.as_tensor(timeline.reach, dtype=dtype, device=device)
+    lean_w = torch.as_tensor(timeline.lean, dtype=dtype, device=device)
+    yaw = torch.as_tensor(timeline.yaw, dtype=dtype, device=device)
+    pose = (lean[None] * lean_w[:, None, None]).clone()
+    arm = torch.as_tensor(arm_joints, device=device)
+    pose[:, arm] = grasp_pose[arm][None] * reach[:, None, None]
+    pose[:, 0] = 0.0
+    pose[:, 0, 2] = yaw
+    return pose
+
+
+def attach_object(hand_frames: torch.Tensor, object_pose_initial: torch.Tensor, timeline: Timeline) -> torch.Tensor:
+    """(T,4,4) object->world poses: still until grasped, rigid with the hand frame (T,4,4) while held,
+    then still where it was released."""
+    num_frames = hand_frames.shape[0]
+    poses = object_pose_initial[None].repeat(num_frames, 1, 1)
+    if not timeline.moves_object:
+        return poses
+    g, r = timeline.grasp_frame, timeline.release_frame
+    object_in_hand = torch.linalg.inv(hand_frames[g]) @ object_pose_initial
+    poses[g:r] = hand_frames[g:r] @ object_in_hand
+    # Numerical hygiene: re-orthonormalise the carried rotations (hand frames come from float32 keypoints).
+    u, _, vt = torch.linalg.svd(poses[g:r, :3, :3])
+    poses[g:r, :3, :3] = u @ vt
+    poses[r:] = poses[r - 1]
+    return poses
