@@ -585,11 +585,12 @@ def run_stage(
     config = as_config(config)
     layout = layout_for(config, results_dir)
     is_static_obj = _effective_static(config, is_static_obj)
-    module = load_stage(stage)
+    if stage not in STAGE_MODULES:
+        raise ValueError(f"stage must be one of {ALL_STAGES}, got {stage!r}")
     if should_cancel is not None and should_cancel():
         raise StageCancelled(f"cancelled before stage {stage} of {vid}")
     with video_lock(layout, vid):
-        return _run_locked(layout, vid, stage, module, config, device, progress, should_cancel, skip_done,
+        return _run_locked(layout, vid, stage, config, device, progress, should_cancel, skip_done,
                            verbose, is_static_obj, models)  # fmt: skip
 
 
@@ -597,7 +598,6 @@ def _run_locked(
     layout: Layout,
     vid: VideoId,
     stage: int,
-    module: Any,
     config: Any,
     device: str,
     progress: Callable[[float, str], None] | None,
@@ -616,6 +616,7 @@ def _run_locked(
             log.debug("%s stage %d (%s): reused (manifest matches)", vid, stage, stage_name(stage))
             return _reused(plan, manifest, time.perf_counter() - t0)
         log.info("%s stage %d (%s): rerun: %s", vid, stage, stage_name(stage), why)
+    module = load_stage(stage)  # only now: a fully reused run never imports the stages (torch, models)
     _begin(plan)
     ctx = _context(plan, progress, should_cancel, verbose, is_static_obj, models)
     try:
