@@ -27,6 +27,7 @@ import fcntl
 import fnmatch
 import hashlib
 import importlib
+import importlib.util
 import json
 import logging
 import platform
@@ -117,6 +118,15 @@ def load_stage(number: int) -> Any:
     if getattr(target, "NUMBER", number) != number or not callable(getattr(target, "run", None)):
         raise StageUnavailable(f"stage {number}: {target!r} does not expose NUMBER={number} and run(ctx)")
     return target
+
+
+def check_available(number: int) -> None:
+    """Raise ``StageUnavailable`` when stage ``number`` cannot be imported, without importing it."""
+    if number not in STAGE_MODULES:
+        raise ValueError(f"stage must be one of {ALL_STAGES}, got {number!r}")
+    target = _registered.get(number, STAGE_MODULES[number])
+    if isinstance(target, str) and importlib.util.find_spec(target) is None:
+        raise StageUnavailable(f"stage {number} ({STAGE_NAMES[number]}) is not available: module {target} not found")
 
 
 def stage_name(number: int) -> str:
@@ -585,8 +595,7 @@ def run_stage(
     config = as_config(config)
     layout = layout_for(config, results_dir)
     is_static_obj = _effective_static(config, is_static_obj)
-    if stage not in STAGE_MODULES:
-        raise ValueError(f"stage must be one of {ALL_STAGES}, got {stage!r}")
+    check_available(stage)
     if should_cancel is not None and should_cancel():
         raise StageCancelled(f"cancelled before stage {stage} of {vid}")
     with video_lock(layout, vid):
