@@ -146,6 +146,8 @@ class Demo:
         self.spawn("worker-gpu0", sys.executable, "-m", "workers", "--gpu", "0")
 
     def web(self) -> str:
+        if devservices.port_open(self.port, self.host):
+            raise SystemExit(f"[demo] port {self.port} is in use: stop what uses it or set HOIWEB_PORT / --port")
         self.spawn(
             "web", sys.executable, str(BASE_DIR / "manage.py"), "runserver", f"{self.host}:{self.port}", "--noreload"
         )
@@ -169,6 +171,8 @@ class Demo:
             _say("launch command not available in this checkout: nothing launched")
             return
         self.manage("register_results_dir", str(results))
+        # The embedded Redis keeps nothing across restarts: PostgreSQL is the truth, re-enqueue from it.
+        self.manage("reconcile")
         self.manage("launch_run", "--video-id", DEMO_VIDEO, "--if-not-done")
 
     # ---- lifecycle --------------------------------------------------------------------------------

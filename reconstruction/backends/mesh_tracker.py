@@ -194,7 +194,14 @@ def visible_points(
     """Render the mesh at ``poses`` and lift sampled silhouette pixels back to model-frame points."""
     from reconstruction.render import Mesh, render
 
-    out = render([Mesh(transform(poses, vertices), faces, instance_id=2)], K, np.eye(4), size, device=vertices.device)
+    out = render(
+        [Mesh(transform(poses, vertices), faces, instance_id=2)],
+        K,
+        np.eye(4),
+        size,
+        device=vertices.device,
+        return_barycentrics=True,
+    )
     num = poses.shape[0]
     silhouette = out.face_id >= 0  # (W,H,W)
     eroded = -F.max_pool2d(-silhouette.float()[:, None], 3, stride=1, padding=1)[:, 0] > 0.5
