@@ -75,6 +75,8 @@ class ProgressDisplay:
         self.video_index: dict[VideoId, int] = {}
         self.line = ""
         self.last_logged: tuple[int, float] = (-1, 0.0)  # (decile, time) of the last plain line
+        self.current: tuple[VideoId, int] | None = None
+        self.stage_started = time.monotonic()
 
     @staticmethod
     def _bar(fraction: float, width: int) -> str:
@@ -85,10 +87,14 @@ class ProgressDisplay:
         index = self.video_index.setdefault(vid, len(self.video_index) + 1)
         position = self.stages.index(stage) if stage in self.stages else 0
         video_fraction = (position + fraction) / max(1, len(self.stages))
+        if self.current != (vid, stage):
+            self.current, self.stage_started = (vid, stage), time.monotonic()
         if self.tty:
+            elapsed = time.monotonic() - self.stage_started
             text = (
                 f"[{index}/{self.total_videos}] {vid} [{self._bar(video_fraction, 12)}] "
-                f"stage {stage} {STAGE_NAMES[stage]} [{self._bar(fraction, self.BAR)}] {fraction:4.0%} {message}"
+                f"stage {stage} {STAGE_NAMES[stage]} [{self._bar(fraction, self.BAR)}] {fraction:4.0%} "
+                f"{elapsed:5.0f}s {message}"
             )
             self.draw(text[:200])
             return
