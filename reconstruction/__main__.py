@@ -66,6 +66,7 @@ class ProgressDisplay:
     """Per-video and per-stage bars on one stderr line (TTY), else throttled plain log lines."""
 
     BAR = 20
+    MIN_REDRAW_SECONDS = 0.1
 
     def __init__(self, stream: TextIO, total_videos: int, stages: Sequence[int], tty: bool | None = None) -> None:
         self.stream = stream
@@ -77,6 +78,7 @@ class ProgressDisplay:
         self.last_logged: tuple[int, float] = (-1, 0.0)  # (decile, time) of the last plain line
         self.current: tuple[VideoId, int] | None = None
         self.stage_started = time.monotonic()
+        self.last_drawn = 0.0
 
     @staticmethod
     def _bar(fraction: float, width: int) -> str:
@@ -90,7 +92,11 @@ class ProgressDisplay:
         if self.current != (vid, stage):
             self.current, self.stage_started = (vid, stage), time.monotonic()
         if self.tty:
-            elapsed = time.monotonic() - self.stage_started
+            now = time.monotonic()
+            if now - self.last_drawn < self.MIN_REDRAW_SECONDS and 0.0 < fraction < 1.0:
+                return  # an optimiser may report every iteration; the terminal needs ~10 frames/s
+            self.last_drawn = now
+            elapsed = now - self.stage_started
             text = (
                 f"[{index}/{self.total_videos}] {vid} [{self._bar(video_fraction, 12)}] "
                 f"stage {stage} {STAGE_NAMES[stage]} [{self._bar(fraction, self.BAR)}] {fraction:4.0%} "
