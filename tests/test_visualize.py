@@ -188,3 +188,25 @@ def test_with_recon_config(tmp_path):
     assert frames.shape == (3, 64, 3 * 96, 3)
     disabled = _run(scene, config=load_config(None).merge({"visualization": {"enable": False}}))
     assert disabled.files == []
+
+
+def test_cancel_mid_run_keeps_previous_outputs(tmp_path):
+    from reconstruction.stages.base import StageCancelled
+
+    scene = build_scene(tmp_path, num_frames=visualize.FRAMES_PER_CHUNK + 2, image_size=(48, 64), name="cancel")
+    config = {"visualization": {"vis_html": False}}
+    _run(scene, config=config)
+    out_dir = scene.layout.result_vis(scene.video)
+    before = {p.name: p.read_bytes() for p in out_dir.glob("*.mp4")}
+    calls = []
+
+    def cancel_on_second_chunk():
+        calls.append(1)
+        return len(calls) >= 2
+
+    ctx = StageContext(video=scene.video, layout=scene.layout, config=config, should_cancel=cancel_on_second_chunk)
+    with pytest.raises(StageCancelled):
+        visualize.run(ctx)
+    after = {p.name: p.read_bytes() for p in out_dir.glob("*.mp4")}
+    assert after == before, "a cancelled run must not replace or truncate earlier outputs"
+    assert not list(out_dir.glob(".*tmp-*"))

@@ -10,9 +10,10 @@ How it works (all frames of a chunk at once, no per-frame Python loop):
    ``sum(w) > 0`` (the hit lies in front of the camera). This "homogeneous rasterisation" needs no
    near-plane clipping of the triangle itself and gives perspective-correct barycentrics directly.
 2. The screen bounding box of each triangle (of its part in front of the near plane) is cut to the
-   image. Triangles are bucketed by box size (powers of two per axis, up to 32 px); bigger ones are
-   split into 32x32 tiles. Each bucket enumerates a fixed pixel grid per triangle, so the work is a
-   few large tensor ops per bucket.
+   image. Triangles are bucketed by box size (GRID_SIZES per axis, up to 32 px); bigger ones are
+   split into 32x32 tiles. Each bucket enumerates a fixed pixel grid per triangle: the edge functions
+   of all its candidate pixels come from one matrix product, so the work is a few large tensor ops
+   per bucket. Optionally back faces of closed meshes are culled first.
 3. Covered candidates are z-tested with one ``scatter_reduce(amin)`` on an int64 key packing the
    quantised depth above the triangle index; the minimum per pixel is the visible triangle.
 4. Winners are shaded per pixel: barycentrics recomputed for the winning triangle, per-vertex colours
