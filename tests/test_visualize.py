@@ -57,6 +57,7 @@ def test_all_artifacts_decode_with_input_frame_count(clean):
         assert frames.shape == (scene.num_frames, *size, 3), name
         assert fps == pytest.approx(30.0)
     assert (out_dir / "input.mp4").read_bytes() == scene.layout.video(scene.video).read_bytes()
+    assert scene.layout.scenepic_page(scene.video).read_bytes() == (out_dir / "recon_result.html").read_bytes()
     assert result.metrics["frames"] == scene.num_frames
 
 

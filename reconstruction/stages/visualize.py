@@ -190,6 +190,8 @@ def run(ctx: StageContext) -> StageResult:
             ground_z=GROUND_Z,
         )
         files.append(html)
+        # GRAIL also keeps its ScenePic pages together under ``vis_scenepic_dir``.
+        files.append(fileio.write_bytes(layout.scenepic_page(vid), html.read_bytes()))
     timings["html_s"] = time.perf_counter() - started - sum(timings.values())
     seconds = time.perf_counter() - started
     penetrating = views.proximity.num_penetrating
