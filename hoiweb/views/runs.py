@@ -45,7 +45,7 @@ def runs_list(request):
     paginator = Paginator(qs, request.GET.get("per_page") if str(request.GET.get("per_page", "")).isdigit() else 50)
     page = paginator.get_page(request.GET.get("page"))
     metrics = metric_names()
-    shown = [m for m in request.GET.getlist("col") if m in metrics] or metrics[:4]
+    shown = [m for m in request.GET.getlist("col") if m in metrics] or default_metric_columns(metrics)
     runs = list(page.object_list)
     for run in runs:
         run.metric_values = [run.metrics.get(m) for m in shown]
@@ -69,6 +69,15 @@ def runs_list(request):
         "total": paginator.count,
     }
     return render(request, "hoiweb/runs_list.html", context)
+
+
+PREFERRED_COLUMNS = ("eval/contact", "eval/penetration", "eval/keypoint_tracking", "mpjpe", "object_translation_error",
+                     "object_rotation_error_deg", "jitter", "contact_distance", "penetration_ratio")  # fmt: skip
+
+
+def default_metric_columns(names: list[str], count: int = 5) -> list[str]:
+    preferred = [m for m in PREFERRED_COLUMNS if m in names]
+    return (preferred + [m for m in names if m not in preferred])[:count]
 
 
 def _failed_checks() -> list[str]:

@@ -38,17 +38,17 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrackerConfig:
     window: int = 4  # frames solved together
-    iterations: int = 20  # Levenberg-Marquardt iterations per window
-    visibility_refresh: int = 4  # re-render the visible points every this many iterations
-    contour_samples: int = 400  # model outline points per frame
-    interior_samples: int = 400  # visible model points per frame
-    mask_contour_samples: int = 400  # object-mask outline pixels per frame (coverage term)
+    iterations: int = 10  # Levenberg-Marquardt iterations per window
+    visibility_refresh: int = 3  # re-render the visible points every this many iterations
+    contour_samples: int = 300  # model outline points per frame
+    interior_samples: int = 300  # visible model points per frame
+    mask_contour_samples: int = 300  # object-mask outline pixels per frame (coverage term)
     weight_contour: float = 1.0
     weight_interior: float = 1.0
     weight_coverage: float = 0.5
     weight_depth: float = 1.0
-    weight_smooth_translation: float = 0.05  # per px^2 of centroid acceleration
-    weight_smooth_rotation: float = 20.0  # per rad^2 of angular acceleration
+    weight_smooth_translation: float = 0.2  # per px^2 of centroid acceleration
+    weight_smooth_rotation: float = 50.0  # per rad^2 of angular acceleration
     depth_scale_m: float = 0.01  # depth residuals are measured in units of this
     coarse_steps: int = 2  # centroid/area alignment passes before Levenberg-Marquardt
     max_step_rad: float = 0.04  # trust region per iteration
@@ -463,7 +463,7 @@ def coarse_align(
     area_o, cx_o, cy_o = moments(observed)
     usable = (area_p >= min_pixels) & (area_o >= min_pixels)
     K_t = torch.as_tensor(K, dtype=centres.dtype, device=centres.device)
-    depth_ratio = torch.where(usable, (area_p / area_o.clamp(min=1)).sqrt().clamp(0.85, 1.18), torch.ones_like(area_p))
+    depth_ratio = torch.where(usable, (area_p / area_o.clamp(min=1)).sqrt().clamp(0.95, 1.05), torch.ones_like(area_p))
     new_z = centres[:, 2] * depth_ratio
     centre_px = project(centres[:, None], K_t)[:, 0]
     target_u = centre_px[:, 0] + torch.where(usable, cx_o - cx_p, torch.zeros_like(cx_o))

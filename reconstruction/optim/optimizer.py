@@ -48,6 +48,8 @@ CONTACT_POINTS_PER_HAND = 48  # of those, the ones nearest the object take part 
 RIGID_POINTS_PER_HAND = 32  # fixed evenly spread subset for contact_smoothness (same points every frame)
 BODY_POINTS = 600  # sparse body cover for depth and penetration
 CONTACT_SAMPLES = 384  # object samples the contact term compares hands with
+DEPTH_OBJECT_SAMPLES = 256  # object samples compared with depth points (per frame)
+DEPTH_BODY_POINTS = 300  # body points compared with depth points (per frame)
 PENETRATION_SAMPLES = 512  # object samples defining the approximate SDF
 PENETRATION_CANDIDATES = 32  # sparse body points per frame tested for penetration (besides the hands)
 HUMAN_TERMS = {
@@ -199,6 +201,7 @@ class _Batch:
             device
         )
         self.body_vertex_ids = geometry.subsample_indices(num_vertices, BODY_POINTS).to(device)
+        self.depth_body_points = geometry.subsample_indices(BODY_POINTS, DEPTH_BODY_POINTS).to(device)
         self.point_body = PointBody(body, torch.cat([self.hand_vertex_ids.flatten(), self.body_vertex_ids]))
         self.foot_keypoints = torch.tensor([ALL_KEYPOINTS.index(n) for n in FOOT_KEYPOINTS], device=device)
 
@@ -542,8 +545,8 @@ def _t_depth_pointcloud(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
     if batch.depth_obj is None:
         return batch.K.new_zeros(batch.K.shape[0])
     frames = slice(None, None, cfg.interval)
-    obj_world = ctx.object_points()
-    human_world = ctx.human["body_points"]
+    obj_world = ctx.object_points(subset=DEPTH_OBJECT_SAMPLES)
+    human_world = ctx.human["body_points"][:, :, ctx.batch.depth_body_points]
     # one joint z-buffer: a hand in front of the object hides the object's samples there
     both_cam = ctx.to_cam(torch.cat([obj_world, human_world], dim=2))
     visible = geometry.visible_points(both_cam, batch.K, batch.image_size, tol=max(cfg.depth_tol, 0.02))
