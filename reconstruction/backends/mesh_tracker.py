@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrackerConfig:
     window: int = 4  # frames solved together
-    iterations: int = 10  # Levenberg-Marquardt iterations per window
+    iterations: int = 15  # Levenberg-Marquardt iterations per window
     visibility_refresh: int = 3  # re-render the visible points every this many iterations
     contour_samples: int = 300  # model outline points per frame
     interior_samples: int = 300  # visible model points per frame
@@ -47,8 +47,8 @@ class TrackerConfig:
     weight_interior: float = 1.0
     weight_coverage: float = 0.5
     weight_depth: float = 1.0
-    weight_smooth_translation: float = 0.2  # per px^2 of centroid acceleration
-    weight_smooth_rotation: float = 50.0  # per rad^2 of angular acceleration
+    weight_smooth_translation: float = 0.05  # per px^2 of centroid acceleration
+    weight_smooth_rotation: float = 20.0  # per rad^2 of angular acceleration
     depth_scale_m: float = 0.01  # depth residuals are measured in units of this
     coarse_steps: int = 2  # centroid/area alignment passes before Levenberg-Marquardt
     max_step_rad: float = 0.04  # trust region per iteration
