@@ -209,7 +209,7 @@ def track_masks(
     background_lab = lab[0].copy()
     background_known = core_background.copy()
     grid = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-    flow_engine = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    flow_engine = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
     gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
     diagonal = float(np.hypot(height, width))
     search = _disk(max(int(round(config.search_radius_frac * diagonal)), 1))
@@ -252,9 +252,13 @@ def track_masks(
         human = clean_mask(human, config.kernel_px, min_blob) & ~obj
 
         object_masks[t], human_masks[t] = obj, human
+        # Learn new shades only from pixels the background difference confirms (known background):
+        # learning from colour-decided pixels would let a mistake teach itself (drift).
         confident = _disk(2)
-        object_colours.update(bins[t][cv2.erode(obj.astype(np.uint8), confident).astype(bool)])
-        human_colours.update(bins[t][cv2.erode(human.astype(np.uint8), confident).astype(bool)])
+        object_core = cv2.erode(obj.astype(np.uint8), confident).astype(bool) & background_known & fg_known
+        human_core = cv2.erode(human.astype(np.uint8), confident).astype(bool) & background_known & fg_known
+        object_colours.update(bins[t][object_core])
+        human_colours.update(bins[t][human_core])
         # Keep the occluded object part only while something (the human) still covers it.
         object_prior = obj | (object_prior & human)
         # Background revealed: unknown pixels confidently neither human nor object join the model.
