@@ -38,17 +38,17 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrackerConfig:
     window: int = 4  # frames solved together
-    iterations: int = 20  # Levenberg-Marquardt iterations per window
-    visibility_refresh: int = 4  # re-render the visible points every this many iterations
-    contour_samples: int = 400  # model outline points per frame
-    interior_samples: int = 400  # visible model points per frame
-    mask_contour_samples: int = 400  # object-mask outline pixels per frame (coverage term)
+    iterations: int = 10  # Levenberg-Marquardt iterations per window
+    visibility_refresh: int = 3  # re-render the visible points every this many iterations
+    contour_samples: int = 300  # model outline points per frame
+    interior_samples: int = 300  # visible model points per frame
+    mask_contour_samples: int = 300  # object-mask outline pixels per frame (coverage term)
     weight_contour: float = 1.0
     weight_interior: float = 1.0
     weight_coverage: float = 0.5
     weight_depth: float = 1.0
-    weight_smooth_translation: float = 0.05  # per px^2 of centroid acceleration
-    weight_smooth_rotation: float = 20.0  # per rad^2 of angular acceleration
+    weight_smooth_translation: float = 0.2  # per px^2 of centroid acceleration
+    weight_smooth_rotation: float = 50.0  # per rad^2 of angular acceleration
     depth_scale_m: float = 0.01  # depth residuals are measured in units of this
     coarse_steps: int = 2  # centroid/area alignment passes before Levenberg-Marquardt
     max_step_rad: float = 0.04  # trust region per iteration
@@ -194,7 +194,14 @@ def visible_points(
     """Render the mesh at ``poses`` and lift sampled silhouette pixels back to model-frame points."""
     from reconstruction.render import Mesh, render
 
-    out = render([Mesh(transform(poses, vertices), faces, instance_id=2)], K, np.eye(4), size, device=vertices.device)
+    out = render(
+        [Mesh(transform(poses, vertices), faces, instance_id=2)],
+        K,
+        np.eye(4),
+        size,
+        device=vertices.device,
+        return_barycentrics=True,
+    )
     num = poses.shape[0]
     silhouette = out.face_id >= 0  # (W,H,W)
     eroded = -F.max_pool2d(-silhouette.float()[:, None], 3, stride=1, padding=1)[:, 0] > 0.5
@@ -265,13 +272,16 @@ class NormalEquations:
     cost: torch.Tensor
 
 
-def _accumulate(residual: torch.Tensor, jacobian: torch.Tensor, weight: torch.Tensor, eq: NormalEquations) -> None:
-    """Add residuals (W,N) with jacobians (W,N,6) and per-residual weights (W,N) to ``eq``."""
+def _accumulate(
+    residual: torch.Tensor, jacobian: torch.Tensor | None, weight: torch.Tensor, eq: NormalEquations
+) -> None:
+    """Add residuals (W,N) with jacobians (W,N,6) (None: cost only) and weights (W,N) to ``eq``."""
     wr = residual * weight
-    wj = jacobian * weight[..., None]
-    eq.hessian += torch.einsum("wni,wnj->wij", wj, wj)
-    eq.gradient += torch.einsum("wni,wn->wi", wj, wr)
     eq.cost += (wr**2).sum(1)
+    if jacobian is not None:
+        wj = jacobian * weight[..., None]
+        eq.hessian += wj.transpose(1, 2) @ wj
+        eq.gradient += (wj.transpose(1, 2) @ wr[..., None])[..., 0]
 
 
 def data_terms(
@@ -304,7 +314,7 @@ def data_terms(
             # occluder never makes object pixels appear, so a model outline inside the mask is wrong.
             valid = valid * torch.where(inside_only, (value < 0).to(dtype), torch.ones_like(value))
         w = valid * _irls(value, config.robust_px) * (weight / norm) ** 0.5
-        jac = torch.zeros(*value.shape, 6, dtype=dtype, device=device)
+        jac = None
         if with_jacobian:
             image_grad = torch.stack(
                 [sample_image(grad[frames, :1], pixels, size), sample_image(grad[frames, 1:], pixels, size)], -1
@@ -340,9 +350,9 @@ def data_terms(
         * _irls(gap.norm(dim=-1), config.robust_px)
         * (config.weight_coverage / valid.sum(1, keepdim=True).clamp(min=1)) ** 0.5
     )
-    d_pixel = _projection_jacobian(matched_cam, K) @ _point_jacobian(matched_cam, centres)  # (W,M,2,6)
+    d_pixel = _projection_jacobian(matched_cam, K) @ _point_jacobian(matched_cam, centres) if with_jacobian else None
     for axis in range(2):
-        _accumulate(gap[..., axis], d_pixel[..., axis, :], w, eq)
+        _accumulate(gap[..., axis], None if d_pixel is None else d_pixel[..., axis, :], w, eq)
 
     if evidence.depth is not None:
         pixels = project(interior_cam, K)
@@ -351,7 +361,7 @@ def data_terms(
         usable = ((observed > 0) & in_mask & points.interior_valid).to(dtype)
         residual = (interior_cam[..., 2] - observed) / config.depth_scale_m
         w = usable * _irls(residual, 1.0) * (config.weight_depth / usable.sum(1, keepdim=True).clamp(min=1)) ** 0.5
-        jac = _point_jacobian(interior_cam, centres)[..., 2, :] / config.depth_scale_m
+        jac = _point_jacobian(interior_cam, centres)[..., 2, :] / config.depth_scale_m if with_jacobian else None
         _accumulate(residual, jac, w, eq)
     return eq
 
@@ -453,7 +463,7 @@ def coarse_align(
     area_o, cx_o, cy_o = moments(observed)
     usable = (area_p >= min_pixels) & (area_o >= min_pixels)
     K_t = torch.as_tensor(K, dtype=centres.dtype, device=centres.device)
-    depth_ratio = torch.where(usable, (area_p / area_o.clamp(min=1)).sqrt().clamp(0.85, 1.18), torch.ones_like(area_p))
+    depth_ratio = torch.where(usable, (area_p / area_o.clamp(min=1)).sqrt().clamp(0.95, 1.05), torch.ones_like(area_p))
     new_z = centres[:, 2] * depth_ratio
     centre_px = project(centres[:, None], K_t)[:, 0]
     target_u = centre_px[:, 0] + torch.where(usable, cx_o - cx_p, torch.zeros_like(cx_o))
