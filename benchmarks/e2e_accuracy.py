@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None, help="config YAML (default: the engine's default)")
     parser.add_argument("--stages", default="1-6", help="stages to run, e.g. 1-6 or 1-3")
     parser.add_argument("--reuse", action="store_true", help="keep videos already generated in results_dir")
+    parser.add_argument("--report_name", default="e2e_accuracy",
+                        help="<results_dir>/benchmark/<name>.{json,md} (parallel runs on one results dir)")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -272,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 videos.append({"video": str(vid), "category": category, "variant": variant, "seed": seed,
                                "generate_seconds": gen_seconds, **run, "metrics": report["stages"],
                                "filter": filter_outcome(layout, vid)})  # fmt: skip
-                fileio.write_json(results_dir / "benchmark" / "e2e_videos.json", videos)
+                fileio.write_json(results_dir / "benchmark" / f"{args.report_name}_videos.json", videos)
     summary = summarise(videos, args.categories, stage_names)
     header = {
         "command": " ".join(["python", "benchmarks/e2e_accuracy.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -284,8 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     text = markdown(summary, stage_names, header)
     out_dir = results_dir / "benchmark"
-    fileio.write_json(out_dir / "e2e_accuracy.json", {**header, "summary": summary, "videos": videos})
-    fileio.write_bytes(out_dir / "e2e_accuracy.md", text.encode())
+    fileio.write_json(out_dir / f"{args.report_name}.json", {**header, "summary": summary, "videos": videos})
+    fileio.write_bytes(out_dir / f"{args.report_name}.md", text.encode())
     print(text)
     return 0
 
