@@ -219,7 +219,12 @@ def render_crop(
     K_crop[0, 2] -= left
     K_crop[1, 2] -= top
     out = render(
-        [Mesh(cam.float(), faces, instance_id=2)], K_crop, np.eye(4), (bottom - top, right - left), device=cam.device
+        [Mesh(cam.float(), faces, instance_id=2)],
+        K_crop,
+        np.eye(4),
+        (bottom - top, right - left),
+        device=cam.device,
+        return_barycentrics=True,
     )
     return CropRender(out.face_id, out.barycentrics, top, left)
 
