@@ -126,7 +126,9 @@ def main() -> None:
         return base.merge({"optimization": {"opt_stage_specs": {"init_opt": {"niter": init_iters},
                                                                  "contact_opt": {"niter": contact_iters}}}})  # fmt: skip
 
-    videos = [make_video(body, args.frames, seed, not args.no_depth) for seed in range(max(args.batch_videos))]
+    # Inputs are built on the CPU, as stage 4 loads its caches; the optimiser moves them to the device.
+    cpu_body = load_body_model("anny", device="cpu")
+    videos = [make_video(cpu_body, args.frames, seed, not args.no_depth) for seed in range(max(args.batch_videos))]
     warm = HOIOptimizer(body, config(5, 5).optimization, device=device)
     warm.run([videos[0]])
     rows = []

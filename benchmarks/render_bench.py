@@ -58,7 +58,10 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--body", choices=["anny", "proxy"], default="anny")
     parser.add_argument("--cull", action="store_true", help="cull the body's back faces (closed mesh)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = args.device
     T = args.frames
     body = body_mesh(T, device, cull=args.cull, kind=args.body)

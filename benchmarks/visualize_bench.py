@@ -30,7 +30,10 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=120)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         scene = build_scene(Path(tmp), num_frames=args.frames, image_size=(args.height, args.width))
         from reconstruction.body import load_body_model

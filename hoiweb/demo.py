@@ -146,6 +146,8 @@ class Demo:
         self.spawn("worker-gpu0", sys.executable, "-m", "workers", "--gpu", "0")
 
     def web(self) -> str:
+        if devservices.port_open(self.port, self.host):
+            raise SystemExit(f"[demo] port {self.port} is in use: stop what uses it or set HOIWEB_PORT / --port")
         self.spawn(
             "web", sys.executable, str(BASE_DIR / "manage.py"), "runserver", f"{self.host}:{self.port}", "--noreload"
         )
@@ -169,6 +171,8 @@ class Demo:
             _say("launch command not available in this checkout: nothing launched")
             return
         self.manage("register_results_dir", str(results))
+        # The embedded Redis keeps nothing across restarts: PostgreSQL is the truth, re-enqueue from it.
+        self.manage("reconcile")
         self.manage("launch_run", "--video-id", DEMO_VIDEO, "--if-not-done")
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -213,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("HOIWEB_PORT", "8000")))
     parser.add_argument("--frames", type=int, default=32, help="frames of the synthetic demo video (320x240)")
     args = parser.parse_args(argv)
+    # Ctrl-C must work even when started from a shell that ignores SIGINT in background jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     return Demo(args.host, args.port, devservices.VAR_DIR, args.frames).run()
 

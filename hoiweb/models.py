@@ -403,6 +403,9 @@ class Run(models.Model):
         for key, value in (report.get("eval_data") or {}).items():
             if _is_number(value):
                 self.metrics[key] = value
+        for check in checks:  # each check's value is sortable in the runs list, as stage 5 reports it
+            if _is_number(check.get("value")):
+                self.metrics[f"filter/{check['name']}"] = check["value"]
 
     def record_stage_failed(self, job: StageJob, error: str, *, cancelled: bool = False) -> None:
         from hoiweb import launch as launcher

@@ -161,3 +161,54 @@ def test_changed_video_invalidates_every_stage(scene, tmp_path):
     for stage in range(1, 7):
         ok, why = pipeline.check_stage(vid, stage, scene.config, results)
         assert not ok and why.startswith("inputs changed:") and "videos_kling" in why, (stage, why)
+
+
+def copy_video(src: Layout, vid: VideoId, dst: Layout, new: VideoId, stage_caches: bool) -> None:
+    """Copy a video's render inputs (and its stage 1-3 caches, without manifests) under a new id."""
+    pairs = [
+        (src.video(vid), dst.video(new)),
+        (src.mesh(vid), dst.dir("mesh_dir") / new.dataset / new.category / f"{new.name}.obj"),
+        (src.depth_gt(vid), dst.depth_gt(new)),
+        (src.ground_truth(vid), dst.ground_truth(new)),
+    ]
+    if stage_caches:
+        for getter in ("hmr_result", "hmr_keypoints", "masks_cache", "depth_cache", "object_poses"):
+            pairs.append((getattr(src, getter)(vid), getattr(dst, getter)(new)))
+    for source, target in pairs:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+    shutil.copytree(src.render_input_dir(vid), dst.render_input_dir(new))
+
+
+def test_reference_caches_rerun_4_to_6_with_stage4_batched(scene, tmp_path, capsys):
+    """A results dir with stage 1-3 caches but none of our manifests (as a reference run leaves it)."""
+    layout = Layout.create(tmp_path / "res")
+    ids = [VideoId.parse("Imported/box/a"), VideoId.parse("Imported/box/b")]
+    for new in ids:
+        copy_video(scene.layout, scene.vid, layout, new, stage_caches=True)
+    capsys.readouterr()
+    code = main(["--results_dir", str(layout.results_dir), "--dataset", "Imported", "--config", str(scene.config),
+                 "--device", "cpu", "--skip_step1", "--skip_step2", "--skip_step3", "--batch_videos", "2"])  # fmt: skip
+    assert code == 0
+    rows = [row.split() for row in capsys.readouterr().out.strip().splitlines()[2:]]
+    table = {(row[0], int(row[1])): row[3] for row in rows}
+    for vid in ids:
+        assert [table[(str(vid), s)] for s in range(1, 7)] == ["skipped"] * 3 + ["done"] * 3
+        found = manifests(layout, vid)
+        assert sorted(found) == [4, 5, 6]
+        assert found[4]["info"]["batch_size"] == 2  # both videos were optimised in one call
+        rel = layout.object_poses(vid).relative_to(layout.results_dir).as_posix()
+        assert found[4]["inputs"][rel] == pipeline.file_sha256(layout.object_poses(vid))
+        assert layout.result_vis(vid).joinpath("recon_result.mp4").is_file()
+
+
+def test_import_without_stage_caches_is_one_clear_error(scene, tmp_path, capsys):
+    layout = Layout.create(tmp_path / "res")
+    copy_video(scene.layout, scene.vid, layout, scene.vid, stage_caches=False)
+    capsys.readouterr()
+    code = main(["--results_dir", str(layout.results_dir), "--video_id", str(scene.vid), "--config",
+                 str(scene.config), "--device", "cpu", "--skip_step1", "--skip_step2", "--skip_step3"])  # fmt: skip
+    assert code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "ERROR" in line]
+    assert len(err) == 1 and "stage 1 (human_pose) is skipped (--skip_step1) but its output is missing" in err[0]
+    assert str(layout.hmr_result(scene.vid)) in err[0]

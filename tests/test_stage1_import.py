@@ -135,3 +135,22 @@ def test_hands_fall_back_to_labels_without_pose():
     body = _body_with_wrists((0, 0), (0, 0), visibility=0.0)
     left, right = assign_hands([_hand((100, 100), "left", 0.9), _hand((300, 100), "right", 0.8)], body, 1.0, (480, 640))
     assert np.allclose(left[0, :2], (100, 100)) and np.allclose(right[0, :2], (300, 100))
+
+
+def test_import_dir_copies_validated_caches(tmp_path):
+    source = Layout.create(tmp_path / "grail_results")
+    _write_caches(source)
+    ctx = StageContext(
+        video=VID,
+        layout=Layout.create(tmp_path / "ours"),
+        config={"human_pose": {"backend": "import", "import_dir": str(tmp_path / "grail_results")}},
+    )
+    human_pose.run(ctx)
+    assert ctx.layout.hmr_result(VID).read_bytes() == source.hmr_result(VID).read_bytes()
+    assert ctx.layout.hmr_keypoints(VID).read_bytes() == source.hmr_keypoints(VID).read_bytes()
+
+
+def test_model_complexity_that_needs_a_download_is_refused(tmp_path):
+    ctx = StageContext(video=VID, layout=Layout.create(tmp_path), config={"human_pose": {"model_complexity": 2}})
+    with pytest.raises(StageInputError, match="human_pose.model_complexity"):
+        human_pose.run(ctx)

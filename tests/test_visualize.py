@@ -57,6 +57,7 @@ def test_all_artifacts_decode_with_input_frame_count(clean):
         assert frames.shape == (scene.num_frames, *size, 3), name
         assert fps == pytest.approx(30.0)
     assert (out_dir / "input.mp4").read_bytes() == scene.layout.video(scene.video).read_bytes()
+    assert scene.layout.scenepic_page(scene.video).read_bytes() == (out_dir / "recon_result.html").read_bytes()
     assert result.metrics["frames"] == scene.num_frames
 
 
@@ -188,3 +189,25 @@ def test_with_recon_config(tmp_path):
     assert frames.shape == (3, 64, 3 * 96, 3)
     disabled = _run(scene, config=load_config(None).merge({"visualization": {"enable": False}}))
     assert disabled.files == []
+
+
+def test_cancel_mid_run_keeps_previous_outputs(tmp_path):
+    from reconstruction.stages.base import StageCancelled
+
+    scene = build_scene(tmp_path, num_frames=visualize.FRAMES_PER_CHUNK + 2, image_size=(48, 64), name="cancel")
+    config = {"visualization": {"vis_html": False}}
+    _run(scene, config=config)
+    out_dir = scene.layout.result_vis(scene.video)
+    before = {p.name: p.read_bytes() for p in out_dir.glob("*.mp4")}
+    calls = []
+
+    def cancel_on_second_chunk():
+        calls.append(1)
+        return len(calls) >= 2
+
+    ctx = StageContext(video=scene.video, layout=scene.layout, config=config, should_cancel=cancel_on_second_chunk)
+    with pytest.raises(StageCancelled):
+        visualize.run(ctx)
+    after = {p.name: p.read_bytes() for p in out_dir.glob("*.mp4")}
+    assert after == before, "a cancelled run must not replace or truncate earlier outputs"
+    assert not list(out_dir.glob(".*tmp-*"))

@@ -88,7 +88,8 @@ def test_progress_finish_and_filter_report(storage, rq_clean):
     run.refresh_from_db()
     assert run.status == Run.RUNNING
     assert run.failed_check == "object_mask", "the first failed check names the triage column"
-    assert run.metrics == {"contact_distance": 0.01, "keypoint_tracking": 12.5}
+    assert run.metrics == {"contact_distance": 0.01, "keypoint_tracking": 12.5, "filter/camera_translation": 0.0,
+                           "filter/object_mask": 0.61, "filter/penetration": 0.001}  # fmt: skip
     run.record_stage_finished(jobs[-1], 2.0, {}, {"gt_metrics": {"mpjpe_m": 0.05}})
     run.refresh_from_db()
     assert run.status == Run.SUCCEEDED and run.finished_at is not None and run.gt_metrics == {"mpjpe_m": 0.05}

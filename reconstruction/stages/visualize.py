@@ -12,6 +12,7 @@ Settings (config ``visualization``, GRAIL's keys): ``enable``, ``render_video``,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from reconstruction.render import Mesh, composite, render
 from reconstruction.render.hoi_result import HoiResultError, HoiSequence, load_hoi_result
 from reconstruction.render.overlay import (
     BODY_COLOR,
+    TopView,
     blend_over,
     body_colors,
     camera_center_and_forward,
@@ -188,6 +190,8 @@ def run(ctx: StageContext) -> StageResult:
             ground_z=GROUND_Z,
         )
         files.append(html)
+        # GRAIL also keeps its ScenePic pages together under ``vis_scenepic_dir``.
+        files.append(fileio.write_bytes(layout.scenepic_page(vid), html.read_bytes()))
     timings["html_s"] = time.perf_counter() - started - sum(timings.values())
     seconds = time.perf_counter() - started
     penetrating = views.proximity.num_penetrating
@@ -217,7 +221,7 @@ class _Views:
     contact_points: list[np.ndarray]
     penetration_points: list[np.ndarray]
     side_world_to_cam: np.ndarray
-    top: Any
+    top: TopView
     ground: Mesh
     body_closed: bool  # watertight with outward winding: back faces can be culled
     object_closed: bool
@@ -274,11 +278,9 @@ def _write_videos(ctx, frames, fps, K, world_to_cam, sequence, views, options, o
         [views.ground], views.top.K, views.top.world_to_cam, (height, width), background=white, orthographic=True,
         light_dir=TOP_LIGHT, device=device,
     )  # fmt: skip
-    writers = {key: VideoWriter(path, fps) for key, path in paths.items()}
-    for writer in writers.values():
-        writer.__enter__()
-    failure: BaseException | None = None
-    try:
+    with contextlib.ExitStack() as stack:
+        # Each writer publishes its file only if the whole loop succeeds (atomic, see VideoWriter).
+        writers = {key: stack.enter_context(VideoWriter(path, fps)) for key, path in paths.items()}
         for start in range(0, num_video, FRAMES_PER_CHUNK):
             ctx.check_cancelled()
             stop = min(num_video, start + FRAMES_PER_CHUNK)
@@ -318,7 +320,7 @@ def _write_videos(ctx, frames, fps, K, world_to_cam, sequence, views, options, o
             for k, index in enumerate(range(start, stop)):
                 if index >= num_recon:
                     for image in (overlay[k], side[k], top[k]):
-                        put_lines(image, ["no reconstruction for this frame"], origin=(8, height - 12))
+                        put_lines(image, ["no reconstruction for this frame"], origin=(8, height - 8))
             if with_top:
                 writers["top"].write(top)
             writers["overlay"].write(overlay)
@@ -335,16 +337,4 @@ def _write_videos(ctx, frames, fps, K, world_to_cam, sequence, views, options, o
                 put_lines(panels[1][k], lines)
             writers["comparison"].write(np.concatenate(panels, axis=2))
             ctx.progress(0.1 + 0.8 * stop / num_video, f"rendered {stop}/{num_video} frames")
-    except BaseException as exc:
-        failure = exc
-        raise
-    finally:
-        for writer in writers.values():
-            if failure is None:
-                writer.__exit__(None, None, None)
-            else:
-                try:
-                    writer.__exit__(type(failure), failure, None)
-                except BaseException:  # noqa: BLE001 - the original failure is what propagates
-                    pass
     return list(paths.values())
