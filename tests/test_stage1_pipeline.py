@@ -24,10 +24,8 @@ pytestmark = pytest.mark.slow
 
 
 def _generate(results_dir):
-    try:
-        from reconstruction.synth.generate import generate
-    except ImportError:  # older synth layout kept the API in the CLI module
-        from reconstruction.synth.__main__ import generate
+    from reconstruction.synth.generate import generate
+
     (vid,) = generate(
         str(results_dir), "Synthetic", "box", num_videos=1, num_frames=NUM_FRAMES, seed=0, width=WIDTH, height=HEIGHT,
         ik_steps=30,
@@ -154,4 +152,3 @@ def test_cancel_leaves_no_output(stage1_run, tmp_path):
     with pytest.raises(StageCancelled):
         human_pose.run(cancelled)
     assert not fresh.hmr_result(ctx.video).exists() and not fresh.hmr_keypoints(ctx.video).exists()
-
