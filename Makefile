@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.lock
 	# anny's warp dependency and mediapipe's jax/opencv-contrib are optional: see shared stack notes
-	$(PY) -m pip install -q --no-deps anny==0.6.2 mediapipe==0.10.14
+	$(PY) -m pip install -q --no-deps anny==0.6.2 mediapipe==0.10.14 smplx==0.1.28
 	touch $(STAMP)
 
 # Debian chromium for the Playwright browser tests (never `playwright install`: it downloads).

@@ -4,7 +4,8 @@ Usage: python benchmarks/body_forward.py [--model anny] [--device cpu] [--frames
        [--threads N]
 
 Times one optimiser-like step: pose (T, J, 3) and trans (T, 3) require grad, the shape is fixed (cached rest
-model), loss = keypoints + a vertex term, backward. Prints a markdown table (median and best of the repeats).
+model), loss = squared keypoints (+ optionally the mean squared vertex), backward. Prints a markdown table
+(median / best of the repeats, ms). On a shared machine, prefer --threads 1 and the best figure.
 """
 
 from __future__ import annotations
@@ -24,12 +25,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_step(model, num_frames: int, repeats: int, backward: bool) -> list[float]:
+def time_step(
+    model, num_frames: int, repeats: int, backward: bool, vertex_loss: bool = True, subset: int | None = None
+) -> list[float]:
     device = model.device
     generator = torch.Generator().manual_seed(0)
     pose = (0.1 * torch.randn(num_frames, len(model.joint_names), 3, generator=generator)).to(device)
     trans = torch.randn(num_frames, 3, generator=generator).to(device)
     shape = model.default_shape()
+    vertex_ids = None
+    if subset:  # an evenly spread vertex subset, as stage 4's losses use
+        vertex_ids = torch.linspace(0, model.num_vertices - 1, subset).long().to(device)
     times = []
     for _ in range(repeats + 1):  # first run warms caches (rest model, allocator)
         pose_var = pose.clone().requires_grad_(backward)
@@ -37,8 +43,10 @@ def time_step(model, num_frames: int, repeats: int, backward: bool) -> list[floa
         _sync(device)
         start = time.perf_counter()
         if backward:
-            out = model.forward(pose_var, shape, trans_var)
-            loss = out.keypoints.square().sum() + out.vertices.square().mean()
+            out = model.forward(pose_var, shape, trans_var, vertex_ids=vertex_ids)
+            loss = out.keypoints.square().sum()
+            if vertex_loss:  # a loss on every vertex (stage 4's depth/contact terms touch many)
+                loss = loss + out.vertices.square().mean()
             loss.backward()
         else:
             with torch.no_grad():
@@ -46,6 +54,10 @@ def time_step(model, num_frames: int, repeats: int, backward: bool) -> list[floa
         _sync(device)
         times.append(time.perf_counter() - start)
     return times[1:]
+
+
+def _ms(times: list[float]) -> str:
+    return f"{1000 * statistics.median(times):.1f} / {1000 * min(times):.1f}"
 
 
 def main() -> None:
@@ -64,15 +76,17 @@ def main() -> None:
         f"# {args.model} on {args.device} ({platform.processor() or platform.machine()}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads), {time.strftime('%Y-%m-%d %H:%M')}"
     )
-    print("| frames | forward ms (median / best) | forward+backward ms (median / best) |")
-    print("|---:|---:|---:|")
+    print(
+        "| frames | forward ms (median / best) | fwd+bwd, keypoint loss | fwd+bwd, keypoint + all-vertex loss "
+        "| fwd+bwd, keypoint + 1,000-vertex subset loss |"
+    )
+    print("|---:|---:|---:|---:|---:|")
     for num_frames in args.frames:
         fwd = time_step(model, num_frames, args.repeats, backward=False)
+        keypoints = time_step(model, num_frames, args.repeats, backward=True, vertex_loss=False)
         both = time_step(model, num_frames, args.repeats, backward=True)
-        print(
-            f"| {num_frames} | {1000 * statistics.median(fwd):.1f} / {1000 * min(fwd):.1f} "
-            f"| {1000 * statistics.median(both):.1f} / {1000 * min(both):.1f} |"
-        )
+        subset = time_step(model, num_frames, args.repeats, backward=True, subset=1000)
+        print(f"| {num_frames} | {_ms(fwd)} | {_ms(keypoints)} | {_ms(both)} | {_ms(subset)} |")
 
 
 if __name__ == "__main__":

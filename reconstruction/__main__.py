@@ -224,12 +224,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     display: ProgressDisplay | None = None
     handler = _BarAwareHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    root = logging.getLogger()
+    root, engine = logging.getLogger(), logging.getLogger("reconstruction")
+    levels = (root.level, engine.level)
     root.addHandler(handler)
     try:
         try:
             args = build_parser().parse_args(argv)
-            root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+            root.setLevel(logging.INFO)
+            # --verbose: the engine's debug lines, not every library's
+            engine.setLevel(logging.DEBUG if args.verbose else logging.NOTSET)
             plan = _prepare(args)
         except UsageError as exc:
             print(f"python -m reconstruction: error: {exc}", file=sys.stderr)
@@ -276,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     finally:
         root.removeHandler(handler)
+        root.setLevel(levels[0])
+        engine.setLevel(levels[1])
 
 
 def _log_outcome(outcome: pipeline.StageOutcome, display: ProgressDisplay) -> None:

@@ -338,6 +338,8 @@ def test_smplx_loads_from_env_and_runs(monkeypatch, smplx_dir):
     assert float(pose.grad.abs().sum()) > 0 and float(trans.grad.abs().sum()) > 0
     single = body.forward(pose[1:2].detach(), shape, trans[1:2].detach())
     assert torch.allclose(single.vertices[0], out.vertices[1].detach(), atol=1e-5)
+    subset = body.forward(pose.detach(), shape, trans.detach(), vertex_ids=torch.tensor([5, 9120]))
+    assert torch.allclose(subset.vertices, out.vertices[:, [5, 9120]].detach(), atol=1e-5)
 
     # zero pose stands along +Z (SMPL-X's Y-up frame turned into the engine's Z-up world)
     rest = body.forward(body.rest_pose(1), shape, torch.zeros(1, 3)).vertices[0]
@@ -410,3 +412,28 @@ def test_solve_monotonic_finds_roots_both_ways_and_rejects_unreachable():
     assert x == pytest.approx(0.5 ** (1 / 3), abs=1e-5)
     with pytest.raises(ValueError, match="outside the reachable range 1.0000-1.8500"):
         solve_monotonic(rising, 2.5, 0.0, 1.0)
+
+
+def test_anny_vertex_subset_matches_full_forward(anny_body):
+    body = anny_body
+    pose = _random_pose(body, 3, seed=7)
+    trans = torch.randn(3, 3, generator=torch.Generator().manual_seed(8))
+    ids = torch.cat([body.vertex_segments["right_hand"][:50], torch.tensor([13717, 0, 297])])
+    full = body.forward(pose, body.default_shape(), trans)
+    subset = body.forward(pose, body.default_shape(), trans, vertex_ids=ids)
+    assert subset.vertices.shape == (3, len(ids), 3)
+    assert torch.allclose(subset.vertices, full.vertices[:, ids], atol=1e-5)
+    assert torch.allclose(subset.keypoints, full.keypoints, atol=1e-5)
+    assert torch.allclose(subset.joints, full.joints)
+    # differentiable shape and per-frame shapes take the other paths and agree too
+    shape = torch.full((6,), 0.5, requires_grad=True)
+    with_grad = body.forward(pose, shape, trans, vertex_ids=ids)
+    assert torch.allclose(with_grad.vertices.detach(), full.vertices[:, ids], atol=1e-5)
+    assert torch.allclose(with_grad.keypoints.detach(), full.keypoints, atol=1e-5)
+    with_grad.vertices.sum().backward()
+    assert float(shape.grad.abs().sum()) > 0
+    per_frame = body.forward(pose, torch.full((3, 6), 0.5) + torch.tensor([[0.0], [0.1], [0.2]]), trans, vertex_ids=ids)
+    assert per_frame.vertices.shape == (3, len(ids), 3)
+    assert torch.allclose(per_frame.vertices[0], full.vertices[0, ids], atol=1e-5)
+    with pytest.raises(ValueError, match="vertex_ids"):
+        body.forward(pose, body.default_shape(), trans, vertex_ids=torch.tensor([body.num_vertices]))

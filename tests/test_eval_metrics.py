@@ -161,3 +161,35 @@ def test_acceleration_jitter_and_error():
     assert metrics.acceleration_jitter(parabola) == pytest.approx(1.0)
     assert metrics.acceleration_error(parabola, constant_velocity) == pytest.approx(1.0)
     assert metrics.acceleration_jitter(parabola[:2]) == 0.0
+
+
+def test_project_points_hand_computed():
+    K = np.array([[100.0, 0, 50], [0, 200.0, 40], [0, 0, 1]])
+    pts = np.array([[[0.0, 0.0, 2.0], [1.0, -0.5, 2.0]]])
+    # (0,0,2) -> principal point; (1,-0.5,2) -> (50 + 100*0.5, 40 + 200*(-0.25)) = (100, -10)
+    np.testing.assert_allclose(metrics.project_points(pts, K), [[[50, 40], [100, -10]]])
+    with pytest.raises(ValueError, match="behind"):
+        metrics.project_points(np.array([[0.0, 0.0, -1.0]]), K)
+
+
+def test_keypoint_2d_errors_only_visible():
+    gt = np.zeros((1, 3, 2))
+    pred = np.array([[[3.0, 4.0, 0.9], [0.0, 1.0, 0.9], [100.0, 0.0, 0.1]]])  # confidence column ignored
+    visible = np.array([[True, True, False]])
+    np.testing.assert_allclose(np.sort(metrics.keypoint_2d_errors(pred, gt, visible)), [1.0, 5.0])
+    with pytest.raises(ValueError, match="visibility"):
+        metrics.keypoint_2d_errors(pred, gt, visible[:, :2])
+
+
+def test_mask_iou_hand_computed():
+    gt = np.zeros((3, 2, 4), dtype=bool)
+    pred = np.zeros((3, 2, 4), dtype=bool)
+    gt[0, 0, :4] = True  # 4 pixels
+    pred[0, 0, 2:] = True
+    pred[0, 1, 0] = True  # 3 pixels, 2 shared -> IoU 2 / 5
+    gt[1] = True
+    pred[1] = True  # identical -> 1
+    iou = metrics.mask_iou(pred, gt)  # frame 2: both empty -> NaN
+    assert iou[0] == pytest.approx(0.4)
+    assert iou[1] == pytest.approx(1.0)
+    assert np.isnan(iou[2])

@@ -220,3 +220,24 @@ def test_python_dash_m_entry_point(results):
 def test_registry_lists_every_stage():
     assert sorted(pipeline.STAGE_MODULES) == [1, 2, 3, 4, 5, 6]
     assert sorted(pipeline.STAGE_CONFIG_KEYS) == [1, 2, 3, 4, 5, 6]
+
+
+def test_verbose_and_static_object_flags_reach_the_stages(results):
+    from types import SimpleNamespace
+
+    seen = []
+
+    def run(ctx):
+        seen.append((ctx.verbose, ctx.is_static_obj, ctx.device))
+        return light._run(ctx, 3)
+
+    pipeline.register_stage(3, SimpleNamespace(NUMBER=3, NAME="object_pose", run=run))
+    args = ["--video_id", "synth/box/v0", "--skip_step4", "--skip_step5", "--skip_step6"]
+    assert cli(results, *args, "--verbose", "--is_static_obj") == 0
+    assert seen == [(True, True, "cpu")]
+    vid = VideoId.parse("synth/box/v0")
+    assert manifests(results, vid)[3]["config"]["is_static_obj"] is True
+    assert "is_static_obj" not in manifests(results, vid)[2]["config"]
+    # the flag is part of stage 3's cache key: without it stage 3 reruns, stages 1-2 do not
+    assert cli(results, *args, "--skip_done") == 0
+    assert seen[-1] == (False, False, "cpu") and len(seen) == 2

@@ -45,7 +45,7 @@ def runs_list(request):
     paginator = Paginator(qs, request.GET.get("per_page") if str(request.GET.get("per_page", "")).isdigit() else 50)
     page = paginator.get_page(request.GET.get("page"))
     metrics = metric_names()
-    shown = [m for m in request.GET.getlist("col") if m in metrics] or metrics[:4]
+    shown = [m for m in request.GET.getlist("col") if m in metrics] or default_metric_columns(metrics)
     runs = list(page.object_list)
     for run in runs:
         run.metric_values = [run.metrics.get(m) for m in shown]
@@ -69,6 +69,15 @@ def runs_list(request):
         "total": paginator.count,
     }
     return render(request, "hoiweb/runs_list.html", context)
+
+
+PREFERRED_COLUMNS = ("eval/contact", "eval/penetration", "eval/keypoint_tracking", "mpjpe", "object_translation_error",
+                     "object_rotation_error_deg", "jitter", "contact_distance", "penetration_ratio")  # fmt: skip
+
+
+def default_metric_columns(names: list[str], count: int = 5) -> list[str]:
+    preferred = [m for m in PREFERRED_COLUMNS if m in names]
+    return (preferred + [m for m in names if m not in preferred])[:count]
 
 
 def _failed_checks() -> list[str]:
@@ -120,7 +129,10 @@ def run_status(request, run_id: int):
 
 
 def run_status_payload(run: Run) -> dict:
+    running = run.jobs.filter(status=StageJob.RUNNING).order_by("-attempt", "stage").first() if run.is_active else None
     return {
+        "log_tail": "\n".join(running.log_tail.splitlines()[-25:]) if running else "",
+        "worker": running.worker_name if running else "",
         "id": run.pk,
         "status": run.status,
         "active": run.is_active,
@@ -141,7 +153,11 @@ def run_file(request, run_id: int, name: str):
     download = None
     if name == "hoi_data":
         download = f"{run.video.video_id.replace('/', '__')}__hoi_data.pkl"
-    return serve_file(request, path, download_name=download)
+    response = serve_file(request, path, download_name=download)
+    if name in ("scenepic", "scenepic_page"):
+        # The 3D page runs its own scripts: sandbox it into an opaque origin (no cookies, no access to the app).
+        response["Content-Security-Policy"] = "sandbox allow-scripts"
+    return response
 
 
 @require_POST

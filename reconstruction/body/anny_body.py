@@ -405,8 +405,17 @@ class AnnyBody:
         return (blend[..., :3] * rest.vertices[:, :, None, :]).sum(-1) + blend[..., 3], None
 
     # ------------------------------------------------------------------ forward
-    def forward(self, pose_aa: torch.Tensor, shape: torch.Tensor, trans: torch.Tensor) -> BodyOutput:
-        """pose_aa (T, 104, 3), shape (6,) or (T, 6), trans (T, 3) -> vertices, bone heads, keypoints."""
+    def forward(
+        self,
+        pose_aa: torch.Tensor,
+        shape: torch.Tensor,
+        trans: torch.Tensor,
+        vertex_ids: torch.Tensor | None = None,
+    ) -> BodyOutput:
+        """pose_aa (T, 104, 3), shape (6,) or (T, 6), trans (T, 3) -> vertices, bone heads, keypoints.
+
+        ``vertex_ids`` (N,): skin only those vertices (``vertices`` is then (T, N, 3), in that order); joints
+        and keypoints are unchanged. Much cheaper when a loss looks at a few hundred vertices."""
         num_joints = self.num_joints
         if pose_aa.dim() != 3 or pose_aa.shape[1:] != (num_joints, 3):
             raise ValueError(f"anny pose_aa must be (T, {num_joints}, 3), got {tuple(pose_aa.shape)}")
@@ -418,17 +427,49 @@ class AnnyBody:
         rest = self.rest_model(shape)
         if rest.vertices.shape[0] not in (1, num_frames):
             raise ValueError(f"anny shape has {rest.vertices.shape[0]} rows for {num_frames} frames")
-        return self._posed(pose_aa, trans, rest)
+        if vertex_ids is not None:
+            vertex_ids = torch.as_tensor(vertex_ids, dtype=torch.long, device=self.device)
+            if vertex_ids.dim() != 1 or (len(vertex_ids) and int(vertex_ids.max()) >= self.num_vertices):
+                raise ValueError(f"anny vertex_ids must be a 1-D index into {self.num_vertices} vertices")
+        return self._posed(pose_aa, trans, rest, vertex_ids)
 
     __call__ = forward
 
-    def _posed(self, pose_aa: torch.Tensor, trans: torch.Tensor, rest: _RestModel) -> BodyOutput:
+    def _posed(
+        self, pose_aa: torch.Tensor, trans: torch.Tensor, rest: _RestModel, vertex_ids: torch.Tensor | None = None
+    ) -> BodyOutput:
         transforms, joints = self._forward_kinematics(roma.rotvec_to_rotmat(pose_aa), trans, rest)
+        if vertex_ids is not None:
+            return self._posed_subset(transforms, joints, rest, vertex_ids)
+        return BodyOutput(*self._posed_full(transforms, joints, rest))
+
+    def _posed_subset(
+        self, transforms: torch.Tensor, joints: torch.Tensor, rest: _RestModel, vertex_ids: torch.Tensor
+    ) -> BodyOutput:
+        """Skin only ``vertex_ids`` with a dense (N, 4J) slice of the skinning matrix; keypoints from the
+        (75, 4J) regressor product when the shape is cached, else from a full skin (per-frame shapes)."""
+        num_frames, num_joints = transforms.shape[:2]
+        if rest.vertices.shape[0] != 1:
+            out = BodyOutput(*self._posed_full(transforms, joints, rest))
+            return BodyOutput(out.vertices[:, vertex_ids], out.joints, out.keypoints)
+        columns = transforms.permute(3, 1, 0, 2).reshape(4 * num_joints, 3 * num_frames)
+        rest_subset = rest.vertices[0, vertex_ids]
+        homogeneous = torch.cat([rest_subset, rest_subset.new_ones(rest_subset.shape[0], 1)], dim=1)
+        weights = self.skinning_weights[vertex_ids]
+        subset_matrix = (homogeneous[:, :, None] * weights[:, None, :]).reshape(len(vertex_ids), -1)
+        vertices = (subset_matrix @ columns).reshape(-1, num_frames, 3).permute(1, 0, 2)
+        keypoint_skin = rest.keypoint_skin
+        if keypoint_skin is None:  # shape under optimisation
+            keypoint_skin = self.keypoint_regressor @ self._skin_matrix(rest.vertices[0])
+        regressed = (keypoint_skin @ columns).reshape(-1, num_frames, 3).permute(1, 0, 2)
+        return BodyOutput(vertices=vertices, joints=joints, keypoints=self._merge_keypoints(regressed, joints))
+
+    def _posed_full(self, transforms, joints, rest) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         vertices, regressed = self._skin(rest, transforms)
         keypoints = (
             self.keypoints_from(vertices, joints) if regressed is None else self._merge_keypoints(regressed, joints)
         )
-        return BodyOutput(vertices=vertices, joints=joints, keypoints=keypoints)
+        return vertices, joints, keypoints
 
     def _forward_kinematics(
         self, rotations: torch.Tensor, trans: torch.Tensor, rest: _RestModel

@@ -55,8 +55,11 @@ class BodyModel(Protocol):
         """(T, 75, 3) MediaPipe-order keypoints from posed vertices and joints (what forward returns)."""
         ...
 
-    def forward(self, pose_aa: torch.Tensor, shape: torch.Tensor, trans: torch.Tensor) -> BodyOutput:
-        """pose_aa (T, J, 3), shape (T, S) or (S,), trans (T, 3) -> BodyOutput."""
+    def forward(
+        self, pose_aa: torch.Tensor, shape: torch.Tensor, trans: torch.Tensor, vertex_ids: torch.Tensor | None = None
+    ) -> BodyOutput:
+        """pose_aa (T, J, 3), shape (T, S) or (S,), trans (T, 3) -> BodyOutput. With ``vertex_ids`` (N,),
+        ``vertices`` holds only those vertices (T, N, 3); joints and keypoints are the same."""
         ...
 
     def rest_pose(self, num_frames: int = 1) -> torch.Tensor:

@@ -275,8 +275,15 @@ class SmplxBody:
             layer.parents, layer.lbs_weights, pose2rot=False,
         )  # fmt: skip
 
-    def forward(self, pose_aa: torch.Tensor, shape: torch.Tensor, trans: torch.Tensor) -> BodyOutput:
-        """pose_aa (T, 55, 3), shape (B,) or (T, B), trans (T, 3) -> vertices, 55 joints, keypoints (world)."""
+    def forward(
+        self,
+        pose_aa: torch.Tensor,
+        shape: torch.Tensor,
+        trans: torch.Tensor,
+        vertex_ids: torch.Tensor | None = None,
+    ) -> BodyOutput:
+        """pose_aa (T, 55, 3), shape (B,) or (T, B), trans (T, 3) -> vertices, 55 joints, keypoints (world).
+        ``vertex_ids`` (N,): return only those vertices (SMPL-X skins them all anyway)."""
         if pose_aa.dim() != 3 or pose_aa.shape[1:] != (self.num_joints, 3):
             raise ValueError(f"SMPL-X pose_aa must be (T, {self.num_joints}, 3), got {tuple(pose_aa.shape)}")
         num_frames = pose_aa.shape[0]
@@ -293,7 +300,10 @@ class SmplxBody:
         offset = trans[:, None] - joints[:, :1]
         vertices = vertices + offset
         joints = joints + offset
-        return BodyOutput(vertices=vertices, joints=joints, keypoints=self.keypoints_from(vertices, joints))
+        keypoints = self.keypoints_from(vertices, joints)
+        if vertex_ids is not None:
+            vertices = vertices[:, torch.as_tensor(vertex_ids, dtype=torch.long, device=self.device)]
+        return BodyOutput(vertices=vertices, joints=joints, keypoints=keypoints)
 
     __call__ = forward
 

@@ -45,12 +45,24 @@ def _check_frames(name: str, value: np.ndarray, num_frames: int, path: Path) -> 
         raise EvaluationError(f"{path}: {name} has {value.shape[0]} frames, ground truth has {num_frames}")
 
 
-def keypoint_metrics(pred_cam: np.ndarray, gt_cam: np.ndarray) -> dict[str, float]:
-    """Body MPJPE / PA-MPJPE on the 12 MPJPE joints, hand errors (absolute and wrist-relative), jitter."""
+def contact_hand_error(pred_cam: np.ndarray, gt_cam: np.ndarray, contact: np.ndarray) -> float | None:
+    """Mean hand-joint error (m) over the frames where that hand touches the object (``contact`` (T,2) bool,
+    left/right); None when no hand is ever in contact."""
+    contact = np.asarray(contact, dtype=bool)
+    pred = [pred_cam[contact[:, 0], kp.LEFT_HAND_SLICE], pred_cam[contact[:, 1], kp.RIGHT_HAND_SLICE]]
+    gt = [gt_cam[contact[:, 0], kp.LEFT_HAND_SLICE], gt_cam[contact[:, 1], kp.RIGHT_HAND_SLICE]]
+    if not contact.any():
+        return None
+    return metrics.hand_joint_error(np.concatenate(pred, axis=0), np.concatenate(gt, axis=0))
+
+
+def keypoint_metrics(pred_cam: np.ndarray, gt_cam: np.ndarray, contact: np.ndarray | None = None) -> dict[str, float]:
+    """Body MPJPE / PA-MPJPE on the 12 MPJPE joints, hand errors (absolute, wrist-relative and, given the
+    ground-truth ``contact`` (T,2), during contact only), jitter."""
     body_pred, body_gt = pred_cam[:, BODY_INDICES], gt_cam[:, BODY_INDICES]
     hands_pred = np.concatenate([pred_cam[:, kp.LEFT_HAND_SLICE], pred_cam[:, kp.RIGHT_HAND_SLICE]], axis=0)
     hands_gt = np.concatenate([gt_cam[:, kp.LEFT_HAND_SLICE], gt_cam[:, kp.RIGHT_HAND_SLICE]], axis=0)
-    return {
+    out = {
         "body_mpjpe_m": metrics.mpjpe(body_pred, body_gt),
         "body_pa_mpjpe_m": metrics.pa_mpjpe(body_pred, body_gt),
         "hand_joint_error_m": metrics.hand_joint_error(hands_pred, hands_gt),
@@ -58,6 +70,23 @@ def keypoint_metrics(pred_cam: np.ndarray, gt_cam: np.ndarray) -> dict[str, floa
         "body_accel_jitter_m_per_frame2": metrics.acceleration_jitter(body_pred),
         "body_accel_error_m_per_frame2": metrics.acceleration_error(body_pred, body_gt),
     }
+    in_contact = None if contact is None else contact_hand_error(pred_cam, gt_cam, contact)
+    if in_contact is not None:
+        out["hand_joint_error_contact_m"] = in_contact
+    return out
+
+
+def keypoint_2d_error_px(keypoints_2d: np.ndarray, gt: GroundTruth) -> dict[str, float]:
+    """Median / mean pixel error of stage 1's 2D body keypoints (12 MPJPE joints) against the projected
+    ground truth, over joints whose true projection lies inside the image."""
+    gt_cam = gt.keypoints_3d_cam[:, BODY_INDICES]
+    gt_xy = metrics.project_points(gt_cam, gt.K)
+    height, width = gt.image_size
+    inside = (gt_xy[..., 0] >= 0) & (gt_xy[..., 0] < width) & (gt_xy[..., 1] >= 0) & (gt_xy[..., 1] < height)
+    errors = metrics.keypoint_2d_errors(keypoints_2d[:, BODY_INDICES, :2], gt_xy, inside)
+    if errors.size == 0:
+        return {}
+    return {"keypoint_2d_error_median_px": float(np.median(errors)), "keypoint_2d_error_mean_px": float(errors.mean())}
 
 
 def object_metrics(pred_poses_cam: np.ndarray, gt: GroundTruth, model_points: np.ndarray) -> dict[str, float]:
@@ -125,7 +154,13 @@ def evaluate_human_pose(layout: Layout, vid: VideoId, gt: GroundTruth) -> dict[s
         raise EvaluationError(f"{path}: no keypoints_3d_cam")
     pred = _to_numpy(result["keypoints_3d_cam"])
     _check_frames("keypoints_3d_cam", pred, gt.num_frames, path)
-    out = keypoint_metrics(pred, gt.keypoints_3d_cam)
+    out = keypoint_metrics(pred, gt.keypoints_3d_cam, gt.contact)
+    keypoints_path = layout.hmr_keypoints(vid)
+    if keypoints_path.exists():
+        with np.load(keypoints_path) as data:
+            keypoints_2d = np.asarray(data["keypoints_2d"], dtype=np.float64)
+        _check_frames("keypoints_2d", keypoints_2d, gt.num_frames, keypoints_path)
+        out.update(keypoint_2d_error_px(keypoints_2d, gt))
     if "predicted_body_height" in result:
         out["body_height_error_m"] = abs(float(result["predicted_body_height"]) - gt.height_m)
     return out
@@ -176,7 +211,7 @@ def evaluate_optimize(
     w2c = torch.as_tensor(gt.world_to_cam, dtype=torch.float64)
     kp_world = out.keypoints.double()
     kp_cam = (kp_world @ w2c[:, :3, :3].transpose(1, 2) + w2c[:, None, :3, 3]).numpy()
-    result = keypoint_metrics(kp_cam, gt.keypoints_3d_cam)
+    result = keypoint_metrics(kp_cam, gt.keypoints_3d_cam, gt.contact)
     result["foot_skating_m_per_frame"] = metrics.foot_skating(kp_world[:, FOOT_INDICES].numpy())
 
     obj_R = _to_numpy(obj["obj_R"]).reshape(num_frames, 3, 3)
@@ -199,6 +234,31 @@ def evaluate_optimize(
                 "%s: contact frames %s do not match ground truth %s", contact_path, frames.shape, gt.contact.shape
             )
     return result
+
+
+def evaluate_masks(layout: Layout, vid: VideoId, gt_instance: np.ndarray) -> dict[str, float] | None:
+    """Stage 2 mask IoU (median and mean over frames) against ground-truth instance maps (T,H,W) (1 human,
+    2 object, as rendered by the synthetic scene). The ground truth stores no per-frame masks, so the
+    caller renders them (see benchmarks/e2e_accuracy.py)."""
+    path = layout.masks_cache(vid)
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=True) as data:
+        masks = data["masks"].item()
+    frames = sorted(masks)
+    if len(frames) != len(gt_instance):
+        raise EvaluationError(f"{path}: {len(frames)} mask frames, ground truth has {len(gt_instance)}")
+    out = {}
+    for key, name, instance_id in ((0, "object", 2), (1, "human", 1)):
+        pred = np.stack([np.asarray(masks[f][key], dtype=bool) for f in frames])
+        if pred.shape != gt_instance.shape:
+            raise EvaluationError(f"{path}: {name} masks {pred.shape}, ground truth {gt_instance.shape}")
+        iou = metrics.mask_iou(pred, gt_instance == instance_id)
+        iou = iou[np.isfinite(iou)]
+        if iou.size:
+            out[f"{name}_mask_iou_median"] = float(np.median(iou))
+            out[f"{name}_mask_iou_mean"] = float(iou.mean())
+    return out
 
 
 def evaluate_video(layout: Layout, vid: VideoId, device: str = "cpu") -> dict[str, Any]:

@@ -233,3 +233,40 @@ def acceleration_error(pred_positions: Any, gt_positions: Any) -> float:
     if pred.shape[0] < 3:
         return 0.0
     return float(np.linalg.norm(acceleration(pred) - acceleration(gt), axis=-1).mean())
+
+
+# ---- 2D: keypoints and masks ----------------------------------------------------------------------
+def project_points(points_cam: Any, K: Any) -> np.ndarray:
+    """Pinhole projection (..., 2) in pixels of OpenCV camera-frame points (..., 3) with intrinsics (3,3)."""
+    pts, k = as_numpy(points_cam), as_numpy(K)
+    z = pts[..., 2:3]
+    if np.any(z <= 0):
+        raise ValueError("project_points: points at or behind the camera (z <= 0)")
+    uvw = (pts / z) @ k.T
+    return uvw[..., :2]
+
+
+def keypoint_2d_errors(pred_xy: Any, gt_xy: Any, visible: Any) -> np.ndarray:
+    """Pixel distances of the visible keypoints: flat array over every (frame, joint) with ``visible``.
+
+    ``pred_xy`` and ``gt_xy`` are (T,J,2) pixels (extra trailing columns such as a confidence are
+    ignored), ``visible`` (T,J) bool.
+    """
+    pred, gt = as_numpy(pred_xy)[..., :2], as_numpy(gt_xy)[..., :2]
+    _check_same_shape(pred, gt, "keypoint_2d_errors")
+    mask = np.asarray(visible, dtype=bool)
+    if mask.shape != pred.shape[:-1]:
+        raise ValueError(f"keypoint_2d_errors: visibility {mask.shape} != keypoints {pred.shape[:-1]}")
+    return np.linalg.norm(pred - gt, axis=-1)[mask]
+
+
+def mask_iou(pred_masks: Any, gt_masks: Any) -> np.ndarray:
+    """Per-frame intersection over union of boolean masks (T,H,W); NaN where both masks are empty."""
+    pred, gt = np.asarray(pred_masks, dtype=bool), np.asarray(gt_masks, dtype=bool)
+    if pred.shape != gt.shape:
+        raise ValueError(f"mask_iou: prediction shape {pred.shape} != ground-truth shape {gt.shape}")
+    flat_pred, flat_gt = pred.reshape(len(pred), -1), gt.reshape(len(gt), -1)
+    inter = (flat_pred & flat_gt).sum(1).astype(np.float64)
+    union = (flat_pred | flat_gt).sum(1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / np.maximum(union, 1), np.nan)
