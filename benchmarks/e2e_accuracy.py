@@ -136,6 +136,19 @@ def run_stages(vid: VideoId, config: Any, results_dir: Path, stages: list[int], 
     return {"stage_seconds": seconds, "stage_status": status}
 
 
+def recorded_stages(layout: Layout, vid: VideoId, stages: list[int]) -> dict[str, Any]:
+    """Seconds and status of stages already run (from their manifests), running nothing."""
+    seconds: dict[str, float] = {}
+    status: dict[str, str] = {}
+    for stage in stages:
+        manifest = pipeline.read_manifest(layout, vid, stage)
+        name = pipeline.stage_name(stage)
+        status[name] = "recorded" if manifest is not None else "missing"
+        if manifest is not None and manifest.get("seconds") is not None:
+            seconds[name] = float(manifest["seconds"])
+    return {"stage_seconds": seconds, "stage_status": status}
+
+
 def filter_outcome(layout: Layout, vid: VideoId) -> dict[str, Any] | None:
     path = layout.filter_report(vid)
     if not path.exists():
@@ -250,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None, help="config YAML (default: the engine's default)")
     parser.add_argument("--stages", default="1-6", help="stages to run, e.g. 1-6 or 1-3")
     parser.add_argument("--reuse", action="store_true", help="keep videos already generated in results_dir")
+    parser.add_argument("--evaluate_only", action="store_true",
+                        help="generate and run nothing: evaluate what is in results_dir (seconds from the manifests)")  # fmt: skip
+    parser.add_argument("--report_name", default="e2e_accuracy",
+                        help="<results_dir>/benchmark/<name>.{json,md} (parallel runs on one results dir)")  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -265,14 +282,20 @@ def main(argv: list[str] | None = None) -> int:
             for index in range(args.videos_per_category):
                 seed = args.seed + index
                 vid = VideoId(DATASET, category, video_name(category, variant, args.seed, index))
-                gen_seconds = ensure_video(layout, vid, category, variant, seed, args.frames, args.width,
-                                           args.height, args.reuse, args.device)  # fmt: skip
-                run = run_stages(vid, config, results_dir, stages, args.device)
+                if args.evaluate_only:
+                    if not layout.ground_truth(vid).exists():
+                        logger.warning("%s: not generated, skipped", vid)
+                        continue
+                    gen_seconds, run = 0.0, recorded_stages(layout, vid, stages)
+                else:
+                    gen_seconds = ensure_video(layout, vid, category, variant, seed, args.frames, args.width,
+                                               args.height, args.reuse, args.device)  # fmt: skip
+                    run = run_stages(vid, config, results_dir, stages, args.device)
                 report = evaluate(layout, vid, args.device)
                 videos.append({"video": str(vid), "category": category, "variant": variant, "seed": seed,
                                "generate_seconds": gen_seconds, **run, "metrics": report["stages"],
                                "filter": filter_outcome(layout, vid)})  # fmt: skip
-                fileio.write_json(results_dir / "benchmark" / "e2e_videos.json", videos)
+                fileio.write_json(results_dir / "benchmark" / f"{args.report_name}_videos.json", videos)
     summary = summarise(videos, args.categories, stage_names)
     header = {
         "command": " ".join(["python", "benchmarks/e2e_accuracy.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -284,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     text = markdown(summary, stage_names, header)
     out_dir = results_dir / "benchmark"
-    fileio.write_json(out_dir / "e2e_accuracy.json", {**header, "summary": summary, "videos": videos})
-    fileio.write_bytes(out_dir / "e2e_accuracy.md", text.encode())
+    fileio.write_json(out_dir / f"{args.report_name}.json", {**header, "summary": summary, "videos": videos})
+    fileio.write_bytes(out_dir / f"{args.report_name}.md", text.encode())
     print(text)
     return 0
 

@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("HOIWEB_PORT", "8000")))
     parser.add_argument("--frames", type=int, default=32, help="frames of the synthetic demo video (320x240)")
     args = parser.parse_args(argv)
+    # Ctrl-C must work even when started from a shell that ignores SIGINT in background jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     return Demo(args.host, args.port, devservices.VAR_DIR, args.frames).run()
 

@@ -121,3 +121,17 @@ def metric_names(max_age: float = 30.0) -> list[str]:
 def gt_metric_names(max_age: float = 30.0) -> list[str]:
     """Every ground-truth metric key (synthetic videos)."""
     return _json_keys("gt_metrics", max_age)
+
+
+_choice_cache: dict[str, tuple[float, list[str]]] = {}
+
+
+def distinct_values(field_name: str, max_age: float = 30.0) -> list[str]:
+    """Distinct values of a Run column for the filter menus (cached briefly: they change rarely)."""
+    now = time.monotonic()
+    cached = _choice_cache.get(field_name)
+    if cached and now - cached[0] < max_age:
+        return cached[1]
+    values = list(Run.objects.order_by(field_name).values_list(field_name, flat=True).distinct())
+    _choice_cache[field_name] = (now, values)
+    return values

@@ -107,6 +107,7 @@ class ObjPoseTrackingConfig:
     smooth_window: int = _nonneg(9)
     smooth_polyorder: int = _nonneg(3)
     require_mycpp: bool = False
+    mesh_tracker: dict[str, Any] = field(default_factory=dict)  # hoiweb stage 3 TrackerConfig fields
 
 
 @dataclass(frozen=True)

@@ -366,6 +366,7 @@ class _Plan:
     inputs: dict[str, str | None]
     config_subtree: dict[str, Any]
     hash_seconds: float
+    verbose: bool = False  # debug artefacts asked for: a manifest without them does not satisfy this
     snapshot: dict[Path, int] = field(default_factory=dict)
     started: float = 0.0
 
@@ -421,6 +422,8 @@ def manifest_matches(plan: _Plan, manifest: dict[str, Any] | None) -> tuple[bool
         return False, f"inputs changed: {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}"
     if manifest.get("config") != plan.config_subtree:
         return False, "config changed"
+    if plan.verbose and not manifest.get("verbose", False):
+        return False, "debug artefacts (--verbose) asked for"
     outputs = manifest.get("outputs")
     if not isinstance(outputs, dict):
         return False, "manifest lists no outputs"
@@ -501,6 +504,7 @@ def _finish(plan: _Plan, result: StageResult, seconds: float) -> StageResult:
         "outputs": outputs,
         "packages": package_versions(),
         "device": plan.device,
+        "verbose": plan.verbose,
         "host": socket.gethostname(),
         "seconds": round(seconds, 4),
         "hash_seconds": round(hash_seconds, 4),
@@ -618,6 +622,7 @@ def _run_locked(
 ) -> StageResult:
     t0 = time.perf_counter()
     plan = _plan(layout, vid, stage, config, device, is_static_obj)
+    plan.verbose = verbose
     if skip_done:
         manifest = read_manifest(layout, vid, stage)
         ok, why = manifest_matches(plan, manifest)
@@ -840,6 +845,7 @@ def _run_stage4_batch(
             try:
                 locks.enter_context(video_lock(layout, vid))
                 plan = _plan(layout, vid, 4, config, device, _effective_static(config, is_static_obj))
+                plan.verbose = verbose
             except StageInputError as exc:
                 outcomes.append(record(StageOutcome(vid, 4, "input_error", error=str(exc))))
                 continue

@@ -409,3 +409,15 @@ def test_batch_size_is_recorded_in_the_manifest(tmp_path, config):
     pipeline.run_videos(ids, config, layout.results_dir, batch_videos=2, skip_steps={5, 6})
     for vid in ids:
         assert pipeline.read_manifest(layout, VideoId.parse(vid), 4)["info"]["batch_size"] == 2
+
+
+def test_verbose_rerun_only_when_debug_artefacts_are_missing(tmp_path, config):
+    layout = make_results_dir(tmp_path / "res", [str(VID)])
+    pipeline.run_video(VID, config, layout.results_dir, skip_steps={2, 3, 4, 5, 6})
+    assert pipeline.run_stage(VID, 1, config, layout.results_dir, skip_done=True).info["status"] == "reused"
+    verbose = pipeline.run_stage(VID, 1, config, layout.results_dir, skip_done=True, verbose=True)
+    assert verbose.info["status"] == "done" and pipeline.read_manifest(layout, VID, 1)["verbose"] is True
+    # a verbose result serves later runs with or without --verbose
+    for flag in (True, False):
+        result = pipeline.run_stage(VID, 1, config, layout.results_dir, skip_done=True, verbose=flag)
+        assert result.info["status"] == "reused"

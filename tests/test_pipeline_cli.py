@@ -144,7 +144,12 @@ def test_progress_display_tty_and_plain(tmp_path, caplog):
     vid = VideoId.parse("d/c/v")
     display.update(vid, 4, 0.5, "init_opt")
     text = stream.getvalue()
-    assert "[1/2] d/c/v [#######-----]" in text and "stage 4 optimize [##########----------]  50% init_opt" in text
+    assert (
+        "[1/2] d/c/v [#######-----]" in text and "stage 4 optimize [##########----------]  50%     0s init_opt" in text
+    )
+    for step in range(1000):  # a fast loop redraws at most ~10 times a second
+        display.update(vid, 4, 0.5 + step / 4000, "iter")
+    assert stream.getvalue().count("iter") < 5
     display.close()
     assert stream.getvalue().endswith("\r\x1b[2K")
     plain = ProgressDisplay(io.StringIO(), total_videos=1, stages=[4], tty=False)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from reconstruction.eval.evaluate import evaluate_and_save, evaluate_video
-from reconstruction.layout import Layout, VideoId
+from reconstruction.layout import Layout
 from reconstruction.render import Mesh, render
 from reconstruction.render_config import load_cam_k, load_character_data, load_render_config
 from reconstruction.synth.__main__ import main as synth_main
@@ -18,6 +18,8 @@ from reconstruction.synth.generate import generate
 from reconstruction.synth.ground_truth import load_ground_truth
 from reconstruction.synth.objects import load_obj_vertices_faces
 from reconstruction.video import read_video
+
+pytestmark = pytest.mark.slow
 
 SIZE = dict(width=320, height=240)
 FRAMES = 10
@@ -92,7 +94,12 @@ def _object_alone(layout, vid, gt):
     pose = gt.object_poses_cam[0]
     cam_vertices = vertices @ pose[:3, :3].T + pose[:3, 3]
     # Render in the camera frame (identity extrinsics) with the GT K only.
-    out = render([Mesh(torch.tensor(cam_vertices, dtype=torch.float32), torch.tensor(faces), None, 2)], gt.K, np.eye(4), (240, 320))
+    out = render(
+        [Mesh(torch.tensor(cam_vertices, dtype=torch.float32), torch.tensor(faces), None, 2)],
+        gt.K,
+        np.eye(4),
+        (240, 320),
+    )
     return out, cam_vertices
 
 
@@ -146,7 +153,11 @@ def test_evaluate_video_on_perturbed_ground_truth(runs):
     num_frames = gt.num_frames
     hoi = {
         "human_data": {"poses": gt.pose_aa.reshape(num_frames, -1), "trans": gt.trans, "betas": gt.shape[None]},
-        "obj_data": {"obj_R": gt.object_poses_world[:, :3, :3], "obj_t": gt.object_poses_world[:, :3, 3], "obj_scale": 1.0},
+        "obj_data": {
+            "obj_R": gt.object_poses_world[:, :3, :3],
+            "obj_t": gt.object_poses_world[:, :3, 3],
+            "obj_scale": 1.0,
+        },
         "meta": {},
     }
     fileio.write_pickle(layout.raw_hoi_data(vid), hoi)

@@ -320,7 +320,7 @@ def _write_videos(ctx, frames, fps, K, world_to_cam, sequence, views, options, o
             for k, index in enumerate(range(start, stop)):
                 if index >= num_recon:
                     for image in (overlay[k], side[k], top[k]):
-                        put_lines(image, ["no reconstruction for this frame"], origin=(8, height - 12))
+                        put_lines(image, ["no reconstruction for this frame"], origin=(8, height - 8))
             if with_top:
                 writers["top"].write(top)
             writers["overlay"].write(overlay)
