@@ -17,9 +17,9 @@ log = logging.getLogger(__name__)
 
 LAYOUT = {
     "margin": {"l": 50, "r": 10, "t": 30, "b": 40},
-    "height": 260,
+    "height": 280,
     "font": {"family": "system-ui, sans-serif", "size": 11},
-    "legend": {"orientation": "h", "y": -0.25},
+    "legend": {"orientation": "h", "y": -0.3},
     "paper_bgcolor": "#ffffff",
     "plot_bgcolor": "#fbfbfc",
 }
@@ -64,8 +64,10 @@ def loss_curves(path: Path) -> list[dict]:
         figures.append({
             "title": f"Loss · {name}",
             "data": traces,
-            "layout": {**LAYOUT, "title": {"text": f"Loss · {name}", "font": {"size": 12}},
-                       "yaxis": {"type": "log"}, "xaxis": {"title": {"text": "iteration"}}},
+            "layout": {**LAYOUT, "title": {"text": f"Loss · {name}", "font": {"size": 12}}, "height": 300,
+                       "margin": {"l": 50, "r": 10, "t": 30, "b": 40},
+                       "legend": {"orientation": "v", "x": 1.02, "y": 1, "font": {"size": 10}},
+                       "yaxis": {"type": "log", "exponentformat": "power"}, "xaxis": {"title": {"text": "iteration"}}},
         })  # fmt: skip
     return figures
 
@@ -108,6 +110,7 @@ def contact_timeline(path: Path, fps: float | None) -> dict | None:
         "title": "Contact per hand",
         "data": traces,
         "layout": {**LAYOUT, "title": {"text": "Contact per hand", "font": {"size": 12}},
+                   "margin": {"l": 80, "r": 10, "t": 30, "b": 40},
                    "xaxis": {"title": {"text": "seconds" if fps else "frame"}},
                    "yaxis": {"tickvals": [0.4 + i for i in range(len(hands))], "ticktext": sorted(hands)}},
     }  # fmt: skip

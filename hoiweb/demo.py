@@ -23,7 +23,7 @@ from hoiweb import devservices
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DEMO_USER = "demo"
-DEMO_VIDEO = "Demo/mug/demo_000"
+DEMO_VIDEO = "Demo/mug/mug_normal_s0_000"  # what reconstruction.synth names seed 0, video 0
 
 
 def _say(message: str) -> None:
@@ -118,8 +118,10 @@ class Demo:
                 str(self.num_frames),
                 "--seed",
                 "0",
-                "--name_prefix",
-                "demo",
+                "--width",
+                "320",
+                "--height",
+                "240",
             ],  # fmt: skip
             env=self.env,
             cwd=BASE_DIR,
@@ -144,6 +146,8 @@ class Demo:
         self.spawn("worker-gpu0", sys.executable, "-m", "workers", "--gpu", "0")
 
     def web(self) -> str:
+        if devservices.port_open(self.port, self.host):
+            raise SystemExit(f"[demo] port {self.port} is in use: stop what uses it or set HOIWEB_PORT / --port")
         self.spawn(
             "web", sys.executable, str(BASE_DIR / "manage.py"), "runserver", f"{self.host}:{self.port}", "--noreload"
         )
@@ -167,6 +171,8 @@ class Demo:
             _say("launch command not available in this checkout: nothing launched")
             return
         self.manage("register_results_dir", str(results))
+        # The embedded Redis keeps nothing across restarts: PostgreSQL is the truth, re-enqueue from it.
+        self.manage("reconcile")
         self.manage("launch_run", "--video-id", DEMO_VIDEO, "--if-not-done")
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -209,8 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hoiweb.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("HOIWEB_PORT", "8000")))
-    parser.add_argument("--frames", type=int, default=60, help="frames of the synthetic demo video")
+    parser.add_argument("--frames", type=int, default=32, help="frames of the synthetic demo video (320x240)")
     args = parser.parse_args(argv)
+    # Ctrl-C must work even when started from a shell that ignores SIGINT in background jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     return Demo(args.host, args.port, devservices.VAR_DIR, args.frames).run()
 

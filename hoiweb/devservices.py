@@ -30,7 +30,7 @@ VAR_DIR = Path(os.environ.get("HOIWEB_VAR_DIR", BASE_DIR / "var"))
 DB_NAME = "hoiweb"
 
 
-def _port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
@@ -41,7 +41,7 @@ def _port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool
 def _wait_port(port: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if _port_open(port):
+        if port_open(port):
             return True
         time.sleep(0.3)
     return False
@@ -84,7 +84,7 @@ def _embedded_postgres() -> str:
 def ensure_postgres(mode: str) -> str:
     if os.environ.get("DATABASE_URL"):
         return os.environ["DATABASE_URL"]
-    if mode == "auto" and (_port_open(5432) or _start_machine_postgres()):
+    if mode == "auto" and (port_open(5432) or _start_machine_postgres()):
         admin = "postgresql://postgres@127.0.0.1:5432/postgres"
         _ensure_database(admin, admin)
         return f"postgresql://postgres@127.0.0.1:5432/{DB_NAME}"
@@ -194,7 +194,7 @@ def _start_machine_redis() -> bool:
 def ensure_redis(mode: str) -> str:
     if os.environ.get("REDIS_URL"):
         return os.environ["REDIS_URL"]
-    if mode == "auto" and (_port_open(6379) or _start_machine_redis()):
+    if mode == "auto" and (port_open(6379) or _start_machine_redis()):
         return "redis://127.0.0.1:6379/0"
     return _embedded_redis()
 

@@ -403,6 +403,9 @@ class Run(models.Model):
         for key, value in (report.get("eval_data") or {}).items():
             if _is_number(value):
                 self.metrics[key] = value
+        for check in checks:  # each check's value is sortable in the runs list, as stage 5 reports it
+            if _is_number(check.get("value")):
+                self.metrics[f"filter/{check['name']}"] = check["value"]
 
     def record_stage_failed(self, job: StageJob, error: str, *, cancelled: bool = False) -> None:
         from hoiweb import launch as launcher
@@ -477,6 +480,13 @@ def normalise_filter_report(report: dict) -> dict:
         if not isinstance(item, dict):
             continue
         check = dict(item)
+        verdict = str(check.get("verdict", "")).lower()
+        if verdict in ("skipped", "skip"):
+            check["skipped"] = True
+        if verdict == "truncate":
+            check["truncated"] = True  # the result was cut at the first failing frame instead of rejected
+        if "passed" not in check and verdict in ("truncate", "skipped", "skip"):
+            check["passed"] = verdict == "truncate"
         if "passed" not in check:
             verdict = check.get("ok", check.get("verdict", True))
             check["passed"] = (
@@ -554,12 +564,17 @@ class StageJob(models.Model):
         return STAGES.get(self.stage, str(self.stage))
 
     @classmethod
-    def reap_dead(cls, now=None) -> list[StageJob]:
-        """Mark running jobs whose worker stopped sending heartbeats as failed (their run too)."""
+    def reap_dead(cls, now=None, exclude_worker: str = "") -> list[StageJob]:
+        """Mark running jobs whose worker stopped sending heartbeats as failed (their run too).
+
+        ``exclude_worker``: a live worker reaping others never reaps its own job (it knows it is alive)."""
         now = now or timezone.now()
         cutoff = now - timedelta(seconds=settings.WORKER_DEAD_AFTER_SECONDS)
         reaped = []
-        for job in cls.objects.filter(status=cls.RUNNING, heartbeat_at__lt=cutoff).select_related("run"):
+        candidates = cls.objects.filter(status=cls.RUNNING, heartbeat_at__lt=cutoff)
+        if exclude_worker:
+            candidates = candidates.exclude(worker_name=exclude_worker)
+        for job in candidates.select_related("run"):
             with transaction.atomic():
                 locked = cls.objects.select_for_update().get(pk=job.pk)
                 if locked.status != cls.RUNNING or locked.heartbeat_at >= cutoff:

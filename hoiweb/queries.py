@@ -34,12 +34,14 @@ DEFAULT_SORT = "-created"
 class RunFilter:
     params: dict[str, str] = field(default_factory=dict)
     sort: str = DEFAULT_SORT
+    columns: list[str] = field(default_factory=list)  # metric columns shown in the list (kept in links)
 
     @classmethod
     def from_querydict(cls, query) -> RunFilter:
         params = {k: query.get(k, "").strip() for k in FILTER_KEYS if query.get(k, "").strip()}
         sort = query.get("sort", DEFAULT_SORT).strip() or DEFAULT_SORT
-        return cls(params=params, sort=sort)
+        columns = [c for c in query.getlist("col") if c] if hasattr(query, "getlist") else []
+        return cls(params=params, sort=sort, columns=columns)
 
     def apply(self, qs: QuerySet | None = None) -> QuerySet:
         qs = Run.objects.all() if qs is None else qs
@@ -81,7 +83,9 @@ class RunFilter:
                 merged[k] = v
         if merged.get("sort") == DEFAULT_SORT:
             merged.pop("sort")
-        return urlencode(merged)
+        if self.columns:
+            merged["col"] = self.columns
+        return urlencode(merged, doseq=True)
 
     def neighbours(self, run_id: int) -> tuple[int | None, int | None]:
         """Previous and next run ids within this filter and order (for the j/k shortcuts)."""
@@ -117,3 +121,17 @@ def metric_names(max_age: float = 30.0) -> list[str]:
 def gt_metric_names(max_age: float = 30.0) -> list[str]:
     """Every ground-truth metric key (synthetic videos)."""
     return _json_keys("gt_metrics", max_age)
+
+
+_choice_cache: dict[str, tuple[float, list[str]]] = {}
+
+
+def distinct_values(field_name: str, max_age: float = 30.0) -> list[str]:
+    """Distinct values of a Run column for the filter menus (cached briefly: they change rarely)."""
+    now = time.monotonic()
+    cached = _choice_cache.get(field_name)
+    if cached and now - cached[0] < max_age:
+        return cached[1]
+    values = list(Run.objects.order_by(field_name).values_list(field_name, flat=True).distinct())
+    _choice_cache[field_name] = (now, values)
+    return values

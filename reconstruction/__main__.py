@@ -66,6 +66,7 @@ class ProgressDisplay:
     """Per-video and per-stage bars on one stderr line (TTY), else throttled plain log lines."""
 
     BAR = 20
+    MIN_REDRAW_SECONDS = 0.1
 
     def __init__(self, stream: TextIO, total_videos: int, stages: Sequence[int], tty: bool | None = None) -> None:
         self.stream = stream
@@ -75,6 +76,9 @@ class ProgressDisplay:
         self.video_index: dict[VideoId, int] = {}
         self.line = ""
         self.last_logged: tuple[int, float] = (-1, 0.0)  # (decile, time) of the last plain line
+        self.current: tuple[VideoId, int] | None = None
+        self.stage_started = time.monotonic()
+        self.last_drawn = 0.0
 
     @staticmethod
     def _bar(fraction: float, width: int) -> str:
@@ -85,10 +89,18 @@ class ProgressDisplay:
         index = self.video_index.setdefault(vid, len(self.video_index) + 1)
         position = self.stages.index(stage) if stage in self.stages else 0
         video_fraction = (position + fraction) / max(1, len(self.stages))
+        if self.current != (vid, stage):
+            self.current, self.stage_started = (vid, stage), time.monotonic()
         if self.tty:
+            now = time.monotonic()
+            if now - self.last_drawn < self.MIN_REDRAW_SECONDS and 0.0 < fraction < 1.0:
+                return  # an optimiser may report every iteration; the terminal needs ~10 frames/s
+            self.last_drawn = now
+            elapsed = now - self.stage_started
             text = (
                 f"[{index}/{self.total_videos}] {vid} [{self._bar(video_fraction, 12)}] "
-                f"stage {stage} {STAGE_NAMES[stage]} [{self._bar(fraction, self.BAR)}] {fraction:4.0%} {message}"
+                f"stage {stage} {STAGE_NAMES[stage]} [{self._bar(fraction, self.BAR)}] {fraction:4.0%} "
+                f"{elapsed:5.0f}s {message}"
             )
             self.draw(text[:200])
             return
@@ -224,12 +236,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     display: ProgressDisplay | None = None
     handler = _BarAwareHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    root = logging.getLogger()
+    root, engine = logging.getLogger(), logging.getLogger("reconstruction")
+    levels = (root.level, engine.level)
     root.addHandler(handler)
     try:
         try:
             args = build_parser().parse_args(argv)
-            root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+            root.setLevel(logging.INFO)
+            # --verbose: the engine's debug lines, not every library's
+            engine.setLevel(logging.DEBUG if args.verbose else logging.NOTSET)
             plan = _prepare(args)
         except UsageError as exc:
             print(f"python -m reconstruction: error: {exc}", file=sys.stderr)
@@ -276,6 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     finally:
         root.removeHandler(handler)
+        root.setLevel(levels[0])
+        engine.setLevel(levels[1])
 
 
 def _log_outcome(outcome: pipeline.StageOutcome, display: ProgressDisplay) -> None:

@@ -27,10 +27,12 @@ import fcntl
 import fnmatch
 import hashlib
 import importlib
+import importlib.util
 import json
 import logging
 import platform
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -73,6 +75,8 @@ STAGE_CONFIG_KEYS: dict[int, tuple[str, ...]] = {
 STAGE_CONFIG_EXCLUDE: dict[int, tuple[str, ...]] = {
     4: ("optimization.vis_cfg", "optimization.eval.*.threshold", "eval.*.threshold"),
 }
+# Names of stage 4's batched entry point ``f(ctxs: list[StageContext]) -> list[StageResult]``.
+BATCH_ENTRY_POINTS = ("run_batch", "run_many")
 # Stages whose result depends on the static-object flag.
 STATIC_OBJ_STAGES = (3, 4)
 
@@ -114,6 +118,15 @@ def load_stage(number: int) -> Any:
     if getattr(target, "NUMBER", number) != number or not callable(getattr(target, "run", None)):
         raise StageUnavailable(f"stage {number}: {target!r} does not expose NUMBER={number} and run(ctx)")
     return target
+
+
+def check_available(number: int) -> None:
+    """Raise ``StageUnavailable`` when stage ``number`` cannot be imported, without importing it."""
+    if number not in STAGE_MODULES:
+        raise ValueError(f"stage must be one of {ALL_STAGES}, got {number!r}")
+    target = _registered.get(number, STAGE_MODULES[number])
+    if isinstance(target, str) and importlib.util.find_spec(target) is None:
+        raise StageUnavailable(f"stage {number} ({STAGE_NAMES[number]}) is not available: module {target} not found")
 
 
 def stage_name(number: int) -> str:
@@ -307,8 +320,21 @@ def package_versions() -> dict[str, str]:
                 found[name] = version(name)
             except PackageNotFoundError:
                 continue
+        commit = _source_commit()
+        if commit:
+            found["hoiweb_commit"] = commit
         _versions = found
     return dict(_versions)
+
+
+def _source_commit() -> str | None:
+    """The git commit of the engine's source tree (provenance only; ``None`` outside a checkout)."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=5)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
 
 
 # Models loaded once per process and shared by every video's StageContext.
@@ -340,6 +366,7 @@ class _Plan:
     inputs: dict[str, str | None]
     config_subtree: dict[str, Any]
     hash_seconds: float
+    verbose: bool = False  # debug artefacts asked for: a manifest without them does not satisfy this
     snapshot: dict[Path, int] = field(default_factory=dict)
     started: float = 0.0
 
@@ -395,6 +422,8 @@ def manifest_matches(plan: _Plan, manifest: dict[str, Any] | None) -> tuple[bool
         return False, f"inputs changed: {', '.join(changed[:3])}{' ...' if len(changed) > 3 else ''}"
     if manifest.get("config") != plan.config_subtree:
         return False, "config changed"
+    if plan.verbose and not manifest.get("verbose", False):
+        return False, "debug artefacts (--verbose) asked for"
     outputs = manifest.get("outputs")
     if not isinstance(outputs, dict):
         return False, "manifest lists no outputs"
@@ -475,6 +504,7 @@ def _finish(plan: _Plan, result: StageResult, seconds: float) -> StageResult:
         "outputs": outputs,
         "packages": package_versions(),
         "device": plan.device,
+        "verbose": plan.verbose,
         "host": socket.gethostname(),
         "seconds": round(seconds, 4),
         "hash_seconds": round(hash_seconds, 4),
@@ -569,11 +599,11 @@ def run_stage(
     config = as_config(config)
     layout = layout_for(config, results_dir)
     is_static_obj = _effective_static(config, is_static_obj)
-    module = load_stage(stage)
+    check_available(stage)
     if should_cancel is not None and should_cancel():
         raise StageCancelled(f"cancelled before stage {stage} of {vid}")
     with video_lock(layout, vid):
-        return _run_locked(layout, vid, stage, module, config, device, progress, should_cancel, skip_done,
+        return _run_locked(layout, vid, stage, config, device, progress, should_cancel, skip_done,
                            verbose, is_static_obj, models)  # fmt: skip
 
 
@@ -581,7 +611,6 @@ def _run_locked(
     layout: Layout,
     vid: VideoId,
     stage: int,
-    module: Any,
     config: Any,
     device: str,
     progress: Callable[[float, str], None] | None,
@@ -593,6 +622,7 @@ def _run_locked(
 ) -> StageResult:
     t0 = time.perf_counter()
     plan = _plan(layout, vid, stage, config, device, is_static_obj)
+    plan.verbose = verbose
     if skip_done:
         manifest = read_manifest(layout, vid, stage)
         ok, why = manifest_matches(plan, manifest)
@@ -600,6 +630,7 @@ def _run_locked(
             log.debug("%s stage %d (%s): reused (manifest matches)", vid, stage, stage_name(stage))
             return _reused(plan, manifest, time.perf_counter() - t0)
         log.info("%s stage %d (%s): rerun: %s", vid, stage, stage_name(stage), why)
+    module = load_stage(stage)  # only now: a fully reused run never imports the stages (torch, models)
     _begin(plan)
     ctx = _context(plan, progress, should_cancel, verbose, is_static_obj, models)
     try:
@@ -803,7 +834,8 @@ def _run_stage4_batch(
         module = load_stage(4)
     except StageUnavailable as exc:
         return [record(StageOutcome(vid, 4, "input_error", error=str(exc))) for vid in vids]
-    if getattr(module, "run_batch", None) is None:
+    batch_entry = next((getattr(module, name) for name in BATCH_ENTRY_POINTS if hasattr(module, name)), None)
+    if batch_entry is None:
         log.info("stage 4 has no run_batch: optimising %d videos one after the other", len(vids))
         return [one(vid, 4) for vid in vids]
     outcomes: list[StageOutcome] = []
@@ -813,6 +845,7 @@ def _run_stage4_batch(
             try:
                 locks.enter_context(video_lock(layout, vid))
                 plan = _plan(layout, vid, 4, config, device, _effective_static(config, is_static_obj))
+                plan.verbose = verbose
             except StageInputError as exc:
                 outcomes.append(record(StageOutcome(vid, 4, "input_error", error=str(exc))))
                 continue
@@ -824,7 +857,7 @@ def _run_stage4_batch(
             plans.append(plan)
         if not plans:
             return outcomes
-        failed = _batch_attempt(module.run_batch, plans, progress, should_cancel, verbose,
+        failed = _batch_attempt(batch_entry, plans, progress, should_cancel, verbose,
                                 _effective_static(config, is_static_obj), models, record, outcomes)  # fmt: skip
     if failed:  # outside the locks: ``one`` takes each video's lock itself
         outcomes += [one(plan.vid, 4) for plan in plans]
@@ -868,12 +901,12 @@ def _batch_attempt(
     share = (time.perf_counter() - t0) / len(plans)  # the batch's time, attributed evenly
     for plan, result in zip(plans, results, strict=True):
         try:
+            result.info = {**result.info, "batch_size": len(plans)}
             result = _finish(plan, result, share)
         except Exception as exc:
             _rollback(plan)
             outcomes.append(record(_outcome_from_exception(plan.vid, 4, exc, share)))
             continue
-        result.info["batch_size"] = len(plans)
         outcomes.append(record(StageOutcome(plan.vid, 4, "done", share, result)))
     return False
 

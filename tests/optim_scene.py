@@ -29,8 +29,11 @@ def box_mesh(size: float = BOX_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
     return corners * size / 2, faces
 
 
-def make_scene(body, num_frames: int = 12, name: str = "Synthetic/box/v0"):
-    """-> (ground-truth dict, VideoInputs with perturbed stage 1-3 estimates)."""
+def make_scene(body, num_frames: int = 12, name: str = "Synthetic/box/v0", contact_from: int | None = None):
+    """-> (ground-truth dict, VideoInputs with perturbed stage 1-3 estimates).
+
+    The box rests where the hand will grab it until ``contact_from`` (default T // 3), then moves with
+    the hand."""
     T = num_frames
     J = body.num_joints
     shape = body.default_shape()
@@ -50,11 +53,14 @@ def make_scene(body, num_frames: int = 12, name: str = "Synthetic/box/v0"):
     obj_world = torch.eye(4).repeat(T, 1, 1)
     obj_world[:, :3, 3] = hand_points.mean(1)
     obj_world[:, 1, 3] = hand_points[..., 1].min(1).values - BOX_SIZE / 2 - 0.002
+    contact_from = T // 3 if contact_from is None else contact_from
+    obj_world[:contact_from] = obj_world[contact_from]
     obj_cam = WORLD_TO_CAM @ obj_world
     kp_cam = geometry.apply_homogeneous(out.keypoints, WORLD_TO_CAM)
     kp2d = losses.project(kp_cam, K)
     keypoints = torch.cat([kp2d, torch.ones(T, kp2d.shape[1], 1)], -1)
-    gt = {"pose": pose, "trans": trans, "shape": shape, "keypoints_world": out.keypoints, "obj_world": obj_world}
+    gt = {"pose": pose, "trans": trans, "shape": shape, "keypoints_world": out.keypoints, "obj_world": obj_world,
+          "contact_from": contact_from}  # fmt: skip
 
     generator = torch.Generator().manual_seed(0)
     noisy_pose = pose.clone()
@@ -75,7 +81,7 @@ def make_scene(body, num_frames: int = 12, name: str = "Synthetic/box/v0"):
         object_vertices=verts,
         object_faces=faces,
         object_poses_cam=noisy_obj,
-        contact=torch.tensor([[False, True]] * T),
+        contact=torch.tensor([[False, t >= contact_from] for t in range(T)]),
         ground_z=0.0,
     )
     return gt, video

@@ -144,7 +144,10 @@ def make_scene(
     )  # fmt: skip
     save_render_config(layout.render_config(vid), render_config)
     save_cam_k(layout.cam_k(vid), K)
-    for path, mask in ((layout.first_object_mask(vid), instance[0] == 2), (layout.first_human_mask(vid), instance[0] == 1)):
+    for path, mask in (
+        (layout.first_object_mask(vid), instance[0] == 2),
+        (layout.first_human_mask(vid), instance[0] == 1),
+    ):
         path.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(path), mask.astype(np.uint8) * 255)
     layout.depth_gt(vid).parent.mkdir(parents=True, exist_ok=True)

@@ -276,7 +276,8 @@ def test_models_are_shared_across_videos(tmp_path, config):
     pipeline.MODEL_CACHE.clear()
 
 
-def test_batch_videos_calls_run_batch_once_per_group(tmp_path, config):
+@pytest.mark.parametrize("entry_point", pipeline.BATCH_ENTRY_POINTS)
+def test_batch_videos_calls_run_batch_once_per_group(tmp_path, config, entry_point):
     ids = [f"synth/box/v{i}" for i in range(5)]
     layout = make_results_dir(tmp_path / "res", ids)
     batches: list[list[str]] = []
@@ -285,7 +286,7 @@ def test_batch_videos_calls_run_batch_once_per_group(tmp_path, config):
         batches.append([str(c.video) for c in ctxs])
         return [light._run(ctx, 4) for ctx in ctxs]
 
-    stage4 = SimpleNamespace(NUMBER=4, NAME="optimize", run=lambda ctx: light._run(ctx, 4), run_batch=run_batch)
+    stage4 = SimpleNamespace(NUMBER=4, NAME="optimize", run=lambda ctx: light._run(ctx, 4), **{entry_point: run_batch})
     pipeline.register_stage(4, stage4)
     outcomes = pipeline.run_videos(ids, config, layout.results_dir, batch_videos=2)
     assert batches == [ids[0:2], ids[2:4]]  # the last group has one video: plain run
@@ -397,3 +398,26 @@ def test_check_stage_reports_staleness_without_running(tmp_path, config):
         ok, why = pipeline.check_stage(VID, stage, config, layout.results_dir)
         assert not ok and why.startswith("inputs changed:") and "videos_kling" in why
     assert ran(tmp_path) == []
+
+
+def test_batch_size_is_recorded_in_the_manifest(tmp_path, config):
+    ids = ["synth/box/v0", "synth/box/v1"]
+    layout = make_results_dir(tmp_path / "res", ids)
+    stage4 = SimpleNamespace(NUMBER=4, NAME="optimize", run=lambda ctx: light._run(ctx, 4),
+                             run_many=lambda ctxs: [light._run(ctx, 4) for ctx in ctxs])  # fmt: skip
+    pipeline.register_stage(4, stage4)
+    pipeline.run_videos(ids, config, layout.results_dir, batch_videos=2, skip_steps={5, 6})
+    for vid in ids:
+        assert pipeline.read_manifest(layout, VideoId.parse(vid), 4)["info"]["batch_size"] == 2
+
+
+def test_verbose_rerun_only_when_debug_artefacts_are_missing(tmp_path, config):
+    layout = make_results_dir(tmp_path / "res", [str(VID)])
+    pipeline.run_video(VID, config, layout.results_dir, skip_steps={2, 3, 4, 5, 6})
+    assert pipeline.run_stage(VID, 1, config, layout.results_dir, skip_done=True).info["status"] == "reused"
+    verbose = pipeline.run_stage(VID, 1, config, layout.results_dir, skip_done=True, verbose=True)
+    assert verbose.info["status"] == "done" and pipeline.read_manifest(layout, VID, 1)["verbose"] is True
+    # a verbose result serves later runs with or without --verbose
+    for flag in (True, False):
+        result = pipeline.run_stage(VID, 1, config, layout.results_dir, skip_done=True, verbose=flag)
+        assert result.info["status"] == "reused"

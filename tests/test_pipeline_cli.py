@@ -144,7 +144,12 @@ def test_progress_display_tty_and_plain(tmp_path, caplog):
     vid = VideoId.parse("d/c/v")
     display.update(vid, 4, 0.5, "init_opt")
     text = stream.getvalue()
-    assert "[1/2] d/c/v [#######-----]" in text and "stage 4 optimize [##########----------]  50% init_opt" in text
+    assert (
+        "[1/2] d/c/v [#######-----]" in text and "stage 4 optimize [##########----------]  50%     0s init_opt" in text
+    )
+    for step in range(1000):  # a fast loop redraws at most ~10 times a second
+        display.update(vid, 4, 0.5 + step / 4000, "iter")
+    assert stream.getvalue().count("iter") < 5
     display.close()
     assert stream.getvalue().endswith("\r\x1b[2K")
     plain = ProgressDisplay(io.StringIO(), total_videos=1, stages=[4], tty=False)
@@ -220,3 +225,24 @@ def test_python_dash_m_entry_point(results):
 def test_registry_lists_every_stage():
     assert sorted(pipeline.STAGE_MODULES) == [1, 2, 3, 4, 5, 6]
     assert sorted(pipeline.STAGE_CONFIG_KEYS) == [1, 2, 3, 4, 5, 6]
+
+
+def test_verbose_and_static_object_flags_reach_the_stages(results):
+    from types import SimpleNamespace
+
+    seen = []
+
+    def run(ctx):
+        seen.append((ctx.verbose, ctx.is_static_obj, ctx.device))
+        return light._run(ctx, 3)
+
+    pipeline.register_stage(3, SimpleNamespace(NUMBER=3, NAME="object_pose", run=run))
+    args = ["--video_id", "synth/box/v0", "--skip_step4", "--skip_step5", "--skip_step6"]
+    assert cli(results, *args, "--verbose", "--is_static_obj") == 0
+    assert seen == [(True, True, "cpu")]
+    vid = VideoId.parse("synth/box/v0")
+    assert manifests(results, vid)[3]["config"]["is_static_obj"] is True
+    assert "is_static_obj" not in manifests(results, vid)[2]["config"]
+    # the flag is part of stage 3's cache key: without it stage 3 reruns, stages 1-2 do not
+    assert cli(results, *args, "--skip_done") == 0
+    assert seen[-1] == (False, False, "cpu") and len(seen) == 2

@@ -166,3 +166,41 @@ def test_background_image_and_errors():
         render([Mesh(np.zeros((3, 3)), np.array([[0, 1, 5]]))], K, np.eye(4), (H, W))
     with pytest.raises(ValueError, match="frame counts"):
         render([Mesh(np.zeros((2, 3, 3)), np.array([[0, 1, 2]]))], K, np.eye(4)[None].repeat(3, 0), (H, W))
+
+
+def test_backface_culling_keeps_closed_mesh_image():
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.3)
+    box = trimesh.creation.box(extents=[0.3, 0.3, 0.3])
+    T = 3
+    shift = np.stack([np.linspace(-0.2, 0.2, T), np.zeros(T), np.full(T, 2.0)], 1)
+    for orthographic in (False, True):
+        K_view = K if not orthographic else np.array([[150.0, 0, W / 2], [0, 150.0, H / 2], [0, 0, 1]])
+        images = []
+        for cull in (False, True):
+            meshes = [
+                Mesh(sphere.vertices[None] + shift[:, None], sphere.faces, None, 1, cull_backfaces=cull),
+                Mesh(box.vertices + [0.25, 0.1, 1.7], box.faces, None, 2, smooth=False, cull_backfaces=cull),
+            ]
+            images.append(render(meshes, K_view, np.eye(4), (H, W), orthographic=orthographic))
+        assert torch.equal(images[0].instance, images[1].instance)
+        assert torch.allclose(images[0].rgb, images[1].rgb, atol=1e-6)
+        assert (images[0].instance > 0).sum() > 1000
+    # Inverted winding + culling removes the front faces: the far (inner) side shows instead.
+    flipped = Mesh(sphere.vertices + [0, 0, 2.0], sphere.faces[:, ::-1].copy(), None, 1, cull_backfaces=True)
+    far_side = render([flipped], K, np.eye(4), (H, W))
+    assert float(far_side.depth[0, H // 2, W // 2]) == pytest.approx(2.3, abs=0.01)
+
+
+def test_barycentrics_interpolate_vertex_positions():
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.4)
+    vertices = sphere.vertices + [0.1, -0.05, 2.5]
+    out = render([Mesh(vertices, sphere.faces, None, 1)], K, np.eye(4), (H, W), return_barycentrics=True)
+    assert render([Mesh(vertices, sphere.faces, None, 1)], K, np.eye(4), (H, W)).barycentrics is None
+    hit = out.face_id[0] >= 0
+    corners = torch.as_tensor(vertices, dtype=torch.float32)[torch.as_tensor(sphere.faces)[out.face_id[0][hit]]]
+    points = (out.barycentrics[0][hit][..., None] * corners).sum(1)  # (n,3) camera = world here
+    assert torch.allclose(points[:, 2], out.depth[0][hit], atol=1e-4)
+    ys, xs = hit.nonzero(as_tuple=True)
+    u = points[:, 0] / points[:, 2] * F + W / 2
+    v = points[:, 1] / points[:, 2] * F + H / 2
+    assert torch.allclose(u, xs.float() + 0.5, atol=1e-2) and torch.allclose(v, ys.float() + 0.5, atol=1e-2)

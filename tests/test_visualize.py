@@ -57,6 +57,7 @@ def test_all_artifacts_decode_with_input_frame_count(clean):
         assert frames.shape == (scene.num_frames, *size, 3), name
         assert fps == pytest.approx(30.0)
     assert (out_dir / "input.mp4").read_bytes() == scene.layout.video(scene.video).read_bytes()
+    assert scene.layout.scenepic_page(scene.video).read_bytes() == (out_dir / "recon_result.html").read_bytes()
     assert result.metrics["frames"] == scene.num_frames
 
 
@@ -174,3 +175,39 @@ def test_scenepic_page_opens_in_chromium(clean):
     non_white = (np.abs(region - 255).sum(-1) > 30).mean()
     assert non_white > 0.02, f"canvas looks empty ({non_white:.3%} drawn)"
     shutil.copy(html, ARTIFACTS / "recon_result.html")
+
+
+def test_with_recon_config(tmp_path):
+    """The pipeline hands stage 6 a ReconConfig: its visualization options are honoured."""
+    from reconstruction.config import load_config
+
+    scene = build_scene(tmp_path, num_frames=3, image_size=(64, 96), name="cfg")
+    config = load_config(None).merge({"visualization": {"vis_html": False, "extra_views": []}})
+    result = _run(scene, config=config)
+    assert sorted(p.name for p in result.files) == ["input.mp4", "recon_comparison.mp4", "recon_result.mp4"]
+    frames, _ = read_video(scene.layout.result_vis(scene.video) / "recon_comparison.mp4")
+    assert frames.shape == (3, 64, 3 * 96, 3)
+    disabled = _run(scene, config=load_config(None).merge({"visualization": {"enable": False}}))
+    assert disabled.files == []
+
+
+def test_cancel_mid_run_keeps_previous_outputs(tmp_path):
+    from reconstruction.stages.base import StageCancelled
+
+    scene = build_scene(tmp_path, num_frames=visualize.FRAMES_PER_CHUNK + 2, image_size=(48, 64), name="cancel")
+    config = {"visualization": {"vis_html": False}}
+    _run(scene, config=config)
+    out_dir = scene.layout.result_vis(scene.video)
+    before = {p.name: p.read_bytes() for p in out_dir.glob("*.mp4")}
+    calls = []
+
+    def cancel_on_second_chunk():
+        calls.append(1)
+        return len(calls) >= 2
+
+    ctx = StageContext(video=scene.video, layout=scene.layout, config=config, should_cancel=cancel_on_second_chunk)
+    with pytest.raises(StageCancelled):
+        visualize.run(ctx)
+    after = {p.name: p.read_bytes() for p in out_dir.glob("*.mp4")}
+    assert after == before, "a cancelled run must not replace or truncate earlier outputs"
+    assert not list(out_dir.glob(".*tmp-*"))

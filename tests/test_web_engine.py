@@ -50,7 +50,7 @@ def quick_config() -> str:
 @pytest.mark.skipif(
     bool(_missing_engine_modules()), reason=f"engine not complete on this branch: {_missing_engine_modules()}"
 )
-def test_six_real_stages_through_a_worker(client, storage, admin_user, rq_clean, settings):
+def test_six_real_stages_through_a_worker(client, storage, admin_user, rq_clean, settings, live_server):
     from django.core.management import call_command
 
     results = storage / "synthetic"
@@ -92,3 +92,38 @@ def test_six_real_stages_through_a_worker(client, storage, admin_user, rq_clean,
     assert page.status_code == 200
     assert any(c["title"].startswith("Loss") for c in page.context["charts"]), "loss curves from loss_history.json"
     assert client.get(f"/runs/{run.pk}/files/scenepic").status_code == 200
+    _look_at_it_in_chromium(live_server.url, client, run)
+
+
+def _look_at_it_in_chromium(base_url: str, client, run) -> None:
+    """The real artefacts in the browser: the comparison video decodes, the charts and ScenePic render."""
+    import os
+    from pathlib import Path
+
+    if not Path("/usr/bin/chromium").exists():
+        return
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_web_browser import ARGS, ARTIFACTS
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    session = client.cookies["sessionid"].value
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
+        context = browser.new_context(viewport={"width": 1440, "height": 1000})
+        context.add_cookies([{"name": "sessionid", "value": session, "url": base_url}])
+        page = context.new_page()
+        page.goto(f"{base_url}/runs/{run.pk}/")
+        page.evaluate("document.querySelector('#video-comparison').play()")
+        page.wait_for_function("document.querySelector('#video-comparison').readyState >= 2", timeout=20000)
+        page.wait_for_selector(".chart .main-svg", timeout=20000)  # plotly drew the charts
+        page.frame_locator("#scenepic").locator("canvas").first.wait_for(timeout=20000)
+        page.evaluate("document.querySelector('#video-comparison').pause()")
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(ARTIFACTS / "web_engine_run.png"), full_page=True)
+        context.close()
+        browser.close()
+    from django.db import connections
+
+    connections.close_all()

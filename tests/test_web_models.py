@@ -88,7 +88,8 @@ def test_progress_finish_and_filter_report(storage, rq_clean):
     run.refresh_from_db()
     assert run.status == Run.RUNNING
     assert run.failed_check == "object_mask", "the first failed check names the triage column"
-    assert run.metrics == {"contact_distance": 0.01, "keypoint_tracking": 12.5}
+    assert run.metrics == {"contact_distance": 0.01, "keypoint_tracking": 12.5, "filter/camera_translation": 0.0,
+                           "filter/object_mask": 0.61, "filter/penetration": 0.001}  # fmt: skip
     run.record_stage_finished(jobs[-1], 2.0, {}, {"gt_metrics": {"mpjpe_m": 0.05}})
     run.refresh_from_db()
     assert run.status == Run.SUCCEEDED and run.finished_at is not None and run.gt_metrics == {"mpjpe_m": 0.05}
@@ -201,3 +202,23 @@ def test_filter_report_spellings(storage):
     run.apply_filter_report({"valid": False, "checks": [{"name": "object_on_table", "passed": False, "skipped": True},
                                                         {"name": "object_motion", "value": 0.0, "threshold": 0.02, "ok": False}]})  # fmt: skip
     assert run.failed_check == "object_motion", "a skipped check never names the failure"
+
+
+def test_filter_report_of_the_engine(storage):
+    """The format reconstruction.stages.filtering writes: verdict pass | fail | skipped | truncate."""
+    run = make_run()
+    run.apply_filter_report({
+        "verdict": "invalid", "first_failure": "object_mask",
+        "checks": [{"name": "camera_trans", "value": 0.0, "threshold": 0.1, "verdict": "pass", "detail": ""},
+                   {"name": "object_on_table", "value": None, "threshold": None, "verdict": "skipped", "detail": "no table"},
+                   {"name": "object_mask", "value": 0.7, "threshold": 0.5, "verdict": "truncate", "detail": ""},
+                   {"name": "static_human", "value": 0.001, "threshold": 0.01, "verdict": "fail", "detail": ""}],
+    })  # fmt: skip
+    assert run.failed_check == "static_human"
+    by_name = {c["name"]: c for c in run.filter_report["checks"]}
+    assert (
+        by_name["object_on_table"]["skipped"]
+        and by_name["object_mask"]["passed"]
+        and by_name["object_mask"]["truncated"]
+    )
+    assert by_name["camera_trans"]["passed"] and not by_name["static_human"]["passed"]

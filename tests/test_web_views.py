@@ -428,3 +428,12 @@ def test_management_commands(storage, rq_clean, capsys):
     assert Run.objects.filter(video__video_id="gr/mugs/fresh").count() == 1
     jobs = imported.retry()
     assert [j.stage for j in jobs] == [6], "a retry of an imported run only runs what is missing"
+
+
+def test_metric_columns_are_chosen_and_kept_in_links(client, storage, viewer_user):
+    _seed_runs()
+    client.force_login(viewer_user)
+    response = client.get("/?col=jitter&sort=-created&dataset=ds")
+    assert response.context["metric_cols"] == ["jitter"]
+    assert "col=jitter" in response.context["querystring"] and "dataset=ds" in response.context["querystring"]
+    assert response.context["metric_cols"] != client.get("/").context["metric_cols"]

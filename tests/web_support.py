@@ -185,7 +185,6 @@ def worker_env(settings, extra: dict[str, str] | None = None) -> dict[str, str]:
         RESULTS_DIR=str(settings.RESULTS_DIR),
         MEDIA_ROOT=str(settings.MEDIA_ROOT),
         HOIWEB_HEARTBEAT_SECONDS="0.5",
-        HOIWEB_WORKER_DEAD_AFTER_SECONDS="3",
         PYTHONPATH=str(REPO),
         DEBUG="1",
         HOIWEB_DEVICE="cpu",

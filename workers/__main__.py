@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             while not stop.wait(settings.HEARTBEAT_SECONDS):
                 WorkerHeartbeat.objects.filter(name=name).update(last_seen=timezone.now())
-                StageJob.reap_dead()
+                StageJob.reap_dead(exclude_worker=name)
         finally:
             connection.close()
 

@@ -186,6 +186,9 @@ def run_stage_job(run_id: int, stage: int, stage_job_id: int | None = None) -> d
                 progress=reporter.progress,
                 should_cancel=reporter.should_cancel,
                 models=MODELS,
+                # A stage whose manifest still matches (same inputs, config subtree, outputs) is reused, so a
+                # relaunch with a changed stage-4 weight reruns stages 4-6 only.
+                skip_done=True,
             )
         except StageCancelled as exc:
             _finish_job(job, StageJob.CANCELLED, time.monotonic() - started, tail, error=str(exc) or "cancelled")

@@ -19,7 +19,7 @@ from hoiweb.charts import run_charts
 from hoiweb.engine import config_diff
 from hoiweb.forms import BulkReviewForm, ReviewForm
 from hoiweb.models import REASON_TAGS, STAGE_LABELS, Category, Dataset, Run, RunStateError, StageJob
-from hoiweb.queries import RunFilter, gt_metric_names, metric_names
+from hoiweb.queries import RunFilter, distinct_values, gt_metric_names, metric_names
 from hoiweb.views.files import serve_file
 
 SERVED_FILES = {
@@ -45,11 +45,11 @@ def runs_list(request):
     paginator = Paginator(qs, request.GET.get("per_page") if str(request.GET.get("per_page", "")).isdigit() else 50)
     page = paginator.get_page(request.GET.get("page"))
     metrics = metric_names()
-    shown = [m for m in request.GET.getlist("col") if m in metrics] or metrics[:4]
+    shown = [m for m in request.GET.getlist("col") if m in metrics] or default_metric_columns(metrics)
     runs = list(page.object_list)
-    for run in runs:
+    for run in runs:  # precomputed here: template filter calls per cell dominate the page's render time
         run.metric_values = [run.metrics.get(m) for m in shown]
-        run.stage_rows = _stage_rows(run) if run.is_active else []
+        run.mini_stages = [(n, (run.stages.get(str(n)) or {}).get("status", "pending")) for n in run.stage_numbers()]
     context = {
         "page": page,
         "runs": runs,
@@ -62,8 +62,8 @@ def runs_list(request):
         "categories": Category.objects.select_related("dataset"),
         "statuses": [s for s, _ in Run.STATUS_CHOICES],
         "review_states": [s for s, _ in Run.REVIEW_CHOICES],
-        "failed_checks": _failed_checks(),
-        "configs": Run.objects.order_by().values_list("config_name", flat=True).distinct(),
+        "failed_checks": distinct_values("failed_check"),
+        "configs": distinct_values("config_name"),
         "reason_tags": REASON_TAGS,
         "sort": run_filter.sort,
         "total": paginator.count,
@@ -71,8 +71,13 @@ def runs_list(request):
     return render(request, "hoiweb/runs_list.html", context)
 
 
-def _failed_checks() -> list[str]:
-    return list(Run.objects.order_by("failed_check").values_list("failed_check", flat=True).distinct())
+PREFERRED_COLUMNS = ("eval/contact", "eval/penetration", "eval/keypoint_tracking", "mpjpe", "object_translation_error",
+                     "object_rotation_error_deg", "jitter", "contact_distance", "penetration_ratio")  # fmt: skip
+
+
+def default_metric_columns(names: list[str], count: int = 5) -> list[str]:
+    preferred = [m for m in PREFERRED_COLUMNS if m in names]
+    return (preferred + [m for m in names if m not in preferred])[:count]
 
 
 @require_GET
@@ -120,7 +125,10 @@ def run_status(request, run_id: int):
 
 
 def run_status_payload(run: Run) -> dict:
+    running = run.jobs.filter(status=StageJob.RUNNING).order_by("-attempt", "stage").first() if run.is_active else None
     return {
+        "log_tail": "\n".join(running.log_tail.splitlines()[-25:]) if running else "",
+        "worker": running.worker_name if running else "",
         "id": run.pk,
         "status": run.status,
         "active": run.is_active,
@@ -141,7 +149,11 @@ def run_file(request, run_id: int, name: str):
     download = None
     if name == "hoi_data":
         download = f"{run.video.video_id.replace('/', '__')}__hoi_data.pkl"
-    return serve_file(request, path, download_name=download)
+    response = serve_file(request, path, download_name=download)
+    if name in ("scenepic", "scenepic_page"):
+        # The 3D page runs its own scripts: sandbox it into an opaque origin (no cookies, no access to the app).
+        response["Content-Security-Policy"] = "sandbox allow-scripts"
+    return response
 
 
 @require_POST
@@ -261,6 +273,6 @@ def triage(request):
         "filter": base,
         "datasets": Dataset.objects.all(),
         "statuses": [s for s, _ in Run.STATUS_CHOICES],
-        "configs": Run.objects.order_by().values_list("config_name", flat=True).distinct(),
+        "configs": distinct_values("config_name"),
     }
     return render(request, "hoiweb/triage.html", context)

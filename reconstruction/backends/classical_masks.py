@@ -29,9 +29,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ClassicalMaskConfig:
-    diff_threshold: float = 10.0  # Lab distance (L in [0,100]) above which a pixel differs from background
+    diff_threshold: float = 7.0  # Lab distance (L in [0,100]) above which a pixel differs from background
     colour_bins: int = 16  # histogram bins per Lab channel
     prior_weight: float = 3.0  # log-odds bonus for object pixels carried by flow from the previous frame
+    spatial_weight: float = 2.0  # log-odds for "nearer the carried object than the carried human"
     object_margin: float = 0.0  # object iff log P(c|obj) + prior > log P(c|human) + margin
     search_radius_frac: float = 0.03  # object may appear this far (x image diagonal) from its prior
     selfie_threshold: float = 0.5
@@ -61,6 +62,35 @@ def colour_bins(lab: np.ndarray, bins: int) -> np.ndarray:
     scaled = np.stack([lab[..., 0] / 100.0, (lab[..., 1] + 128.0) / 256.0, (lab[..., 2] + 128.0) / 256.0], axis=-1)
     q = np.clip((scaled * bins).astype(np.int32), 0, bins - 1)
     return (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
+
+
+class ColourModel:
+    """A class's Lab colour distribution: the frame-0 histogram mixed with a running one.
+
+    New shades appear as the object turns (a side face, shading); the running part learns them from
+    confidently labelled pixels while the frame-0 part keeps the model anchored.
+    """
+
+    def __init__(self, first_samples: np.ndarray, bins: int, anchor: float = 0.4, rate: float = 0.3) -> None:
+        self.bins, self.anchor, self.rate = bins, anchor, rate
+        self.first = self._distribution(first_samples)
+        self.recent = self.first.copy()
+        self.table = self._log_table()
+
+    def _distribution(self, samples: np.ndarray) -> np.ndarray:
+        hist = np.bincount(samples.ravel(), minlength=self.bins**3).astype(np.float64)
+        return hist / max(hist.sum(), 1.0)
+
+    def _log_table(self) -> np.ndarray:
+        mixed = self.anchor * self.first + (1 - self.anchor) * self.recent
+        hist = ndimage.gaussian_filter(mixed.reshape((self.bins,) * 3), sigma=0.8, mode="nearest")
+        return np.log(hist.ravel() / max(hist.sum(), 1e-12) + 1e-6).astype(np.float32)
+
+    def update(self, samples: np.ndarray, min_samples: int = 30) -> None:
+        if samples.size < min_samples:
+            return
+        self.recent = (1 - self.rate) * self.recent + self.rate * self._distribution(samples)
+        self.table = self._log_table()
 
 
 def colour_log_likelihood(samples: np.ndarray, bins: int) -> np.ndarray:
@@ -121,6 +151,13 @@ def keep_components_touching(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
     return touched[labels] if touched.any() else mask
 
 
+def _distance_to(mask: np.ndarray) -> np.ndarray:
+    """Pixel distance to the nearest pixel of ``mask`` (large everywhere when it is empty)."""
+    if not mask.any():
+        return np.full(mask.shape, 1e4, dtype=np.float32)
+    return cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 3)
+
+
 def warp_with_flow(mask: np.ndarray, flow_to_prev: np.ndarray, grid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Carry a mask of frame t-1 to frame t with the flow t -> t-1 (backward warping)."""
     map_x = grid[0] + flow_to_prev[..., 0]
@@ -156,8 +193,8 @@ def track_masks(
     core_object = cv2.erode(first_object.astype(np.uint8), _disk(1)).astype(bool)
     core_human = cv2.erode(first_human.astype(np.uint8), _disk(1)).astype(bool)
     log_bg = colour_log_likelihood(bins[0][core_background], config.colour_bins)
-    log_obj = colour_log_likelihood(bins[0][core_object if core_object.any() else first_object], config.colour_bins)
-    log_hum = colour_log_likelihood(bins[0][core_human if core_human.any() else first_human], config.colour_bins)
+    object_colours = ColourModel(bins[0][core_object if core_object.any() else first_object], config.colour_bins)
+    human_colours = ColourModel(bins[0][core_human if core_human.any() else first_human], config.colour_bins)
 
     person_prob = None
     if config.use_selfie:
@@ -172,7 +209,7 @@ def track_masks(
     background_lab = lab[0].copy()
     background_known = core_background.copy()
     grid = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-    flow_engine = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    flow_engine = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
     gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
     diagonal = float(np.hypot(height, width))
     search = _disk(max(int(round(config.search_radius_frac * diagonal)), 1))
@@ -191,12 +228,17 @@ def track_masks(
         difference = np.linalg.norm(lab[t] - background_lab, axis=-1)
         fg_known = difference > config.diff_threshold
         # Unknown background: the colour model says foreground, or the person segmenter does.
-        fg_colour = np.maximum(log_obj, log_hum)[bins[t]] > log_bg[bins[t]]
+        log_obj, log_hum = object_colours.table[bins[t]], human_colours.table[bins[t]]
+        fg_colour = np.maximum(log_obj, log_hum) > log_bg[bins[t]]
         if person_prob is not None:
             fg_colour |= person_prob[t] > config.selfie_threshold
         foreground = np.where(background_known, fg_known, fg_colour)
 
-        object_score = log_obj[bins[t]] - log_hum[bins[t]] + config.prior_weight * carried_object
+        # Colour decides where it is clear; shades neither model knows (a face turning into view)
+        # go to whichever instance, carried by the flow, is nearer.
+        carried_human = warp_with_flow(human_masks[t - 1], flow, grid)
+        nearer_object = np.clip((_distance_to(carried_human) - _distance_to(carried_object)) / config.kernel_px, -1, 1)
+        object_score = log_obj - log_hum + config.prior_weight * carried_object + config.spatial_weight * nearer_object
         near_prior = cv2.dilate((object_prior | carried_object).astype(np.uint8), search).astype(bool)
         obj = foreground & near_prior & (object_score > config.object_margin)
         obj = clean_mask(obj, config.kernel_px, min_blob)
@@ -210,6 +252,13 @@ def track_masks(
         human = clean_mask(human, config.kernel_px, min_blob) & ~obj
 
         object_masks[t], human_masks[t] = obj, human
+        # Learn new shades only from pixels the background difference confirms (known background):
+        # learning from colour-decided pixels would let a mistake teach itself (drift).
+        confident = _disk(2)
+        object_core = cv2.erode(obj.astype(np.uint8), confident).astype(bool) & background_known & fg_known
+        human_core = cv2.erode(human.astype(np.uint8), confident).astype(bool) & background_known & fg_known
+        object_colours.update(bins[t][object_core])
+        human_colours.update(bins[t][human_core])
         # Keep the occluded object part only while something (the human) still covers it.
         object_prior = obj | (object_prior & human)
         # Background revealed: unknown pixels confidently neither human nor object join the model.

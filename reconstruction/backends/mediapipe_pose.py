@@ -46,6 +46,14 @@ class MediaPipePoseSettings:
     hand_crop_size: int = 256  # crop side after upscaling, pixels
 
 
+@dataclass
+class PoseDetections:
+    keypoints_2d: np.ndarray  # (T, 75, 3) x_px, y_px, confidence (0 = not detected)
+    # (T, 33, 4) MediaPipe's metric 3D body landmarks (x right, y down, z away from the camera, origin
+    # between the hips) + visibility; a learned depth cue the 2D points lack. Zeros where not detected.
+    body_3d: np.ndarray
+
+
 class MediaPipePoseDetector:
     """Pose (tracking mode) + Hands on whole videos. Build once per process, reuse across videos."""
 
@@ -87,8 +95,8 @@ class MediaPipePoseDetector:
         frames: np.ndarray,
         progress: Callable[[float], None] | None = None,
         check_cancelled: Callable[[], None] | None = None,
-    ) -> np.ndarray:
-        """frames (T, H, W, 3) uint8 RGB -> keypoints (T, 75, 3) float32 (x_px, y_px, confidence)."""
+    ) -> PoseDetections:
+        """frames (T, H, W, 3) uint8 RGB -> detections (keypoints (T, 75, 3) float32 and 3D body landmarks)."""
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"frames must be (T,H,W,3) uint8 RGB, got {frames.shape} {frames.dtype}")
         # Tracking mode keeps state between frames: a new video must not inherit the last one's.
@@ -96,13 +104,15 @@ class MediaPipePoseDetector:
         self._hands.reset()
         num_frames, height, width = frames.shape[:3]
         keypoints = np.zeros((num_frames, NUM_BODY + 2 * NUM_HAND, 3), dtype=np.float32)
+        body_3d = np.zeros((num_frames, NUM_BODY, 4), dtype=np.float32)
         for t in range(num_frames):
             if check_cancelled is not None and t % 8 == 0:
                 check_cancelled()
             frame = np.ascontiguousarray(frames[t])
-            body = self._detect_body(frame)
+            body, world = self._detect_body(frame)
             if body is not None:
                 keypoints[t, :NUM_BODY] = body
+                body_3d[t] = world
             hands = self._detect_hands(self._hands, frame, offset=(0.0, 0.0), scale=1.0)
             left, right = assign_hands(
                 hands, keypoints[t, :NUM_BODY], self.settings.hand_max_wrist_dist, (height, width)
@@ -118,20 +128,23 @@ class MediaPipePoseDetector:
                 keypoints[t, RIGHT_HAND_SLICE] = right
             if progress is not None:
                 progress((t + 1) / num_frames)
-        return keypoints
+        return PoseDetections(keypoints_2d=keypoints, body_3d=body_3d)
 
     # ---- pieces -----------------------------------------------------------------------------------
-    def _detect_body(self, frame: np.ndarray) -> np.ndarray | None:
+    def _detect_body(self, frame: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
         result = self._pose.process(frame)
         if result.pose_landmarks is None:
-            return None
+            return None, None
         height, width = frame.shape[:2]
         landmarks = result.pose_landmarks.landmark
         body = np.array([[lm.x * width, lm.y * height, lm.visibility] for lm in landmarks], dtype=np.float32)
         # Landmarks extrapolated outside the image are guesses: keep them but trust them less.
         outside = (body[:, 0] < 0) | (body[:, 0] >= width) | (body[:, 1] < 0) | (body[:, 1] >= height)
         body[outside, 2] *= 0.25
-        return body
+        world = np.array(
+            [[lm.x, lm.y, lm.z, lm.visibility] for lm in result.pose_world_landmarks.landmark], dtype=np.float32
+        )
+        return body, world
 
     @staticmethod
     def _detect_hands(

@@ -38,11 +38,11 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrackerConfig:
     window: int = 4  # frames solved together
-    iterations: int = 20  # Levenberg-Marquardt iterations per window
-    visibility_refresh: int = 4  # re-render the visible points every this many iterations
-    contour_samples: int = 400  # model outline points per frame
-    interior_samples: int = 400  # visible model points per frame
-    mask_contour_samples: int = 400  # object-mask outline pixels per frame (coverage term)
+    iterations: int = 15  # Levenberg-Marquardt iterations per window
+    visibility_refresh: int = 3  # re-render the visible points every this many iterations
+    contour_samples: int = 300  # model outline points per frame
+    interior_samples: int = 300  # visible model points per frame
+    mask_contour_samples: int = 300  # object-mask outline pixels per frame (coverage term)
     weight_contour: float = 1.0
     weight_interior: float = 1.0
     weight_coverage: float = 0.5
@@ -181,6 +181,54 @@ def _pick(candidates: torch.Tensor, count: int, generator: torch.Generator) -> t
     return top.indices, top.values >= 0
 
 
+@dataclass
+class CropRender:
+    """The renderer's face ids and barycentrics inside the window's bounding box of the object."""
+
+    face_id: torch.Tensor  # (W,h,w) -1 = nothing
+    barycentrics: torch.Tensor  # (W,h,w,3)
+    top: int
+    left: int
+
+    def full_silhouette(self, size: tuple[int, int]) -> torch.Tensor:
+        """(W,H,W) bool silhouette in the full image."""
+        out = torch.zeros((self.face_id.shape[0], *size), dtype=torch.bool, device=self.face_id.device)
+        h, w = self.face_id.shape[1:]
+        out[:, self.top : self.top + h, self.left : self.left + w] = self.face_id >= 0
+        return out
+
+
+@torch.no_grad()
+def render_crop(
+    poses: torch.Tensor, vertices: torch.Tensor, faces: torch.Tensor, K: np.ndarray, size: tuple[int, int], pad: int = 4
+) -> CropRender:
+    """Rasterise only the box around the projected mesh (shifted principal point): the object covers
+    a few percent of the frame, so this is many times cheaper than a full-frame render."""
+    from reconstruction.render import Mesh, render
+
+    cam = transform(poses, vertices)
+    K_t = torch.as_tensor(K, dtype=cam.dtype, device=cam.device)
+    in_front = cam[..., 2] > 1e-3
+    pixels = project(cam, K_t)[in_front] if bool(in_front.any()) else torch.zeros(1, 2, device=cam.device)
+    height, width = size
+    left = int(max(0, min(width - 1, float(pixels[:, 0].min()) - pad)))
+    top = int(max(0, min(height - 1, float(pixels[:, 1].min()) - pad)))
+    right = int(max(left + 1, min(width, float(pixels[:, 0].max()) + pad + 1)))
+    bottom = int(max(top + 1, min(height, float(pixels[:, 1].max()) + pad + 1)))
+    K_crop = np.array(K, dtype=np.float64, copy=True)
+    K_crop[0, 2] -= left
+    K_crop[1, 2] -= top
+    out = render(
+        [Mesh(cam.float(), faces, instance_id=2)],
+        K_crop,
+        np.eye(4),
+        (bottom - top, right - left),
+        device=cam.device,
+        return_barycentrics=True,
+    )
+    return CropRender(out.face_id, out.barycentrics, top, left)
+
+
 @torch.no_grad()
 def visible_points(
     poses: torch.Tensor,
@@ -192,15 +240,13 @@ def visible_points(
     generator: torch.Generator,
 ) -> VisiblePoints:
     """Render the mesh at ``poses`` and lift sampled silhouette pixels back to model-frame points."""
-    from reconstruction.render import Mesh, render
-
-    out = render([Mesh(transform(poses, vertices), faces, instance_id=2)], K, np.eye(4), size, device=vertices.device)
+    crop = render_crop(poses, vertices, faces, K, size)
     num = poses.shape[0]
-    silhouette = out.face_id >= 0  # (W,H,W)
+    silhouette = crop.face_id >= 0  # (W,h,w)
     eroded = -F.max_pool2d(-silhouette.float()[:, None], 3, stride=1, padding=1)[:, 0] > 0.5
     outline = (silhouette & ~eroded).reshape(num, -1)
-    face_id = out.face_id.reshape(num, -1)
-    bary = out.barycentrics.reshape(num, -1, 3)
+    face_id = crop.face_id.reshape(num, -1)
+    bary = crop.barycentrics.reshape(num, -1, 3)
 
     def lift(indices: torch.Tensor) -> torch.Tensor:
         f = torch.gather(face_id, 1, indices).clamp(min=0)
@@ -265,13 +311,16 @@ class NormalEquations:
     cost: torch.Tensor
 
 
-def _accumulate(residual: torch.Tensor, jacobian: torch.Tensor, weight: torch.Tensor, eq: NormalEquations) -> None:
-    """Add residuals (W,N) with jacobians (W,N,6) and per-residual weights (W,N) to ``eq``."""
+def _accumulate(
+    residual: torch.Tensor, jacobian: torch.Tensor | None, weight: torch.Tensor, eq: NormalEquations
+) -> None:
+    """Add residuals (W,N) with jacobians (W,N,6) (None: cost only) and weights (W,N) to ``eq``."""
     wr = residual * weight
-    wj = jacobian * weight[..., None]
-    eq.hessian += torch.einsum("wni,wnj->wij", wj, wj)
-    eq.gradient += torch.einsum("wni,wn->wi", wj, wr)
     eq.cost += (wr**2).sum(1)
+    if jacobian is not None:
+        wj = jacobian * weight[..., None]
+        eq.hessian += wj.transpose(1, 2) @ wj
+        eq.gradient += (wj.transpose(1, 2) @ wr[..., None])[..., 0]
 
 
 def data_terms(
@@ -304,7 +353,7 @@ def data_terms(
             # occluder never makes object pixels appear, so a model outline inside the mask is wrong.
             valid = valid * torch.where(inside_only, (value < 0).to(dtype), torch.ones_like(value))
         w = valid * _irls(value, config.robust_px) * (weight / norm) ** 0.5
-        jac = torch.zeros(*value.shape, 6, dtype=dtype, device=device)
+        jac = None
         if with_jacobian:
             image_grad = torch.stack(
                 [sample_image(grad[frames, :1], pixels, size), sample_image(grad[frames, 1:], pixels, size)], -1
@@ -340,9 +389,9 @@ def data_terms(
         * _irls(gap.norm(dim=-1), config.robust_px)
         * (config.weight_coverage / valid.sum(1, keepdim=True).clamp(min=1)) ** 0.5
     )
-    d_pixel = _projection_jacobian(matched_cam, K) @ _point_jacobian(matched_cam, centres)  # (W,M,2,6)
+    d_pixel = _projection_jacobian(matched_cam, K) @ _point_jacobian(matched_cam, centres) if with_jacobian else None
     for axis in range(2):
-        _accumulate(gap[..., axis], d_pixel[..., axis, :], w, eq)
+        _accumulate(gap[..., axis], None if d_pixel is None else d_pixel[..., axis, :], w, eq)
 
     if evidence.depth is not None:
         pixels = project(interior_cam, K)
@@ -351,7 +400,7 @@ def data_terms(
         usable = ((observed > 0) & in_mask & points.interior_valid).to(dtype)
         residual = (interior_cam[..., 2] - observed) / config.depth_scale_m
         w = usable * _irls(residual, 1.0) * (config.weight_depth / usable.sum(1, keepdim=True).clamp(min=1)) ** 0.5
-        jac = _point_jacobian(interior_cam, centres)[..., 2, :] / config.depth_scale_m
+        jac = _point_jacobian(interior_cam, centres)[..., 2, :] / config.depth_scale_m if with_jacobian else None
         _accumulate(residual, jac, w, eq)
     return eq
 
@@ -432,11 +481,8 @@ def coarse_align(
     Silhouette energies only see a few pixels around the outline; a jump larger than that (fast motion,
     small objects) needs this global 2D moment match first. Returns the new (W,3) centres.
     """
-    from reconstruction.render import Mesh, render
-
     poses = _poses(rotations, centres, centroid).float()
-    out = render([Mesh(transform(poses, mesh[0]), mesh[1], instance_id=2)], K, np.eye(4), size, device=mesh[0].device)
-    predicted = (out.face_id >= 0) & ~human_masks
+    predicted = render_crop(poses, mesh[0], mesh[1], K, size).full_silhouette(size) & ~human_masks
     observed = object_masks
     height, width = size
     ys = torch.arange(height, dtype=centres.dtype, device=centres.device)[:, None] + 0.5
@@ -453,7 +499,7 @@ def coarse_align(
     area_o, cx_o, cy_o = moments(observed)
     usable = (area_p >= min_pixels) & (area_o >= min_pixels)
     K_t = torch.as_tensor(K, dtype=centres.dtype, device=centres.device)
-    depth_ratio = torch.where(usable, (area_p / area_o.clamp(min=1)).sqrt().clamp(0.85, 1.18), torch.ones_like(area_p))
+    depth_ratio = torch.where(usable, (area_p / area_o.clamp(min=1)).sqrt().clamp(0.95, 1.05), torch.ones_like(area_p))
     new_z = centres[:, 2] * depth_ratio
     centre_px = project(centres[:, None], K_t)[:, 0]
     target_u = centre_px[:, 0] + torch.where(usable, cx_o - cx_p, torch.zeros_like(cx_o))

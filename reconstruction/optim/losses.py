@@ -168,13 +168,24 @@ def depth_pointcloud(
     depth_points (..., T, M, 3), depth_valid (..., T, M) (depth pixels of the same instance, same frame).
     Squared distances below ``depth_tol`` cost nothing (depth-estimate noise); in each direction the
     worst ``trim_pct`` share is dropped (occlusions, mask errors). Mean over frames that have both."""
-    distance = torch.cdist(pred_points, depth_points)  # (..., T, N, M)
-    pair_ok = pred_valid[..., :, None] & depth_valid[..., None, :]
-    far = torch.finfo(distance.dtype).max
-    distance = torch.where(pair_ok, distance, far)
+    # nearest neighbours without gradient; then only the matched pairs are differentiated
+    with torch.no_grad():
+        # invalid points are moved far away instead of masking the (N, M) matrix
+        far = torch.tensor(1e6, dtype=pred_points.dtype, device=pred_points.device)
+        distance = torch.cdist(
+            torch.where(pred_valid[..., None], pred_points, far),
+            torch.where(depth_valid[..., None], depth_points, -far),
+        )  # (..., T, N, M)
+        nearest_depth = distance.argmin(-1)  # (..., T, N)
+        nearest_pred = distance.transpose(-1, -2).contiguous().argmin(-1)  # (..., T, M); contiguous: fast argmin
+        del distance
+    matched_depth = depth_points.gather(-2, nearest_depth[..., None].expand(*nearest_depth.shape, 3))
+    matched_pred = pred_points.gather(-2, nearest_pred[..., None].expand(*nearest_pred.shape, 3))
     deadzone = lambda d: (d - depth_tol).clamp_min(0.0).square()  # noqa: E731
-    pred_to_depth, pred_any = _trimmed_mean(deadzone(distance.min(-1).values), pred_valid, trim_pct)
-    depth_to_pred, depth_any = _trimmed_mean(deadzone(distance.min(-2).values), depth_valid, trim_pct)
+    pred_to_depth, pred_any = _trimmed_mean(deadzone((pred_points - matched_depth).norm(dim=-1)), pred_valid, trim_pct)
+    depth_to_pred, depth_any = _trimmed_mean(
+        deadzone((depth_points - matched_pred).norm(dim=-1)), depth_valid, trim_pct
+    )
     frame_ok = pred_any & depth_any
     return _masked_mean(pred_to_depth + depth_to_pred, frame_ok, (-1,))
 
@@ -202,24 +213,32 @@ def contact(
     - ``depth_only``: the image already places hand and object; only their view-space depth is pulled
       together. For each hand point, the object samples within ``contact_px`` pixels on screen are its
       partners, the one nearest in 3D is chosen, and the Huber loss of their z difference is taken."""
-    diff = hand_points_cam[..., :, :, None, :] - object_points_cam[..., :, None, None, :, :]  # (...,T,2,H,N,3)
-    dist = diff.norm(dim=-1)
-    closest = dist.min(-1).values  # (..., T, 2, H)
-    active = contact_mask & (closest.min(-1).values <= max_contact_dist).detach()
+    # Partners are chosen without gradient (argmin over all pairs); the loss then differentiates only the
+    # chosen pairs, so backward costs O(points), not O(pairs).
+    big = torch.finfo(hand_points_cam.dtype).max
+    objects = object_points_cam[..., :, None, :, :]  # (..., T, 1, N, 3) broadcast over hands
+    with torch.no_grad():
+        dist = torch.cdist(hand_points_cam, objects.expand(*hand_points_cam.shape[:-2], -1, 3))  # (...,T,2,H,N)
+        closest, nearest = dist.min(-1)
+        active = contact_mask & (closest.min(-1).values <= max_contact_dist)
+        if depth_only:
+            hand_px = project(hand_points_cam, K)  # (..., T, 2, H, 2)
+            obj_px = project(object_points_cam, K)[..., :, None, :, :]  # (..., T, 1, N, 2)
+            near = torch.cdist(hand_px, obj_px.expand(*hand_px.shape[:-2], -1, 2)) <= contact_px
+            nearest = torch.where(near, dist, big).argmin(-1)
+            has_partner = near.any(-1)  # (..., T, 2, H)
+    partner = objects.expand(*hand_points_cam.shape[:-2], -1, 3).gather(
+        -2, nearest[..., None].expand(*nearest.shape, 3)
+    )  # (..., T, 2, H, 3)
     patch = max(1, hand_points_cam.shape[-2] // 8)
     if not depth_only:
-        per_hand = closest.square().topk(patch, dim=-1, largest=False).values.mean(-1)
-        return _masked_mean(per_hand, active, (-2, -1))
-    hand_px = project(hand_points_cam, K)  # (..., T, 2, H, 2)
-    obj_px = project(object_points_cam, K)  # (..., T, N, 2)
-    screen = (hand_px[..., :, :, None, :] - obj_px[..., :, None, None, :, :]).norm(dim=-1)  # (...,T,2,H,N)
-    near = screen <= contact_px
-    partner = torch.where(near, dist, torch.finfo(dist.dtype).max).argmin(-1, keepdim=True)
-    z_gap = diff[..., 2].gather(-1, partner).squeeze(-1)  # (..., T, 2, H)
-    has_partner = near.any(-1)
-    cost = torch.where(has_partner, huber(z_gap, huber_delta), torch.finfo(z_gap.dtype).max)
+        per_point = (hand_points_cam - partner).square().sum(-1)
+        best = per_point.gather(-1, per_point.detach().topk(patch, dim=-1, largest=False).indices)
+        return _masked_mean(best.mean(-1), active, (-2, -1))
+    z_gap = hand_points_cam[..., 2] - partner[..., 2]
+    cost = torch.where(has_partner, huber(z_gap, huber_delta), big)
     best = cost.topk(min(patch, cost.shape[-1]), dim=-1, largest=False).values
-    counted = best < torch.finfo(z_gap.dtype).max
+    counted = best < big
     per_hand = _masked_mean(torch.where(counted, best, 0.0), counted, (-1,))
     return _masked_mean(per_hand, active & has_partner.any(-1), (-2, -1))
 
@@ -232,20 +251,23 @@ def contact_smoothness(hand_points_obj: torch.Tensor, contact_mask: torch.Tensor
     return _masked_mean(motion, both, (-2, -1))
 
 
-def signed_distance(points: torch.Tensor, surface: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
+def signed_distance(points: torch.Tensor, surface: torch.Tensor, normals: torch.Tensor, k: int = 4) -> torch.Tensor:
     """Approximate signed distance of points (..., P, 3) to a closed surface given by dense samples
-    (..., N, 3) with outward unit normals (..., N, 3): the distance to the nearest sample, negative when
-    the point lies behind that sample's tangent plane (inside). Exact for points near the surface as the
-    sampling gets dense; the sign is what the penetration term needs."""
-    distance = torch.cdist(points, surface)  # (..., P, N)
-    nearest = distance.argmin(-1)  # (..., P)
-    index = nearest[..., None].expand(*nearest.shape, 3)
-    sample = surface.gather(-2, index)
-    normal = normals.gather(-2, index)
-    offset = points - sample
-    sign = torch.sign((offset * normal).sum(-1)).detach()
-    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-    return sign * offset.norm(dim=-1)
+    (..., N, 3) with outward unit normals (..., N, 3).
+
+    The magnitude is the distance to the nearest sample. A point is inside only when it lies behind the
+    tangent planes of all its ``k`` nearest samples: one plane alone misjudges points just outside an
+    edge (behind the neighbouring face's plane), which a sparse sampling makes common."""
+    k = min(k, surface.shape[-2])
+    with torch.no_grad():  # neighbours only; the gradient flows through the chosen samples
+        nearest = torch.cdist(points, surface).topk(k, dim=-1, largest=False).indices  # (..., P, k)
+    index = nearest.flatten(-2)[..., None].expand(*nearest.shape[:-2], nearest.shape[-2] * k, 3)
+    sample = surface.gather(-2, index).reshape(*nearest.shape, 3)
+    normal = normals.gather(-2, index).reshape(*nearest.shape, 3)
+    offset = points[..., None, :] - sample  # (..., P, k, 3)
+    inside = ((offset * normal).sum(-1) < 0).all(-1).detach()
+    magnitude = offset[..., 0, :].norm(dim=-1)
+    return torch.where(inside, -magnitude, magnitude)
 
 
 def penetration(body_points: torch.Tensor, object_surface: torch.Tensor, object_normals: torch.Tensor) -> torch.Tensor:

@@ -43,11 +43,15 @@ ANNY_BODY_BONES: tuple[str, ...] = (
 )  # fmt: skip
 ARM_MARKERS = ("clavicle", "shoulder", "upperarm", "lowerarm", "wrist", "_shoulder", "_elbow", "_wrist", "collar")
 FOOT_KEYPOINTS = ("left_ankle", "left_heel", "left_foot_index", "right_ankle", "right_heel", "right_foot_index")
-HAND_POINTS_PER_HAND = 32  # contact / penetration points per hand (evenly spread over the hand)
+HAND_POINTS_PER_HAND = 400  # hand vertices posed per hand (anny: ~1,600; ~1 cm spacing)
+CONTACT_POINTS_PER_HAND = 48  # of those, the ones nearest the object take part in contact / penetration
+RIGID_POINTS_PER_HAND = 32  # fixed evenly spread subset for contact_smoothness (same points every frame)
 BODY_POINTS = 600  # sparse body cover for depth and penetration
 CONTACT_SAMPLES = 384  # object samples the contact term compares hands with
+DEPTH_OBJECT_SAMPLES = 256  # object samples compared with depth points (per frame)
+DEPTH_BODY_POINTS = 300  # body points compared with depth points (per frame)
 PENETRATION_SAMPLES = 512  # object samples defining the approximate SDF
-PENETRATION_CANDIDATES = 96  # body points per frame tested for penetration
+PENETRATION_CANDIDATES = 32  # sparse body points per frame tested for penetration (besides the hands)
 HUMAN_TERMS = {
     "keypoint_tracking", "human_smoothness", "human_pose_reg", "human_foot_contact", "ground", "contact",
     "contact_smoothness", "penetration", "depth_pointcloud",
@@ -193,7 +197,11 @@ class _Batch:
             ids = torch.as_tensor(ids, device="cpu")
             hand_ids.append(ids[geometry.subsample_indices(ids.shape[0], HAND_POINTS_PER_HAND)])
         self.hand_vertex_ids = torch.stack(hand_ids).to(device)  # (2, H)
+        self.rigid_hand_points = geometry.subsample_indices(self.hand_vertex_ids.shape[1], RIGID_POINTS_PER_HAND).to(
+            device
+        )
         self.body_vertex_ids = geometry.subsample_indices(num_vertices, BODY_POINTS).to(device)
+        self.depth_body_points = geometry.subsample_indices(BODY_POINTS, DEPTH_BODY_POINTS).to(device)
         self.point_body = PointBody(body, torch.cat([self.hand_vertex_ids.flatten(), self.body_vertex_ids]))
         self.foot_keypoints = torch.tensor([ALL_KEYPOINTS.index(n) for n in FOOT_KEYPOINTS], device=device)
 
@@ -537,8 +545,8 @@ def _t_depth_pointcloud(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
     if batch.depth_obj is None:
         return batch.K.new_zeros(batch.K.shape[0])
     frames = slice(None, None, cfg.interval)
-    obj_world = ctx.object_points()
-    human_world = ctx.human["body_points"]
+    obj_world = ctx.object_points(subset=DEPTH_OBJECT_SAMPLES)
+    human_world = ctx.human["body_points"][:, :, ctx.batch.depth_body_points]
     # one joint z-buffer: a hand in front of the object hides the object's samples there
     both_cam = ctx.to_cam(torch.cat([obj_world, human_world], dim=2))
     visible = geometry.visible_points(both_cam, batch.K, batch.image_size, tol=max(cfg.depth_tol, 0.02))
@@ -558,9 +566,18 @@ def _contact_mask(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
     return ctx.batch.contact_start if cfg.duration == "start" else ctx.batch.contact
 
 
+def _hand_points_near_object(ctx: _TermContext, count: int) -> torch.Tensor:
+    """Per frame and hand, the ``count`` hand vertices closest to the object's centre (B, T, 2, count, 3):
+    a dense patch where the hand can touch, instead of a sparse cover of the whole hand."""
+    hands = ctx.human["hands"]
+    centre = ctx.obj["t"][:, :, None, None, :]
+    near = (hands - centre).detach().norm(dim=-1).topk(count, dim=-1, largest=False).indices
+    return hands.gather(3, near[..., None].expand(*near.shape, 3))
+
+
 def _t_contact(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
     return losses.contact(
-        ctx.to_cam(ctx.human["hands"]),
+        ctx.to_cam(_hand_points_near_object(ctx, CONTACT_POINTS_PER_HAND)),
         ctx.to_cam(ctx.object_points(subset=CONTACT_SAMPLES)),
         _contact_mask(ctx, cfg),
         ctx.batch.K,
@@ -573,19 +590,19 @@ def _t_contact(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
 
 def _t_contact_smoothness(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
     R, t = ctx.obj["R"], ctx.obj["t"]
-    hands = ctx.human["hands"] - t[:, :, None, None, :]
+    hands = ctx.human["hands"][:, :, :, ctx.batch.rigid_hand_points] - t[:, :, None, None, :]
     in_object = hands @ R[:, :, None]  # R^T x for row vectors: x @ R
     return losses.contact_smoothness(in_object, ctx.batch.contact)
 
 
 def _t_penetration(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
-    # Only body points near the object can be inside it: per frame, the PENETRATION_CANDIDATES points
-    # closest to the object's centre (hands first in line) are tested against the object's samples.
-    hands = ctx.human["hands"].flatten(2, 3)
-    points = torch.cat([hands, ctx.human["body_points"]], dim=2)
+    # Only body points near the object can be inside it: the hand patches nearest the object plus, per
+    # frame, the PENETRATION_CANDIDATES sparse body points closest to the object's centre.
+    hands = _hand_points_near_object(ctx, CONTACT_POINTS_PER_HAND).flatten(2, 3)
+    body_points = ctx.human["body_points"]
     centre = ctx.obj["t"][:, :, None, :]
-    near = (points - centre).detach().norm(dim=-1).topk(PENETRATION_CANDIDATES, dim=-1, largest=False).indices
-    candidates = points.gather(2, near[..., None].expand(-1, -1, -1, 3))
+    near = (body_points - centre).detach().norm(dim=-1).topk(PENETRATION_CANDIDATES, dim=-1, largest=False).indices
+    candidates = torch.cat([hands, body_points.gather(2, near[..., None].expand(-1, -1, -1, 3))], dim=2)
     samples = ctx.batch.obj_samples[:, :PENETRATION_SAMPLES]
     normals = ctx.batch.obj_normals[:, :PENETRATION_SAMPLES]
     surface = geometry.transform(samples[:, None], ctx.obj["R"], ctx.obj["t"])

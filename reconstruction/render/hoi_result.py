@@ -130,8 +130,16 @@ def load_hoi_result(
     poses = poses.reshape(num_frames, -1, 3)
     num_joints = len(model.joint_names)
     if poses.shape[1] < num_joints and "left_hand_pose" in human and "right_hand_pose" in human:
+        # GRAIL layout: ``poses`` holds the non-hand joints in model order, the hands come separately.
+        hand_joints = set(model.left_hand_joints) | set(model.right_hand_joints)
+        other_joints = [j for j in range(num_joints) if j not in hand_joints]
+        if poses.shape[1] > len(other_joints):
+            raise HoiResultError(
+                f"{source}: human_data['poses'] has {poses.shape[1]} joints, more than the {len(other_joints)} "
+                f"non-hand joints of {model.name} (hand poses given separately)"
+            )
         full = np.zeros((num_frames, num_joints, 3))
-        full[:, : poses.shape[1]] = poses
+        full[:, other_joints[: poses.shape[1]]] = poses
         for side, joints in (("left_hand_pose", model.left_hand_joints), ("right_hand_pose", model.right_hand_joints)):
             hand = _array(human, side, source, "human_data").reshape(num_frames, -1, 3)
             if hand.shape[1] != len(joints):

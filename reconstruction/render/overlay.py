@@ -158,18 +158,25 @@ def draw_top_view_overlay(
         cv2.circle(image, tuple(body_px[index]), 9, BODY_TRAIL_RGB, 1, cv2.LINE_AA)
         cv2.circle(image, tuple(object_px[index]), 9, OBJECT_TRAIL_RGB, 1, cv2.LINE_AA)
         cv2.fillPoly(image, [tri], CAMERA_RGB, cv2.LINE_AA)
-        put_lines(image, [f"top view, grid {grid_step_m:g} m"], origin=(8, h - 28), scale=0.4)
-        put_lines(image, ["blue: body  orange: object  magenta: camera"], origin=(8, h - 10), scale=0.4)
+        scale = float(np.clip(0.4 * h / 480, 0.28, 0.7))
+        put_lines(image, [f"top view, grid {grid_step_m:g} m"], origin=(8, h - int(50 * scale) - 6), scale=scale)
+        put_lines(image, ["blue=body orange=object pink=camera"], origin=(8, h - 6), scale=scale)
     return frames
 
 
-def put_lines(image: np.ndarray, lines: list[str], origin=(8, 20), scale: float = 0.5) -> np.ndarray:
-    """Burn text lines into an RGB uint8 image (white with a dark outline, readable on any background)."""
+def put_lines(image: np.ndarray, lines: list[str], origin=(8, 20), scale: float | None = None) -> np.ndarray:
+    """Burn text lines into an RGB uint8 image (white with a dark outline, readable on any background).
+
+    ``scale`` defaults to the image height (0.5 at 480 rows); the origin is the first baseline.
+    """
+    if scale is None:
+        scale = float(np.clip(0.5 * image.shape[0] / 480, 0.3, 0.9))
     x, y = origin
+    step = max(10, int(44 * scale))
     for line in lines:
         cv2.putText(image, line, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.putText(image, line, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-        y += int(22 * scale / 0.5)
+        y += step
     return image
 
 

@@ -95,3 +95,11 @@ def uv_sphere(radius: float, rings: int = 16, segments: int = 16) -> tuple[torch
             c, d = a + segments, b + segments
             faces += [[a, b, d], [a, d, c]]
     return vertices, torch.tensor(faces, dtype=torch.long)
+
+
+def is_closed_outward(vertices, faces) -> bool:
+    """True for a watertight, consistently wound mesh with outward normals (safe to cull back faces)."""
+    import trimesh
+
+    mesh = trimesh.Trimesh(np.asarray(vertices, dtype=np.float64), np.asarray(faces), process=False)
+    return bool(mesh.is_watertight and mesh.is_winding_consistent and mesh.volume > 0)

@@ -24,6 +24,7 @@ import torch
 from reconstruction import fileio
 from reconstruction.backends.mediapipe_pose import MediaPipePoseSettings, get_detector
 from reconstruction.keypoints import NUM_BODY
+from reconstruction.layout import Layout
 from reconstruction.render_config import load_cam_k, load_character_data, load_render_config
 from reconstruction.stages.base import StageContext, StageInputError, StageResult
 from reconstruction.stages.fit_body import FitSettings, fit_body, transform_body
@@ -55,7 +56,7 @@ def run(ctx: StageContext) -> StageResult:
     if backend not in BACKENDS:
         raise StageInputError(f"human_pose.backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "import":
-        result = import_caches(ctx)
+        result = import_caches(ctx, settings.get("import_dir"))
     else:
         result = run_mediapipe(ctx, settings)
     result.seconds = time.perf_counter() - started
@@ -64,13 +65,20 @@ def run(ctx: StageContext) -> StageResult:
 
 
 # ---- import backend -------------------------------------------------------------------------------
-def import_caches(ctx: StageContext) -> StageResult:
-    """Validate existing stage-1 caches; nothing is written, so nothing stored can be lost."""
-    result_path = ctx.layout.hmr_result(ctx.video)
-    keypoints_path = ctx.layout.hmr_keypoints(ctx.video)
+def import_caches(ctx: StageContext, import_dir: str | None = None) -> StageResult:
+    """Validate existing stage-1 caches and keep them.
+
+    Without ``human_pose.import_dir`` the caches are already in this results dir and nothing is written.
+    With it, that folder is read as another results dir (same layout) and its validated caches are copied
+    here; an invalid source leaves this results dir untouched.
+    """
+    source = Layout.create(import_dir) if import_dir else ctx.layout
+    result_path = source.hmr_result(ctx.video)
+    keypoints_path = source.hmr_keypoints(ctx.video)
     for path in (result_path, keypoints_path):
         if not path.exists():
-            raise StageInputError(f"human_pose.backend=import: stage-1 cache not found: {path}")
+            setting = "human_pose.import_dir" if import_dir else "human_pose.backend=import"
+            raise StageInputError(f"{setting}: stage-1 cache not found: {path}")
     keypoints = load_keypoints(keypoints_path)
     result = load_hmr_result(result_path)
     num_frames = result["motion_incam"]["trans"].shape[0]
@@ -79,6 +87,15 @@ def import_caches(ctx: StageContext) -> StageResult:
             f"{keypoints_path}: {keypoints['keypoints_2d'].shape[0]} frames of keypoints but {result_path} "
             f"has {num_frames} frames of motion"
         )
+    if import_dir:
+        copies = [
+            (result_path, ctx.layout.hmr_result(ctx.video)),
+            (keypoints_path, ctx.layout.hmr_keypoints(ctx.video)),
+        ]
+        for src, dst in copies:
+            if src.resolve() != dst.resolve():
+                fileio.write_bytes(dst, src.read_bytes())
+        result_path, keypoints_path = (dst for _, dst in copies)
     ctx.progress(1.0, "imported stage-1 caches")
     return StageResult(files=[result_path, keypoints_path], metrics={"frames": float(num_frames)})
 
@@ -152,10 +169,10 @@ def _require(path: Path, what: str) -> Path:
 
 
 def _read_inputs(ctx: StageContext) -> dict[str, Any]:
-    from reconstruction.video import read_video
-
     layout, vid = ctx.layout, ctx.video
     video_path = _require(layout.video(vid), "input video")
+    from reconstruction.video import read_video
+
     try:
         frames, fps = read_video(video_path)
     except (OSError, ValueError) as exc:
@@ -209,8 +226,28 @@ def fit_settings_from(settings: dict[str, Any]) -> FitSettings:
     return FitSettings(**overrides)
 
 
+def detector_settings(settings: dict[str, Any]) -> MediaPipePoseSettings:
+    """MediaPipe settings from ``human_pose`` (``model_complexity``, ``min_detection_confidence``)."""
+    complexity = int(settings.get("model_complexity", 1))
+    if complexity != 1:
+        # 0 (lite) and 2 (heavy) are downloaded by MediaPipe at first use; nothing may be downloaded here.
+        raise StageInputError(
+            f"human_pose.model_complexity={complexity}: mediapipe 0.10.14 ships only the full pose model "
+            "(model_complexity 1) and nothing may be downloaded at run time"
+        )
+    confidence = float(settings.get("min_detection_confidence", 0.5))
+    if not 0.0 <= confidence <= 1.0:
+        raise StageInputError(f"human_pose.min_detection_confidence must be in [0, 1], got {confidence}")
+    return MediaPipePoseSettings(
+        model_complexity=complexity,
+        min_detection_confidence=confidence,
+        hand_min_detection_confidence=confidence,
+    )
+
+
 def run_mediapipe(ctx: StageContext, settings: dict[str, Any]) -> StageResult:
     fit_settings = fit_settings_from(settings)  # a bad setting fails before any work
+    mediapipe_settings = detector_settings(settings)
     inputs = _read_inputs(ctx)
     frames, K, character = inputs["frames"], inputs["K"], inputs["character"]
     render_config = inputs["render_config"]
@@ -218,12 +255,13 @@ def run_mediapipe(ctx: StageContext, settings: dict[str, Any]) -> StageResult:
 
     started = time.perf_counter()
     ctx.progress(0.0, "detecting 2D keypoints")
-    detector = get_detector(ctx.models, MediaPipePoseSettings())
-    keypoints_2d = detector.detect(
+    detector = get_detector(ctx.models, mediapipe_settings)
+    detections = detector.detect(
         frames,
         progress=lambda f: ctx.progress(0.4 * f, "detecting 2D keypoints"),
         check_cancelled=ctx.check_cancelled,
     )
+    keypoints_2d = detections.keypoints_2d
     detect_seconds = time.perf_counter() - started
     frames_with_body = float((keypoints_2d[:, :NUM_BODY, 2] > 0).any(axis=1).mean())
     if frames_with_body == 0:
@@ -253,6 +291,7 @@ def run_mediapipe(ctx: StageContext, settings: dict[str, Any]) -> StageResult:
         fit_settings,
         progress=lambda f: ctx.progress(0.4 + 0.55 * f, "fitting the body model"),
         check_cancelled=ctx.check_cancelled,
+        body_3d=torch.as_tensor(detections.body_3d, dtype=dtype, device=device),
     )
     pose_global, trans_global = transform_body(model, fit.pose_aa, shape, fit.trans, torch.linalg.inv(world_to_cam))
     fit_seconds = time.perf_counter() - started
@@ -262,6 +301,9 @@ def run_mediapipe(ctx: StageContext, settings: dict[str, Any]) -> StageResult:
         ctx.layout.hmr_keypoints(ctx.video),
         keypoints_2d=keypoints_2d.astype(np.float32),
         image_size=np.array(frames.shape[1:3], dtype=np.int64),
+        # hoiweb extension (readers of the contract's two keys ignore it): MediaPipe's metric 3D body
+        # landmarks (T,33,4) x, y, z, visibility, hip-centred.
+        body_landmarks_3d=detections.body_3d.astype(np.float32),
     )
     result = {
         "body_model": body_model_name,
@@ -290,6 +332,8 @@ def run_mediapipe(ctx: StageContext, settings: dict[str, Any]) -> StageResult:
 
 def body_height(model, shape: torch.Tensor, name: str) -> float:
     """Standing height (m) of the fitted shape: rest-pose vertex extent along the model's up axis."""
+    if hasattr(model, "standing_height"):  # anny knows its own standing height
+        return float(model.standing_height(shape))
     axis = getattr(model, "up_axis", UP_AXIS.get(name, 1))
     with torch.no_grad():
         rest = model.rest_pose(1).to(shape)

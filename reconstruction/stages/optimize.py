@@ -21,7 +21,7 @@ import torch
 
 from reconstruction import fileio
 from reconstruction.config import ReconConfig, load_config
-from reconstruction.keypoints import ALL_KEYPOINTS, LEFT_HAND_SLICE, MPJPE_BODY_JOINTS, RIGHT_HAND_SLICE
+from reconstruction.keypoints import ALL_KEYPOINTS
 from reconstruction.layout import Layout, VideoId
 from reconstruction.optim import geometry
 from reconstruction.optim.body_points import PointBody
@@ -277,69 +277,6 @@ def build_hoi_data(
     }
 
 
-# ---- ground-truth metrics --------------------------------------------------------------------------
-def ground_truth_metrics(
-    layout: Layout, vid: VideoId, body: Any, loaded: LoadedVideo, result: OptimizationResult, labels: ContactLabels
-) -> dict[str, Any] | None:
-    """Accuracy against a synthetic scene's ground truth (None when the video has none)."""
-    path = layout.ground_truth(vid)
-    if not path.exists():
-        return None
-    from reconstruction.eval import metrics as M
-    from reconstruction.synth.ground_truth import load_ground_truth
-
-    gt = load_ground_truth(path)
-    video = loaded.video
-    w2c = video.world_to_cam
-
-    def keypoints_cam(pose: torch.Tensor, trans: torch.Tensor) -> np.ndarray:
-        with torch.no_grad():
-            kp = body.forward(pose, video.body_shape, trans).keypoints
-        return geometry.apply_homogeneous(kp, w2c).numpy()
-
-    body_idx = [ALL_KEYPOINTS.index(n) for n in MPJPE_BODY_JOINTS]
-    hand_idx = list(range(len(ALL_KEYPOINTS)))[LEFT_HAND_SLICE], list(range(len(ALL_KEYPOINTS)))[RIGHT_HAND_SLICE]
-    gt_kp = np.asarray(gt.keypoints_3d_cam)
-    out: dict[str, Any] = {}
-    for prefix, kp, obj_cam in (
-        ("init_", keypoints_cam(video.body_pose, video.body_trans), video.object_poses_cam.numpy()),
-        ("", keypoints_cam(result.body_pose, result.body_trans), (w2c @ object_pose_world(result)).numpy()),
-    ):
-        out[prefix + "mpjpe"] = M.mpjpe(kp[:, body_idx], gt_kp[:, body_idx])
-        out[prefix + "pa_mpjpe"] = M.pa_mpjpe(kp[:, body_idx], gt_kp[:, body_idx])
-        contact = np.asarray(gt.contact, dtype=bool)
-        errors = []
-        for h, idx in enumerate(hand_idx):
-            if contact[:, h].any():
-                errors.append(np.linalg.norm(kp[contact[:, h]][:, idx] - gt_kp[contact[:, h]][:, idx], axis=-1).ravel())
-        out[prefix + "hand_contact_error"] = float(np.mean(np.concatenate(errors))) if errors else None
-        out[prefix + "object_translation_error"] = M.object_translation_error(obj_cam, gt.object_poses_cam)
-        out[prefix + "object_rotation_error_deg"] = M.object_rotation_error(obj_cam, gt.object_poses_cam)
-        out[prefix + "jitter"] = M.acceleration_jitter(kp[:, body_idx])
-    out["gt_jitter"] = M.acceleration_jitter(gt_kp[:, body_idx])
-    out["contact"] = M.contact_scores(labels.hands, np.asarray(gt.contact, dtype=bool))
-    out["max_penetration"] = max_penetration(body, result, video)
-    return out
-
-
-@torch.no_grad()
-def max_penetration(body: Any, result: OptimizationResult, video: VideoInputs, samples: int = 4000) -> float:
-    """Deepest body vertex inside the object over all frames (metres), with a dense surface sampling."""
-    from reconstruction.optim.losses import signed_distance
-
-    points, normals = geometry.sample_surface(video.object_vertices.float(), video.object_faces.long(), samples, seed=1)
-    normals = geometry.outward_normals(points, normals)
-    verts = body.forward(result.body_pose, result.body_shape, result.body_trans).vertices
-    deepest = 0.0
-    for t in range(verts.shape[0]):  # per frame: bounded memory; evaluation only
-        local = (verts[t] - result.obj_t[t]) @ result.obj_R[t]  # into the object frame
-        centre_dist = (local - points.mean(0)).norm(dim=-1)
-        near = local[centre_dist <= (points - points.mean(0)).norm(dim=-1).max()]
-        if near.shape[0]:
-            deepest = max(deepest, float((-signed_distance(near, points, normals)).clamp_min(0).max()))
-    return deepest
-
-
 # ---- stage entry points ------------------------------------------------------------------------------
 def _config(ctx: StageContext) -> ReconConfig:
     return load_config(ctx.config)
@@ -413,10 +350,13 @@ def _finish(entry, result: OptimizationResult, body, config: ReconConfig, optimi
         fileio.write_json(layout.loss_history(vid), result.history),
     ]
     metrics = {f"eval/{k}": float(v) for k, v in eval_data.items()}
-    gt_metrics = ground_truth_metrics(layout, vid, body, item, smoothed, labels)
-    if gt_metrics is not None:
-        files.append(fileio.write_json(layout.metrics(vid), gt_metrics))
-        metrics.update({k: float(v) for k, v in gt_metrics.items() if isinstance(v, int | float)})
+    if layout.ground_truth(vid).exists():  # synthetic scene: accuracy of every stage against the truth
+        from reconstruction.eval.evaluate import evaluate_and_save
+
+        report = evaluate_and_save(layout, vid, device=str(ctx.device))
+        files.append(layout.metrics(vid))
+        for stage_name, figures in report.get("stages", {}).items():
+            metrics.update({f"gt/{stage_name}/{k}": float(v) for k, v in figures.items()})
     ctx.progress(1.0, "optimisation done")
     logger.info("%s: stage 4 done (%.1f s optimising)", vid, result.seconds)
     return StageResult(
@@ -430,3 +370,6 @@ def _finish(entry, result: OptimizationResult, body, config: ReconConfig, optimi
             "final_losses": result.final_losses,
         },
     )
+
+
+run_batch = run_many  # the pipeline's name for batched stage 4 (--batch_videos)

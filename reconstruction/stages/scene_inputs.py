@@ -148,6 +148,9 @@ def load_masks_cache(path: Path, image_size: tuple[int, int] | None = None) -> d
     """The stage-2 masks npz -> {frame: {0: object, 1: human}} bool masks, validated."""
     if not path.exists():
         raise StageInputError(f"masks cache not found (run stage 2 first): {path}")
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":  # an npz is a zip archive; refuse anything else unread
+            raise StageInputError(f"{path}: not a masks cache with key 'masks' (not an npz archive)")
     try:
         with np.load(path, allow_pickle=True) as data:
             masks = data["masks"].item()

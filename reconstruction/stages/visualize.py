@@ -12,6 +12,7 @@ Settings (config ``visualization``, GRAIL's keys): ``enable``, ``render_video``,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,10 +23,11 @@ import numpy as np
 import torch
 
 from reconstruction import fileio
-from reconstruction.render import Mesh, render
+from reconstruction.render import Mesh, composite, render
 from reconstruction.render.hoi_result import HoiResultError, HoiSequence, load_hoi_result
 from reconstruction.render.overlay import (
     BODY_COLOR,
+    TopView,
     blend_over,
     body_colors,
     camera_center_and_forward,
@@ -39,7 +41,7 @@ from reconstruction.render.overlay import (
     top_view_for,
 )
 from reconstruction.render.proximity import Proximity, SurfaceSDF, body_object_proximity
-from reconstruction.render.scene import ground_plane
+from reconstruction.render.scene import ground_plane, is_closed_outward
 from reconstruction.render.scenepic_export import export_scenepic
 from reconstruction.render_config import load_cam_k, load_pickle, load_render_config
 from reconstruction.stages.base import StageContext, StageInputError, StageResult
@@ -60,6 +62,7 @@ OUTPUT_NAMES = {
 FRAMES_PER_CHUNK = 16  # frames rendered together: bounds memory (about 40 MB per view at 640x480)
 GROUND_Z = 0.0  # the render world's floor
 PENETRATION_RGB = (255, 0, 0)
+TOP_LIGHT = (0.2, -0.3, -1.0)  # top view: light from above the (downward-looking) camera
 
 
 @dataclass
@@ -153,17 +156,20 @@ def run(ctx: StageContext) -> StageResult:
         raise StageInputError(
             f"{hoi_path}: {sequence.num_frames} reconstructed frames but the video {video_path} has {num_video_frames}"
         )
+    timings = {"load_s": time.perf_counter() - started}
     ctx.progress(0.05, "loaded inputs")
     ctx.check_cancelled()
 
     out_dir = layout.result_vis(vid)
     views = _prepare_views(sequence, world_to_cam, frames.shape[1:3], options, ctx.device)
+    timings["proximity_s"] = time.perf_counter() - started - sum(timings.values())
     ctx.progress(0.1, "contacts and penetration")
     files: list[Path] = []
     fileio.write_bytes(out_dir / OUTPUT_NAMES["input"], video_path.read_bytes())
     files.append(out_dir / OUTPUT_NAMES["input"])
     if options.render_video:
         files += _write_videos(ctx, frames, fps, K, world_to_cam, sequence, views, options, out_dir)
+    timings["videos_s"] = time.perf_counter() - started - sum(timings.values())
     if options.vis_html:
         ctx.progress(0.9, "scenepic page")
         html = export_scenepic(
@@ -184,6 +190,9 @@ def run(ctx: StageContext) -> StageResult:
             ground_z=GROUND_Z,
         )
         files.append(html)
+        # GRAIL also keeps its ScenePic pages together under ``vis_scenepic_dir``.
+        files.append(fileio.write_bytes(layout.scenepic_page(vid), html.read_bytes()))
+    timings["html_s"] = time.perf_counter() - started - sum(timings.values())
     seconds = time.perf_counter() - started
     penetrating = views.proximity.num_penetrating
     depth = -views.proximity.signed_distance.clamp(max=0)
@@ -197,7 +206,9 @@ def run(ctx: StageContext) -> StageResult:
     }
     log.info("%s: stage 6 wrote %d files in %.1f s", vid, len(files), seconds)
     ctx.progress(1.0, "done")
-    return StageResult(files=files, seconds=seconds, metrics=metrics, info={"output_dir": str(out_dir)})
+    return StageResult(
+        files=files, seconds=seconds, metrics=metrics, info={"output_dir": str(out_dir), "timings": timings}
+    )
 
 
 @dataclass
@@ -210,8 +221,10 @@ class _Views:
     contact_points: list[np.ndarray]
     penetration_points: list[np.ndarray]
     side_world_to_cam: np.ndarray
-    top: Any
+    top: TopView
     ground: Mesh
+    body_closed: bool  # watertight with outward winding: back faces can be culled
+    object_closed: bool
 
 
 def _prepare_views(sequence: HoiSequence, world_to_cam, image_size, options, device) -> _Views:
@@ -240,7 +253,12 @@ def _prepare_views(sequence: HoiSequence, world_to_cam, image_size, options, dev
     center = np.round(top.center_xy / 0.5) * 0.5  # keep checker squares on the 0.5 m grid
     gv, gf, gc = ground_plane(size=size, cells=int(size / 0.5), center=tuple(center), height=GROUND_Z)
     ground = Mesh(gv.to(device), gf.to(device), gc.to(device), instance_id=3, smooth=False)
-    return _Views(proximity, held, touching, colors, obj_colors, contact_points, penetration_points, side, top, ground)
+    body_closed = is_closed_outward(sequence.body_vertices[0].cpu(), sequence.body_faces.cpu())
+    object_closed = is_closed_outward(sequence.object_rest_vertices.cpu(), sequence.object_faces.cpu())
+    return _Views(
+        proximity, held, touching, colors, obj_colors, contact_points, penetration_points, side, top, ground,
+        body_closed, object_closed,
+    )  # fmt: skip
 
 
 def _write_videos(ctx, frames, fps, K, world_to_cam, sequence, views, options, out_dir) -> list[Path]:
@@ -254,11 +272,15 @@ def _write_videos(ctx, frames, fps, K, world_to_cam, sequence, views, options, o
     object_vertices = sequence.object_vertices
     device = sequence.body_vertices.device
     paths = {key: out_dir / OUTPUT_NAMES[key] for key in ("overlay", "comparison") + (("top",) if with_top else ())}
-    writers = {key: VideoWriter(path, fps) for key, path in paths.items()}
-    for writer in writers.values():
-        writer.__enter__()
-    failure: BaseException | None = None
-    try:
+    white = (1.0, 1.0, 1.0)
+    side_ground = render([views.ground], K, views.side_world_to_cam, (height, width), background=white, device=device)
+    top_ground = render(
+        [views.ground], views.top.K, views.top.world_to_cam, (height, width), background=white, orthographic=True,
+        light_dir=TOP_LIGHT, device=device,
+    )  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        # Each writer publishes its file only if the whole loop succeeds (atomic, see VideoWriter).
+        writers = {key: stack.enter_context(VideoWriter(path, fps)) for key, path in paths.items()}
         for start in range(0, num_video, FRAMES_PER_CHUNK):
             ctx.check_cancelled()
             stop = min(num_video, start + FRAMES_PER_CHUNK)
@@ -269,30 +291,36 @@ def _write_videos(ctx, frames, fps, K, world_to_cam, sequence, views, options, o
             top = np.full_like(chunk_frames, 255)
             if recon.size:
                 sel = torch.as_tensor(recon, device=device)
-                body = Mesh(sequence.body_vertices[sel], sequence.body_faces, views.body_colors[sel], 1)
-                obj = Mesh(object_vertices[sel], sequence.object_faces, views.object_colors[sel], 2)
+                body = Mesh(
+                    sequence.body_vertices[sel], sequence.body_faces, views.body_colors[sel], 1,
+                    cull_backfaces=views.body_closed,
+                )  # fmt: skip
+                obj = Mesh(
+                    object_vertices[sel], sequence.object_faces, views.object_colors[sel], 2,
+                    cull_backfaces=views.object_closed,
+                )  # fmt: skip
                 n = recon.size
                 main = render([body, obj], K, world_to_cam, (height, width), ambient=0.5, device=device)
                 overlay[:n] = blend_over(chunk_frames[:n], main.rgb, main.instance > 0, options.overlay_alpha)
                 penetration = [views.penetration_points[i] for i in recon]
                 draw_points(overlay[:n], penetration, K, world_to_cam, PENETRATION_RGB)
-                side_view = render(
-                    [body, obj, views.ground], K, views.side_world_to_cam, (height, width), background=(1.0, 1.0, 1.0),
-                    device=device,
-                )  # fmt: skip
+                # The ground is static: rendered once per view, then depth-composited per frame.
+                side_view = composite(
+                    render([body, obj], K, views.side_world_to_cam, (height, width), device=device), side_ground
+                )
                 side[:n] = to_uint8(side_view.rgb)
                 draw_points(side[:n], penetration, K, views.side_world_to_cam, PENETRATION_RGB)
                 if with_top:
                     top_view = render(
-                        [body, obj, views.ground], views.top.K, views.top.world_to_cam, (height, width),
-                        background=(1.0, 1.0, 1.0), orthographic=True, light_dir=(0.2, -0.3, -1.0), device=device,
+                        [body, obj], views.top.K, views.top.world_to_cam, (height, width), orthographic=True,
+                        light_dir=TOP_LIGHT, device=device,
                     )  # fmt: skip
-                    top[:n] = to_uint8(top_view.rgb)
+                    top[:n] = to_uint8(composite(top_view, top_ground).rgb)
                     draw_top_view_overlay(top[:n], views.top, recon, body_xy, object_xy, cam_center, cam_forward)
             for k, index in enumerate(range(start, stop)):
                 if index >= num_recon:
                     for image in (overlay[k], side[k], top[k]):
-                        put_lines(image, ["no reconstruction for this frame"], origin=(8, height - 12))
+                        put_lines(image, ["no reconstruction for this frame"], origin=(8, height - 8))
             if with_top:
                 writers["top"].write(top)
             writers["overlay"].write(overlay)
@@ -309,16 +337,4 @@ def _write_videos(ctx, frames, fps, K, world_to_cam, sequence, views, options, o
                 put_lines(panels[1][k], lines)
             writers["comparison"].write(np.concatenate(panels, axis=2))
             ctx.progress(0.1 + 0.8 * stop / num_video, f"rendered {stop}/{num_video} frames")
-    except BaseException as exc:
-        failure = exc
-        raise
-    finally:
-        for writer in writers.values():
-            if failure is None:
-                writer.__exit__(None, None, None)
-            else:
-                try:
-                    writer.__exit__(type(failure), failure, None)
-                except BaseException:  # noqa: BLE001 - the original failure is what propagates
-                    pass
     return list(paths.values())

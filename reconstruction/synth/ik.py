@@ -1,11 +1,12 @@
 """Hand-placement inverse kinematics on a ``BodyModel``: put palms on an object's surface.
 
-Batched over key poses (B), a few hundred Adam steps on axis-angle residuals of the arm chain (clavicle
-to wrist) and the fingers of the grasping hands. Objective: palm centre at the grasp site (offset by the
-palm's half thickness), palm facing the surface, fingers along the site's finger direction, no hand
-vertex inside the object (signed distance >= 0), the closest hand vertex touching it, finger tips
-curled onto the surface, and a small pull towards the initial pose (keeps elbows and shoulders where a
-person would have them). The chain names are anny's; ``ARM_CHAINS`` is the only model-specific table.
+Batched over key poses (B): Adam on axis-angle residuals of the arm chains (clavicle to wrist) of the
+grasping hands. Objective: palm centre at the grasp site offset along the surface normal, palm facing
+the surface, fingers along the site's finger direction, and a small pull towards the initial pose (keeps
+elbows and shoulders where a person would have them). Contact is then closed by measurement, not by a
+penalty: the offset is corrected from the hand's exact signed distance to the object until its closest
+vertex sits ``target_gap`` off the surface (so no vertex is inside). The chain names are anny's;
+``ARM_CHAINS`` is the only model-specific table.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ FINGER_BONES: dict[str, dict[str, tuple[str, ...]]] = {
 }  # fmt: skip
 
 HAND_SLICES = {"left": kp.LEFT_HAND_SLICE, "right": kp.RIGHT_HAND_SLICE}
+TIP_INDICES = (4, 8, 12, 16, 20)  # thumb, index, middle, ring, pinky tips in a 21-point hand
 # Sign that turns cross(index_mcp - wrist, pinky_mcp - wrist) into the palm's outward normal (mirror images).
 PALM_NORMAL_SIGN = {"left": -1.0, "right": 1.0}
-TIP_INDICES = (4, 8, 12, 16, 20)  # thumb, index, middle, ring, pinky tips in a 21-point hand
 
 
 @dataclass
@@ -50,28 +51,32 @@ class HandTarget:
 
 @dataclass
 class IKConfig:
-    steps: int = 100
+    steps: int = 60  # first solve: palm placed ``approach_clearance`` outside the site
     lr: float = 0.05
-    contact_lr: float = 0.01
+    settle_steps: int = 25  # each contact round re-solves with a corrected palm offset
+    settle_lr: float = 0.01
+    max_refinements: int = 6
     palm_half_thickness: float = 0.018  # palm centre (knuckle/wrist heads) to palm skin, metres
+    approach_clearance: float = 0.05
+    target_gap: float = 0.002  # wanted distance of the hand's closest vertex to the surface
+    gap_tolerance: float = 0.002  # accept closest vertex within target_gap +- this
     w_position: float = 400.0
     w_normal: float = 2.0
     w_finger_dir: float = 1.0
-    w_penetration: float = 4.0e4
-    w_gap: float = 4.0e3
-    w_tips: float = 1.0e2
     w_prior: float = 0.05
-    # First this fraction of the steps places the palm (pose terms only); contact terms join afterwards,
-    # so the hand first gets near the site and then settles onto the surface without tunnelling.
-    placement_fraction: float = 0.5
-    # During placement the palm aims this far outside the surface (approach from outside, never through).
-    approach_clearance: float = 0.07
+    # Finger curl after contact: finger tips pulled onto the surface, no hand vertex inside it.
+    curl_steps: int = 30
+    curl_lr: float = 0.03
+    w_tips: float = 1.0e3
+    w_penetration: float = 1.0e4
+    w_finger_prior: float = 0.01
+    penetration_tolerance: float = 0.003
 
 
 @dataclass
 class IKResult:
     pose_aa: torch.Tensor  # (B,J,3) solved pose
-    palm_error: dict[str, float]  # per hand: max palm-centre distance to its target (m)
+    palm_error: dict[str, float]  # per hand: max distance of the palm centre to the grasp site (m)
     min_signed_distance: dict[str, float]  # per hand: min hand-vertex signed distance over the batch (m)
     closest_gap: dict[str, float]  # per hand: max over the batch of the closest hand vertex's distance (m)
 
@@ -127,62 +132,74 @@ def solve_hand_ik(
     moved: list[int] = []
     for target in targets:
         moved += [body.joint_index(name) for name in chains[target.hand]]
-        moved += [body.joint_index(name) for name in FINGER_BONES[body.name][target.hand]]
     moved_index = torch.tensor(sorted(set(moved)), device=init_pose.device)
-    residual = torch.zeros(init_pose.shape[0], len(moved_index), 3, dtype=init_pose.dtype, device=init_pose.device)
+    batch = init_pose.shape[0]
+    residual = torch.zeros(batch, len(moved_index), 3, dtype=init_pose.dtype, device=init_pose.device)
     residual.requires_grad_(True)
-    hand_vertices = {t.hand: body.vertex_segments[f"{t.hand}_hand"] for t in targets}
+    # Only the grasping hands' vertices are skinned (keypoints come from the skeleton either way).
+    hand_ids = torch.cat([body.vertex_segments[f"{t.hand}_hand"] for t in targets])
+    hand_vertices, start = {}, 0
+    for t in targets:
+        count = len(body.vertex_segments[f"{t.hand}_hand"])
+        hand_vertices[t.hand] = torch.arange(start, start + count, device=hand_ids.device)
+        start += count
+    # Palm-centre offset along each site's normal; contact rounds move it until the hand just touches.
+    offsets = {
+        t.hand: torch.full((batch,), config.palm_half_thickness + config.approach_clearance, dtype=init_pose.dtype)
+        for t in targets
+    }
 
-    def evaluate(with_grad: bool, contact_terms: bool = True):
-        pose = (
-            init_pose.index_add(1, moved_index, residual)
-            if with_grad
-            else init_pose.index_add(1, moved_index, residual.detach())
-        )
-        out = body.forward(pose, shape, trans)
-        loss = config.w_prior * (residual**2).sum(dim=(1, 2)).mean()
-        stats = {}
+    def placement_loss(residual_now: torch.Tensor) -> torch.Tensor:
+        out = body.forward(init_pose.index_add(1, moved_index, residual_now), shape, trans, vertex_ids=hand_ids)
+        loss = config.w_prior * (residual_now**2).sum(dim=(1, 2)).mean()
         for target in targets:
             centre, normal, finger = palm_geometry(out.keypoints, target.hand)
-            offset = config.palm_half_thickness + (0.0 if contact_terms else config.approach_clearance)
-            goal = target.point + target.normal * offset
+            goal = target.point + target.normal * offsets[target.hand][:, None]
             loss = loss + config.w_position * ((centre - goal) ** 2).sum(-1).mean()
             loss = loss + config.w_normal * (1 + (normal * target.normal).sum(-1)).mean()  # palm faces -normal
             loss = loss + config.w_finger_dir * (1 - (finger * target.finger_dir).sum(-1)).mean()
-            if not contact_terms:
-                continue
-            sd = signed_distance(out.vertices[:, hand_vertices[target.hand]])
-            loss = loss + config.w_penetration * (torch.relu(-sd) ** 2).sum(-1).mean()
-            closest = sd.min(dim=-1).values
-            loss = loss + config.w_gap * (torch.relu(closest) ** 2).mean()
-            # Finger tips rest on the surface: keypoint tips are skin points, aim ~3 mm outside.
-            tips = out.keypoints[:, HAND_SLICES[target.hand]][:, list(TIP_INDICES)]
-            tip_sd = signed_distance(tips)
-            loss = loss + config.w_tips * (torch.relu(tip_sd - 0.003) ** 2).sum(-1).mean()
-            stats[target.hand] = (
-                float((centre - goal).detach().norm(dim=-1).max()),
-                float(sd.detach().min()),
-                float(closest.detach().max()),
-            )
-        return loss, stats, pose
+        return loss
 
-    # Two phases, each with its own optimiser: a fresh Adam state keeps the sudden contact gradients of
-    # the second phase from being amplified by momentum gathered while placing the palm.
-    placement_steps = int(config.placement_fraction * config.steps)
-    phases = ((placement_steps, config.lr, False), (config.steps - placement_steps, config.contact_lr, True))
-    for phase_steps, lr, contact_terms in phases:
-        optimiser = torch.optim.Adam([residual], lr=lr, betas=(0.7, 0.99))
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, phase_steps), eta_min=lr * 0.1)
-        for step in range(phase_steps):
+    def optimise(steps: int, lr: float) -> None:
+        # A fresh Adam per round: momentum from the previous goal must not carry over.
+        optimiser = torch.optim.Adam([residual], lr=lr, betas=(0.8, 0.99))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, steps), eta_min=lr * 0.1)
+        for _ in range(steps):
             optimiser.zero_grad()
-            loss, _, _ = evaluate(True, contact_terms=contact_terms)
-            loss.backward()
+            placement_loss(residual).backward()
             optimiser.step()
             schedule.step()
-            if step % 10 == 0:
-                logger.debug("hand IK (contact %s) step %d loss %.5f", contact_terms, step, float(loss))
-    with torch.no_grad():
-        loss, stats, pose = evaluate(False)
+
+    @torch.no_grad()
+    def measure():
+        return measure_pose(init_pose.index_add(1, moved_index, residual.detach()))
+
+    @torch.no_grad()
+    def measure_pose(pose: torch.Tensor):
+        out = body.forward(pose, shape, trans, vertex_ids=hand_ids)
+        closest, palm_error = {}, {}
+        for target in targets:
+            closest[target.hand] = signed_distance(out.vertices[:, hand_vertices[target.hand]]).min(dim=-1).values
+            centre, _, _ = palm_geometry(out.keypoints, target.hand)
+            palm_error[target.hand] = float((centre - target.point).norm(dim=-1).max())
+        return pose, closest, palm_error
+
+    # Place the palm outside the site, then close the gap: the hand's closest vertex (signed distance
+    # over all its vertices, so also the deepest one) is driven to ``target_gap`` by shifting the goal
+    # along the normal and re-solving. The hand never has to pass through the object.
+    optimise(config.steps, config.lr)
+    pose, closest, palm_error = measure()
+    for round_index in range(config.max_refinements):
+        if all(float((gap - config.target_gap).abs().max()) <= config.gap_tolerance for gap in closest.values()):
+            break
+        for hand, gap in closest.items():
+            offsets[hand] = offsets[hand] - (gap - config.target_gap)
+        optimise(config.settle_steps, config.settle_lr)
+        pose, closest, palm_error = measure()
+        logger.debug("hand IK contact round %d: closest %s", round_index, {h: g.tolist() for h, g in closest.items()})
+    pose = curl_fingers(body, shape, pose, trans, targets, signed_distance, config)
+    _, closest, palm_error = measure_pose(pose)
+    stats = {hand: (palm_error[hand], float(closest[hand].min()), float(closest[hand].max())) for hand in closest}
     result = IKResult(
         pose_aa=pose.detach(),
         palm_error={hand: s[0] for hand, s in stats.items()},
@@ -190,7 +207,55 @@ def solve_hand_ik(
         closest_gap={hand: s[2] for hand, s in stats.items()},
     )
     logger.info(
-        "hand IK: loss %.5f palm error %s min sd %s gap %s",
-        float(loss), result.palm_error, result.min_signed_distance, result.closest_gap,
-    )  # fmt: skip
+        "hand IK: palm error %s min sd %s gap %s", result.palm_error, result.min_signed_distance, result.closest_gap
+    )
     return result
+
+
+def curl_fingers(
+    body,
+    shape: torch.Tensor,
+    pose: torch.Tensor,
+    trans: torch.Tensor,
+    targets: list[HandTarget],
+    signed_distance: Callable[[torch.Tensor], torch.Tensor],
+    config: IKConfig,
+) -> torch.Tensor:
+    """Bend the fingers of hands already touching the object so their tips rest on its surface.
+
+    Only finger angles move. Tip keypoints are pulled to ``target_gap`` outside the surface while every
+    hand vertex is pushed out of the object; if the result still penetrates deeper than
+    ``penetration_tolerance`` the curl is halved until it does not (never worse than the uncurled hand)."""
+    finger_index = torch.tensor(
+        sorted({body.joint_index(n) for t in targets for n in FINGER_BONES[body.name][t.hand]}), device=pose.device
+    )
+    base = pose.detach()
+    curl = torch.zeros(base.shape[0], len(finger_index), 3, dtype=base.dtype, device=base.device, requires_grad=True)
+    hand_ids = [body.vertex_segments[f"{t.hand}_hand"] for t in targets]
+    all_ids = torch.cat(hand_ids)
+    bounds = torch.tensor([0] + [len(ids) for ids in hand_ids]).cumsum(0).tolist()
+
+    def hand_distances(curl_now: torch.Tensor):
+        out = body.forward(base.index_add(1, finger_index, curl_now), shape, trans, vertex_ids=all_ids)
+        for k, target in enumerate(targets):
+            tips = out.keypoints[:, HAND_SLICES[target.hand]][:, list(TIP_INDICES)]
+            yield signed_distance(tips), signed_distance(out.vertices[:, bounds[k] : bounds[k + 1]])
+
+    optimiser = torch.optim.Adam([curl], lr=config.curl_lr, betas=(0.8, 0.99))
+    for _ in range(config.curl_steps):
+        optimiser.zero_grad()
+        loss = config.w_finger_prior * (curl**2).sum(dim=(1, 2)).mean()
+        for tip_sd, vertex_sd in hand_distances(curl):
+            loss = loss + config.w_tips * (torch.relu(tip_sd - config.target_gap) ** 2).sum(-1).mean()
+            loss = loss + config.w_penetration * (torch.relu(-vertex_sd) ** 2).sum(-1).mean()
+        loss.backward()
+        optimiser.step()
+    scale = 1.0
+    with torch.no_grad():
+        for _ in range(5):
+            deepest = min(float(vertex_sd.min()) for _, vertex_sd in hand_distances(curl * scale))
+            if deepest >= -config.penetration_tolerance:
+                return base.index_add(1, finger_index, curl.detach() * scale)
+            scale *= 0.5
+    logger.warning("finger curl penetrates the object; fingers left as they were")
+    return base

@@ -49,27 +49,28 @@ def make_timeline(num_frames: int, variant: str, carry_yaw: float) -> Timeline:
     if num_frames < 4:
         raise ValueError(f"a manipulation clip needs at least 4 frames, got {num_frames}")
     t = np.linspace(0.0, 1.0, num_frames)
+    grasp, release = {"static_object": (0.35, 0.75), "object_lost": (0.15, 0.94)}.get(variant, (0.3, 0.86))
+    # Phase boundaries snap to frames: the reach ends exactly on the grasp frame and the placing ends
+    # exactly on the last held frame, so the object is let go only once it is back on the table.
+    grasp_frame = int(np.ceil(grasp * (num_frames - 1) - 1e-9))
+    last_held = max(int(np.floor(release * (num_frames - 1) + 1e-9)), grasp_frame)
+    tg, th = grasp_frame / (num_frames - 1), last_held / (num_frames - 1)
+    reach = _ramp(t, min(0.08, tg / 2), tg) - _ramp(t, th, 1.0)
     if variant == "static_object":
         # Reach, rest the hands on the object, let go: the object never moves.
-        reach = _ramp(t, 0.1, 0.35) - _ramp(t, 0.75, 0.95)
         lean = reach.copy()
         yaw = np.zeros(num_frames)
-        grasp, release = 0.35, 0.75
     elif variant == "object_lost":
         # Turn away with the object for most of the clip: it is hidden behind the body.
-        reach = _ramp(t, 0.03, 0.15) - _ramp(t, 0.94, 1.0)
-        lean = _ramp(t, 0.03, 0.15) - _ramp(t, 0.15, 0.22) + _ramp(t, 0.88, 0.94) - _ramp(t, 0.94, 1.0)
-        yaw = np.pi * (_ramp(t, 0.22, 0.3) - _ramp(t, 0.8, 0.88))
-        grasp, release = 0.15, 0.94
+        lift_end, place_start = min(tg + 0.07, th), min(0.88, th)
+        lean = _ramp(t, min(0.03, tg / 2), tg) - _ramp(t, tg, lift_end) + _ramp(t, place_start, th) - _ramp(t, th, 1.0)
+        turn_back_end = min(0.88, place_start)
+        yaw = np.pi * (_ramp(t, lift_end, min(0.3, turn_back_end)) - _ramp(t, min(0.8, turn_back_end), turn_back_end))
     else:  # normal, camera_shake
-        reach = _ramp(t, 0.08, 0.3) - _ramp(t, 0.86, 1.0)
-        lean = _ramp(t, 0.08, 0.3) - _ramp(t, 0.35, 0.5) + _ramp(t, 0.7, 0.86) - _ramp(t, 0.86, 1.0)
-        yaw = carry_yaw * _ramp(t, 0.5, 0.7)
-        grasp, release = 0.3, 0.86
-    # Held frames: from the first frame at full reach to the first frame that starts letting go.
-    grasp_frame = int(np.ceil(grasp * (num_frames - 1) - 1e-9))
-    release_frame = int(np.floor(release * (num_frames - 1) + 1e-9)) + 1
-    release_frame = min(max(release_frame, grasp_frame + 1), num_frames)
+        lift_end, place_start = min(max(0.5, tg), th), min(0.7, th)
+        lean = _ramp(t, min(0.08, tg / 2), tg) - _ramp(t, tg, lift_end) + _ramp(t, place_start, th) - _ramp(t, th, 1.0)
+        yaw = carry_yaw * _ramp(t, lift_end, place_start)
+    release_frame = min(last_held + 1, num_frames)
     reach[grasp_frame:release_frame] = 1.0  # exact grasp pose while holding
     return Timeline(reach, lean, yaw, grasp_frame, release_frame, moves_object=variant != "static_object")
 

@@ -165,13 +165,20 @@ def body_colors(
     v = vertices_rest
     best = torch.full((len(v),), float("inf"))
     label = torch.zeros(len(v), dtype=torch.long)
-    for a, b, lab in segments:
+    segment = torch.zeros(len(v), dtype=torch.long)
+    for index, (a, b, lab) in enumerate(segments):
         ab = b - a
         s = ((v - a) @ ab / (ab @ ab).clamp(min=1e-9)).clamp(0, 1)
         d = (v - (a + s[:, None] * ab)).norm(dim=-1)
         closer = d < best
         best = torch.where(closer, d, best)
         label = torch.where(closer, torch.full_like(label, lab), label)
+        segment = torch.where(closer, torch.full_like(segment, index), segment)
+    # The waistband is a horizontal line, not the jagged boundary between the torso and hip segments.
+    trunk = segment <= 2
+    waist = mid_hip[2] + 0.07
+    label[trunk & (v[:, 2] < waist)] = TROUSERS
+    label[trunk & (v[:, 2] >= waist)] = SHIRT
     for seg in ("left_hand", "right_hand"):
         label[body.vertex_segments[seg]] = SKIN
     for seg in ("left_foot", "right_foot"):

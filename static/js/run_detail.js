@@ -33,6 +33,10 @@
         if (r.ok) {
           const s = await r.json();
           renderStages(s.stages);
+          const logBox = document.getElementById("live-log");
+          if (logBox && s.log_tail) logBox.textContent = s.log_tail;
+          const worker = document.getElementById("live-worker");
+          if (worker) worker.textContent = s.worker ? "· " + s.worker : "";
           const pill = document.getElementById("run-status");
           pill.textContent = s.status; pill.className = "pill " + s.status;
           if (!s.active) { setTimeout(() => window.location.reload(), 600); return; }

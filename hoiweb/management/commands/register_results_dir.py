@@ -94,11 +94,21 @@ class Command(BaseCommand):
                     run.apply_filter_report(json.loads(layout.filter_report(vid).read_text()))
                 elif layout.invalid_marker(vid).exists():
                     marker = json.loads(layout.invalid_marker(vid).read_text() or "{}")
-                    run.failed_check = str(marker.get("failed_check") or marker.get("reason") or "invalid")[:64]
+                    failed = marker.get("failed_checks") or [
+                        marker.get("failed_check") or marker.get("reason") or "invalid"
+                    ]
+                    run.failed_check = str(failed[0])[:64]
                 elif layout.valid(vid).exists():
                     run.failed_check = Run.FILTER_PASSED
                 if done[4]:
                     run.metrics.update(eval_data(layout.raw_hoi_data(vid)))
+                for n in STAGES:  # hoiweb's own results dirs carry per-stage manifests: timings and figures
+                    manifest = _read_json(layout.manifest(vid, n))
+                    if isinstance(manifest, dict) and done[n]:
+                        run.stages[str(n)]["seconds"] = manifest.get("seconds")
+                        run.metrics.update(
+                            {k: v for k, v in (manifest.get("metrics") or {}).items() if isinstance(v, int | float)}
+                        )
                 if layout.metrics(vid).exists():
                     run.gt_metrics = gt_metrics_from_report(json.loads(layout.metrics(vid).read_text()))
                 run.status = Run.SUCCEEDED if all(done.values()) else Run.CREATED
@@ -106,6 +116,13 @@ class Command(BaseCommand):
                 run.save()
                 runs += 1
         self.stdout.write(f"{len(vids)} video(s) found, {added} new, {runs} run(s) imported from {root}")
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except (ValueError, OSError):
+        return None
 
 
 def _default_or_empty() -> str:

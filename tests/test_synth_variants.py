@@ -1,0 +1,47 @@
+"""Variants a good filter must reject: static object, shaking camera, object lost from view."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reconstruction.body import load_body_model
+from reconstruction.synth.scene import SceneConfig, build_scene, render_scene
+
+pytestmark = pytest.mark.slow
+
+
+def _scene(variant: str, category: str = "box", render: bool = False):
+    config = SceneConfig(category=category, variant=variant, num_frames=15, width=160, height=120, seed=11, ik_steps=40)
+    scene = build_scene(config, load_body_model("anny"))
+    return scene, (render_scene(scene) if render else None)
+
+
+def _camera_centres(world_to_cam: np.ndarray) -> np.ndarray:
+    return -np.einsum("tji,tj->ti", world_to_cam[:, :3, :3], world_to_cam[:, :3, 3])
+
+
+def test_static_object_never_moves_but_is_touched():
+    scene, _ = _scene("static_object", "bottle")
+    poses = scene.object_poses_world.numpy()
+    assert np.allclose(poses, poses[:1], atol=1e-7)
+    assert scene.contact.any()
+    translation_range = poses[:, :3, 3].max(axis=0) - poses[:, :3, 3].min(axis=0)
+    assert np.linalg.norm(translation_range) < 0.02  # the reference's object_static_thr
+
+
+def test_camera_shake_moves_the_camera_more_than_10cm():
+    scene, _ = _scene("camera_shake")
+    centres = _camera_centres(scene.world_to_cam)
+    assert np.linalg.norm(centres[-1] - centres[0]) > 0.1  # the reference's camera_trans_thr
+    normal, _ = _scene("normal")
+    assert np.allclose(normal.world_to_cam, normal.world_to_cam[:1])  # the normal camera is static
+
+
+def test_object_lost_is_hidden_for_more_than_a_third_of_the_frames():
+    scene, rendered = _scene("object_lost", render=True)
+    visibility = rendered.object_visibility
+    assert visibility[0] > 0.9  # seen on the table at the start
+    assert (visibility < 0.25).mean() > 1 / 3  # at most slivers of it visible
+    normal, rendered_normal = _scene("normal", render=True)
+    assert (rendered_normal.object_visibility > 0.5).mean() > 0.9
