@@ -18,7 +18,7 @@ from reconstruction.eval import metrics
 from reconstruction.eval.evaluate import evaluate_and_save
 from reconstruction.layout import Layout, VideoId
 from reconstruction.render_config import load_pickle
-from reconstruction.synth.__main__ import generate
+from reconstruction.synth.generate import generate
 from reconstruction.synth.ground_truth import load_ground_truth
 from reconstruction.video import read_video
 
