@@ -116,6 +116,9 @@ def test_six_stages_write_sane_contract_artefacts(run):
 
     # Ground-truth metrics: finite, and better than a trivial baseline.
     report = evaluate_and_save(layout, vid)
+    # Stage 4 lists metrics.json among its outputs: re-evaluating must not make it look stale.
+    up_to_date, why = pipeline.check_stage(vid, 4, fast_config(), layout.results_dir)
+    assert up_to_date, why
     saved = json.loads(layout.metrics(vid).read_text())
     assert set(saved["stages"]) == {"human_pose", "object_pose", "optimize"}
     for stage in saved["stages"].values():
