@@ -55,7 +55,10 @@ class FitSettings:
     hand_weight: float = 0.3  # weight of the 42 hand keypoints relative to the body's
     fit_fingers: bool = True  # optimise finger joints too (only where hand keypoints were seen)
     w_reprojection: float = 1.0
-    w_pose_prior: float = 2.0  # sum over joints of squared residual (rad^2), every frame
+    # Sum over joints of the squared residual from the frame-0 pose (rad^2), every frame. Strong on purpose:
+    # monocular 2D leaves limb depth ambiguous and the render's frame-0 pose is the best prior we have
+    # (synthetic 60-frame videos, mean MPJPE over 4 categories: 9.2 cm at 2, 5.3 at 50, 4.8 at 150, 5.3 at 500).
+    w_pose_prior: float = 150.0
     w_first_frame: float = 200.0  # frame 0 pose and translation are given by the render config
     w_joint_limit: float = 100.0
     joint_limit_rad: float = 2.6  # local rotation magnitude beyond which a joint is implausible
