@@ -34,6 +34,8 @@ import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
+MIN_DEPTH_M, MAX_DEPTH_M = 0.05, 100.0  # object centres outside this range mean the track is lost
+
 
 @dataclass(frozen=True)
 class TrackerConfig:
@@ -610,6 +612,22 @@ def track_object(
         window_rot, window_centre = solve_window(
             window_rot, window_centre, history, centroid, mesh, evidence, frames, K, size, config, generator
         )
+        # A frame whose object left the viewing frustum's plausible depths has lost track: hold the
+        # last good pose instead of letting the next window extrapolate from nonsense.
+        lost = (
+            (window_centre[:, 2] < MIN_DEPTH_M)
+            | (window_centre[:, 2] > MAX_DEPTH_M)
+            | ~torch.isfinite(window_centre).all(1)
+        )
+        if bool(lost.any()):
+            logger.warning(
+                "object track lost in %d frame(s) of %d-%d: holding the last pose", int(lost.sum()), start, stop - 1
+            )
+            hold_rot, hold_centre = rotations[start - 1], centres[start - 1]
+            for index in range(len(lost)):
+                if lost[index]:
+                    window_rot[index], window_centre[index] = hold_rot, hold_centre
+                hold_rot, hold_centre = window_rot[index], window_centre[index]
         rotations[frames], centres[frames] = window_rot, window_centre
         points = visible_points(_poses(window_rot, window_centre, centroid).float(), *mesh, K, size, config, generator)
         cam = (points.contour.to(dtype) - centroid) @ window_rot.transpose(1, 2) + window_centre[:, None]
