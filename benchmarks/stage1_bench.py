@@ -35,10 +35,8 @@ CATEGORIES = ("box", "bottle", "drill", "mug")
 
 
 def generate_video(results_dir: Path, category: str, args: argparse.Namespace) -> VideoId:
-    try:
-        from reconstruction.synth.generate import generate, video_name
-    except ImportError:  # older synth layout kept the API in the CLI module
-        from reconstruction.synth.__main__ import generate, video_name
+    from reconstruction.synth.generate import generate, video_name
+
     vid = VideoId("Synthetic", category, video_name(category, "normal", args.seed, 0))
     layout = Layout.create(results_dir)
     if layout.video(vid).exists() and layout.ground_truth(vid).exists():

@@ -56,18 +56,25 @@ def test_stages_reduce_their_loss_and_record_history(body):
 
 def test_result_is_closer_to_ground_truth_than_its_init(body):
     gt, video = make_scene(body, 10)
-    # stage 3 jitter on top of the scene's constant offset: smoothness and the hand should remove some
+    # stage 3 jitter on top of the scene's constant offset: smoothness and contact reduce it
     generator = torch.Generator().manual_seed(1)
     video.object_poses_cam = video.object_poses_cam.clone()
-    video.object_poses_cam[:, :3, 3] += 0.02 * torch.randn(10, 3, generator=generator)
+    # (depth is what a silhouette tracker gets wrong; its 2D track is held by verts_tracking)
+    video.object_poses_cam[:, 2, 3] += 0.03 * torch.randn(10, generator=generator)
     before_body = _keypoint_error(body, video.body_pose, video.body_trans, gt)
     c2w = torch.linalg.inv(video.world_to_cam)
-    before_obj = float(((c2w @ video.object_poses_cam)[:, :3, 3] - gt["obj_world"][:, :3, 3]).norm(dim=-1).mean())
+
+    def jitter_error(obj_t: torch.Tensor) -> float:
+        # error after removing the constant offset: the frame-to-frame noise of the trajectory
+        error = obj_t - gt["obj_world"][:, :3, 3]
+        return float((error - error.mean(0)).norm(dim=-1).mean())
+
+    before_obj = jitter_error((c2w @ video.object_poses_cam)[:, :3, 3])
     result = HOIOptimizer(body, _config(60, 20).optimization).run([video])[0]
     after_body = _keypoint_error(body, result.body_pose, result.body_trans, gt)
-    after_obj = float((result.obj_t - gt["obj_world"][:, :3, 3]).norm(dim=-1).mean())
+    after_obj = jitter_error(result.obj_t)
     assert after_body < 0.6 * before_body, (before_body, after_body)
-    assert after_obj < before_obj, (before_obj, after_obj)
+    assert after_obj < 0.9 * before_obj, (before_obj, after_obj)
 
 
 def test_batched_videos_give_the_same_result_as_one_by_one(body):

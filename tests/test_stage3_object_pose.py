@@ -91,12 +91,12 @@ def test_import_pickle_array_list_and_txt_folder(scene, tmp_path):
     np.testing.assert_allclose(import_poses(as_list.parent), poses)
     np.testing.assert_allclose(import_poses(txt_dir), poses)
 
-    config = {"obj_pose_tracking": {"backend": "foundation_pose", "import_path": str(txt_dir)}}
+    config = {"object_pose": {"backend": "import", "import_dir": str(txt_dir)}}
     result = object_pose.run(StageContext(video=vid, layout=layout, config=config))
     stored = load_pickle(layout.object_poses(vid))
     assert stored.dtype == np.float64
     np.testing.assert_allclose(stored, poses)
-    assert result.info["backend"] == "foundation_pose"
+    assert result.info["backend"] == "import"
 
 
 def test_import_rejects_bad_matrices(tmp_path):
@@ -127,7 +127,7 @@ def test_import_frame_count_must_match_video(scene, tmp_path):
     layout, vid, truth = _copy(scene, tmp_path)
     source = tmp_path / "short.pkl"
     fileio.write_pickle(source, truth.object_poses_cam[:4])
-    config = {"obj_pose_tracking": {"backend": "foundation_pose", "import_path": str(source)}}
+    config = {"object_pose": {"backend": "import", "import_dir": str(source)}}
     with pytest.raises(StageInputError, match=f"4 poses but the video has {NUM_FRAMES} frames"):
         object_pose.run(StageContext(video=vid, layout=layout, config=config))
 

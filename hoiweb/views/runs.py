@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
 from django.core.paginator import Paginator
@@ -42,7 +43,8 @@ def _stage_rows(run: Run) -> list[dict]:
 def runs_list(request):
     run_filter = RunFilter.from_querydict(request.GET)
     qs = run_filter.apply().select_related("video", "category__dataset")
-    paginator = Paginator(qs, request.GET.get("per_page") if str(request.GET.get("per_page", "")).isdigit() else 50)
+    per_page = request.GET.get("per_page", "")
+    paginator = Paginator(qs, min(int(per_page), 500) if per_page.isdigit() and int(per_page) > 0 else settings.RUNS_PER_PAGE)
     page = paginator.get_page(request.GET.get("page"))
     metrics = metric_names()
     shown = [m for m in request.GET.getlist("col") if m in metrics] or default_metric_columns(metrics)

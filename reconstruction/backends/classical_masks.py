@@ -30,12 +30,14 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ClassicalMaskConfig:
     diff_threshold: float = 7.0  # Lab distance (L in [0,100]) above which a pixel differs from background
+    chroma_weight: float = 1.0  # weight of a*, b* against L* in the background difference
     colour_bins: int = 16  # histogram bins per Lab channel
     prior_weight: float = 3.0  # log-odds bonus for object pixels carried by flow from the previous frame
     spatial_weight: float = 2.0  # log-odds for "nearer the carried object than the carried human"
     object_margin: float = 0.0  # object iff log P(c|obj) + prior > log P(c|human) + margin
     search_radius_frac: float = 0.03  # object may appear this far (x image diagonal) from its prior
-    selfie_threshold: float = 0.5
+    selfie_threshold: float = 0.8  # person probability that marks unknown-background pixels foreground
+    selfie_union_threshold: float = 0.95  # ... that makes them human on its own
     use_selfie: bool = True
     kernel_px: int = 3  # morphological clean-up kernel
     min_blob_frac: float = 2e-4  # drop blobs smaller than this fraction of the image
@@ -206,6 +208,9 @@ def track_masks(
             if own:
                 segmenter.close()
 
+    # H.264 stores colour at half resolution: chroma differences bleed a pixel past every edge,
+    # luma ones do not, so chroma counts less in the background difference.
+    chroma_weights = np.array([1.0, config.chroma_weight, config.chroma_weight], dtype=np.float32)
     background_lab = lab[0].copy()
     background_known = core_background.copy()
     grid = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
@@ -225,7 +230,7 @@ def track_masks(
         carried_object = warp_with_flow(object_masks[t - 1], flow, grid)
         object_prior = warp_with_flow(object_prior, flow, grid)
 
-        difference = np.linalg.norm(lab[t] - background_lab, axis=-1)
+        difference = np.linalg.norm((lab[t] - background_lab) * chroma_weights, axis=-1)
         fg_known = difference > config.diff_threshold
         # Unknown background: the colour model says foreground, or the person segmenter does.
         log_obj, log_hum = object_colours.table[bins[t]], human_colours.table[bins[t]]
@@ -248,7 +253,8 @@ def track_masks(
 
         human = foreground & ~obj
         if person_prob is not None:
-            human |= ~background_known & (person_prob[t] > config.selfie_threshold) & ~obj
+            # The segmenter's mask is coarse (256x144 model): trust it alone only where it is sure.
+            human |= ~background_known & (person_prob[t] > config.selfie_union_threshold) & ~obj
         human = clean_mask(human, config.kernel_px, min_blob) & ~obj
 
         object_masks[t], human_masks[t] = obj, human

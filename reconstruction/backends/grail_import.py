@@ -1,6 +1,6 @@
 """Object pose backend ``foundation_pose``: import FoundationPose outputs made by the reference pipeline.
 
-Accepted sources (config ``obj_pose_tracking.import_path``; default: the stage-3 cache path itself):
+Accepted sources (config ``object_pose.import_dir``; default: the stage-3 cache path itself):
 - ``poses_in_cam.pkl``: an array (T,4,4) or a list of 4x4 matrices (object -> camera);
 - a folder holding ``poses_in_cam.pkl`` (directly or under ``pose_estimation_output/``);
 - a folder of per-frame ``*.txt`` files, each a 4x4 matrix, ordered by the number in the name.
@@ -52,5 +52,5 @@ def import_poses(source: Path) -> np.ndarray:
         logger.info("imported %d per-frame poses from %s", len(poses), source)
         return poses
     if not source.exists():
-        raise StageInputError(f"FoundationPose output not found: {source} (obj_pose_tracking.import_path)")
+        raise StageInputError(f"FoundationPose output not found: {source} (object_pose.import_dir)")
     return load_object_poses(source)

@@ -4,10 +4,12 @@ Output: (T, 75, 3) = x_px, y_px, confidence in ``reconstruction.keypoints`` orde
 21 right hand); confidence 0 where nothing was detected.
 
 Handedness: MediaPipe Hands labels a hand assuming a mirrored selfie image, so on an ordinary (unmirrored)
-camera image its "Left" is the person's right hand (checked on rendered anny bodies whose left hand is
-known; ``tests/test_stage1_mediapipe.py`` guards it). The label is only a fallback: each detected hand is
-assigned to the pose model's left or right wrist by distance, which stays correct when the person turns
-around or the hand classifier is unsure. Hands far from both pose wrists are dropped as false detections.
+camera image its "Left" is the person's right hand (seen on a full-frame anny render, 2026-11-24). The label
+is weak on small rendered hands, though: on upscaled wrist crops of a synthetic box scene only 1 of 3
+labels of the left hand was right. So the label is only a fallback: each detected hand is assigned to the
+pose model's left or right wrist by distance, which also stays correct when the person turns around
+(``tests/test_stage1_pipeline.py`` checks the slots against ground truth). Hands far from both pose wrists
+are dropped as false detections.
 
 Hands are small in a full-body frame, so after the full-frame pass, a wrist the pose model sees but with no
 hand found gets a second, static pass on an upscaled crop around that wrist.

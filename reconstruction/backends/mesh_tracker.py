@@ -60,6 +60,8 @@ class TrackerConfig:
     @classmethod
     def from_section(cls, section: dict[str, Any]) -> TrackerConfig:
         values = dict(section.get("mesh_tracker") or {})
+        if "iterations" in section:  # object_pose.iterations of the typed config
+            values.setdefault("iterations", int(section["iterations"]))
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown key(s) in obj_pose_tracking.mesh_tracker: {', '.join(sorted(unknown))}")
@@ -219,13 +221,9 @@ def render_crop(
     K_crop[0, 2] -= left
     K_crop[1, 2] -= top
     out = render(
-        [Mesh(cam.float(), faces, instance_id=2)],
-        K_crop,
-        np.eye(4),
-        (bottom - top, right - left),
-        device=cam.device,
-        return_barycentrics=True,
-    )
+        [Mesh(cam.float(), faces, instance_id=2)], K_crop, np.eye(4), (bottom - top, right - left),
+        device=cam.device, return_barycentrics=True,
+    )  # fmt: skip
     return CropRender(out.face_id, out.barycentrics, top, left)
 
 

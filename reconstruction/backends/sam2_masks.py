@@ -2,7 +2,7 @@
 
 Uses the PyPI ``sam2`` package (sdist, no weights). The checkpoint comes from
 ``preprocess.sam2_checkpoint`` or ``SAM2_CHECKPOINT``; the model config (a name inside the package,
-e.g. ``configs/sam2.1/sam2.1_hiera_s.yaml``) from ``preprocess.sam2_config``. A missing package or
+e.g. ``configs/sam2.1/sam2.1_hiera_s.yaml``) from ``preprocess.sam2_model_cfg``. A missing package or
 checkpoint raises an error naming the setting - never a silent fallback to another backend.
 """
 
@@ -46,7 +46,7 @@ def build_predictor(section: dict[str, Any], device: str, checkpoint: Path | Non
             f"mask backend 'sam2' needs the 'sam2' package and its dependencies (pip install sam2==1.1.0; "
             f"import failed: {exc}) and a checkpoint from {SETTING}"
         ) from exc
-    config_name = section.get("sam2_config") or DEFAULT_CONFIG
+    config_name = section.get("sam2_model_cfg") or section.get("sam2_config") or DEFAULT_CONFIG
     return build_sam2_video_predictor(
         config_name, str(checkpoint) if checkpoint else None, device=device, apply_postprocessing=False
     )

@@ -265,7 +265,9 @@ def evaluate_video(layout: Layout, vid: VideoId, device: str = "cpu") -> dict[st
     """All metrics of one video's available stage outputs against its ground truth."""
     gt_path = layout.ground_truth(vid)
     gt = load_ground_truth(gt_path)
-    mesh = _load_mesh(gt.object_mesh_path)
+    # A results dir may have been copied or its videos renamed: the video's own mesh is the same object.
+    mesh_path = Path(gt.object_mesh_path)
+    mesh = _load_mesh(mesh_path if mesh_path.exists() else layout.mesh(vid))
     stages: dict[str, dict[str, float]] = {}
     for name, evaluate in (
         ("human_pose", lambda: evaluate_human_pose(layout, vid, gt)),

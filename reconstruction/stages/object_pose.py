@@ -1,9 +1,9 @@
 """Stage 3 - object pose: per-frame 6-DoF object->camera poses of the known mesh.
 
-Config section ``obj_pose_tracking`` (the reference's keys ``foundation_pose_debug``, ``crop_image``,
-``interpolation_factor`` are accepted and have no effect here):
-- ``backend``: ``mesh_tracker`` (default) | ``foundation_pose`` (import, ``import_path``);
-- ``mesh_tracker``: TrackerConfig overrides.
+Config section ``object_pose`` (typed config): ``backend``: ``mesh_tracker`` (default) | ``import``
+(FoundationPose outputs at ``import_dir``; default: the stage-3 cache path itself), ``iterations``
+(Levenberg-Marquardt iterations per window); a dict config may also give ``mesh_tracker``
+(TrackerConfig overrides). The reference's ``obj_pose_tracking`` keys are accepted and have no effect.
 ``is_static_obj`` (``ctx.is_static_obj`` or ``pipeline.is_static_obj``) writes the frame-0 pose of the
 render config for every frame. Output: ``layout.object_poses`` = pickled float64 (T,4,4), validated
 before it is written.
@@ -25,7 +25,7 @@ NAME = "object_pose"
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("mesh_tracker", "foundation_pose")
+BACKENDS = ("mesh_tracker", "import", "foundation_pose")  # foundation_pose = import
 
 
 def static_poses(initial_pose: np.ndarray, num_frames: int) -> np.ndarray:
@@ -52,10 +52,11 @@ def render_silhouettes(
 def run(ctx: StageContext) -> StageResult:
     start = time.perf_counter()
     layout, vid = ctx.layout, ctx.video
-    section = scene_inputs.config_section(ctx.config, "obj_pose_tracking")
+    section = scene_inputs.config_section(ctx.config, "object_pose")
     backend = str(section.get("backend", "mesh_tracker"))
     if backend not in BACKENDS:
-        raise StageInputError(f"obj_pose_tracking.backend: unknown backend {backend!r} (choose {', '.join(BACKENDS)})")
+        raise StageInputError(f"object_pose.backend: unknown backend {backend!r} (choose {', '.join(BACKENDS)})")
+    backend = "import" if backend == "foundation_pose" else backend
     is_static = bool(
         ctx.is_static_obj or scene_inputs.config_section(ctx.config, "pipeline").get("is_static_obj", False)
     )
@@ -67,10 +68,10 @@ def run(ctx: StageContext) -> StageResult:
     info: dict[str, object] = {"backend": "static" if is_static else backend}
     metrics: dict[str, float] = {}
 
-    if backend == "foundation_pose" and not is_static:
+    if backend == "import" and not is_static:
         from reconstruction.backends.grail_import import import_poses
 
-        source = section.get("import_path") or layout.object_poses(vid)
+        source = section.get("import_dir") or section.get("import_path") or layout.object_poses(vid)
         poses = import_poses(source)
         if masks_path.exists():
             num_frames = len(scene_inputs.load_masks_cache(masks_path, image_size))
