@@ -10,6 +10,7 @@ import math
 
 import cv2
 import numpy as np
+import pytest
 
 from reconstruction.stages import filtering
 
@@ -37,6 +38,10 @@ def _orbit_frames(angles_deg, depth=3.0, size=(120, 160), focal=150.0, turn=True
     return np.stack(frames), np.stack(centres), focal, depth
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug (e2e report): camera_trans reads one background image shift, which an orbiting camera cancels",
+)
 def test_camera_check_rejects_a_camera_that_orbits_the_scene():
     frames, centres, focal, depth = _orbit_frames(np.linspace(0.0, 6.0, 8))
     moved = float(np.linalg.norm(centres[-1] - centres[0]))
