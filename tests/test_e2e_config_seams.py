@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
 from reconstruction.backends.mesh_tracker import TrackerConfig
 from reconstruction.config import load_config
 from reconstruction.stages import scene_inputs
@@ -19,6 +21,10 @@ def test_mesh_tracker_settings_are_reachable_through_the_config():
     assert (tracker.iterations, tracker.window) == (5, 2)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug (e2e report): stage 3 reads obj_pose_tracking.backend/import_path, which the config validator rejects",
+)
 def test_stage3_backend_setting_is_reachable_through_the_config():
     # Stage 3 documents and reads ``obj_pose_tracking.backend`` / ``import_path``; the validator rejects
     # both, while the typed section it does accept (``object_pose.backend/import_dir/iterations``) is read

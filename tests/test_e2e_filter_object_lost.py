@@ -5,10 +5,15 @@ for frames 9-23, yet ``object_mask`` reported error 0.0 on those frames and pass
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from reconstruction.stages import filtering
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug (e2e report): one-sided mask error is 0 where the mask is empty: a lost object passes",
+)
 def test_object_mask_check_fails_when_the_object_vanishes_from_the_masks():
     frames, height, width = 10, 40, 60
     rendered = np.zeros((frames, height, width), dtype=bool)
