@@ -18,16 +18,11 @@ from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
+from reconstruction.layout import STAGE_NAMES
+
 log = logging.getLogger(__name__)
 
-STAGES: dict[int, str] = {
-    1: "human_pose",
-    2: "preprocess",
-    3: "object_pose",
-    4: "optimize",
-    5: "filter",
-    6: "visualize",
-}
+STAGES = STAGE_NAMES  # the engine's stage numbering (reconstruction.layout imports no torch)
 STAGE_LABELS: dict[int, str] = {
     1: "Human pose",
     2: "Masks & depth",

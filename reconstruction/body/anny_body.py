@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import roma
 import torch
 
-from reconstruction.body.base import BodyOutput
+from reconstruction.body.base import BodyOutput, StandingHeightMixin
 from reconstruction.body.solve import solve_monotonic
 from reconstruction.keypoints import ALL_KEYPOINTS
 
@@ -197,7 +197,7 @@ def _build_anny(dtype: torch.dtype):
     return model.to(dtype=dtype)
 
 
-class AnnyBody:
+class AnnyBody(StandingHeightMixin):
     """anny as a ``BodyModel``: batched over frames, differentiable wrt pose, shape and translation."""
 
     name = "anny"
@@ -511,15 +511,6 @@ class AnnyBody:
         rest = self._compute_rest(self._as_shape_batch(shape)[:1])
         z = self._posed(self.rest_pose(1), zero, rest).vertices[0, :, 2]
         return float(z.min()), float(z.max())
-
-    def standing_height(self, shape: torch.Tensor) -> float:
-        """Standing height (max z - min z of the zero-pose mesh), metres."""
-        low, high = self.standing_extent(shape)
-        return high - low
-
-    def root_height_standing(self, shape: torch.Tensor) -> float:
-        """Height of the root above the soles in the zero pose: ``trans.z`` that puts the feet on z = 0."""
-        return -self.standing_extent(shape)[0]
 
     def shape_for_height(self, height_m: float, base_shape: torch.Tensor | None = None) -> torch.Tensor:
         """A shape (6,) whose standing height is ``height_m``: ``base_shape`` (default all 0.5) with its

@@ -71,3 +71,19 @@ class BodyModel(Protocol):
         ...
 
     def to(self, device: str | torch.device) -> BodyModel: ...
+
+
+class StandingHeightMixin:
+    """Height helpers derived from a model's ``standing_extent(shape) -> (min z, max z)`` in the zero pose."""
+
+    def standing_extent(self, shape: torch.Tensor) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def standing_height(self, shape: torch.Tensor) -> float:
+        """Standing height (max z - min z of the zero-pose mesh), metres."""
+        low, high = self.standing_extent(shape)
+        return high - low
+
+    def root_height_standing(self, shape: torch.Tensor) -> float:
+        """Height of the root above the soles in the zero pose: ``trans.z`` that puts the feet on z = 0."""
+        return -self.standing_extent(shape)[0]

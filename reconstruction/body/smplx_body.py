@@ -22,7 +22,7 @@ from pathlib import Path
 import roma
 import torch
 
-from reconstruction.body.base import BodyOutput
+from reconstruction.body.base import BodyOutput, StandingHeightMixin
 from reconstruction.body.solve import solve_monotonic
 from reconstruction.keypoints import ALL_KEYPOINTS
 
@@ -152,7 +152,7 @@ def find_smplx_file(model_dir: str | os.PathLike, gender: str = "neutral") -> tu
     )
 
 
-class SmplxBody:
+class SmplxBody(StandingHeightMixin):
     """SMPL-X as a ``BodyModel``: batched over frames, differentiable wrt pose, betas and translation."""
 
     name = "smplx"
@@ -319,13 +319,6 @@ class SmplxBody:
         zero = torch.zeros(1, 3, dtype=self.dtype, device=self.device)
         z = self.forward(self.rest_pose(1), shape, zero).vertices[0, :, 2]
         return float(z.min()), float(z.max())
-
-    def standing_height(self, shape: torch.Tensor) -> float:
-        low, high = self.standing_extent(shape)
-        return high - low
-
-    def root_height_standing(self, shape: torch.Tensor) -> float:
-        return -self.standing_extent(shape)[0]
 
     def shape_for_height(self, height_m: float, base_shape: torch.Tensor | None = None) -> torch.Tensor:
         """Betas whose standing height is ``height_m``: ``base_shape`` (default zeros) with beta 0 solved by
