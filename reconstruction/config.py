@@ -107,7 +107,6 @@ class ObjPoseTrackingConfig:
     smooth_window: int = _nonneg(9)
     smooth_polyorder: int = _nonneg(3)
     require_mycpp: bool = False
-    mesh_tracker: dict[str, Any] = field(default_factory=dict)  # hoiweb stage 3 TrackerConfig fields
 
 
 @dataclass(frozen=True)
@@ -258,6 +257,7 @@ class ObjectPoseConfig:
     backend: Literal["mesh_tracker", "import"] = "mesh_tracker"
     import_dir: str | None = None
     iterations: int = field(default=50, metadata=_meta(min=1))
+    mesh_tracker: dict[str, Any] = field(default_factory=dict)  # TrackerConfig fields (backends/mesh_tracker.py)
 
 
 @dataclass(frozen=True)

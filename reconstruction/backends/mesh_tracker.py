@@ -66,7 +66,7 @@ class TrackerConfig:
             values.setdefault("iterations", int(section["iterations"]))
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown key(s) in obj_pose_tracking.mesh_tracker: {', '.join(sorted(unknown))}")
+            raise ValueError(f"unknown key(s) in object_pose.mesh_tracker: {', '.join(sorted(unknown))}")
         return cls(**values)
 
 
