@@ -190,10 +190,10 @@ def table_top_height(scene_data: list[dict[str, Any]]) -> float | None:
 
 
 def _object_mesh(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    from reconstruction.stages.optimize import load_object_mesh
+    from reconstruction.stages.scene_inputs import load_object_mesh
 
-    verts, faces = load_object_mesh(path)
-    return torch.as_tensor(verts), torch.as_tensor(faces)
+    mesh = load_object_mesh(path)
+    return torch.as_tensor(mesh.vertices, dtype=torch.float32), torch.as_tensor(mesh.faces)
 
 
 @dataclass

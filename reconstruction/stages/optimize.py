@@ -28,6 +28,7 @@ from reconstruction.optim.body_points import PointBody
 from reconstruction.optim.contact import ContactLabels, ContactParams, label_contacts, save_contact_labels
 from reconstruction.optim.optimizer import HOIOptimizer, OptimizationResult, VideoInputs
 from reconstruction.render_config import RenderConfig, load_cam_k, load_pickle, load_render_config
+from reconstruction.stages import scene_inputs
 from reconstruction.stages.base import StageContext, StageInputError, StageResult
 
 NUMBER = 4
@@ -54,20 +55,6 @@ def _require(path: Path, what: str) -> Path:
     if not path.exists():
         raise StageInputError(f"{what} not found: {path} (run the stage that writes it first)")
     return path
-
-
-def load_object_mesh(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices (V, 3) and triangle faces (F, 3) of the object's .obj (metres, model frame)."""
-    import trimesh
-
-    _require(path, "object mesh")
-    try:
-        mesh = trimesh.load(path, force="mesh", process=False)
-    except Exception as exc:  # noqa: BLE001 - any parser failure is a bad input file
-        raise StageInputError(f"{path}: not a readable mesh ({exc})") from exc
-    if len(mesh.faces) == 0:
-        raise StageInputError(f"{path}: mesh has no faces")
-    return np.asarray(mesh.vertices, dtype=np.float32), np.asarray(mesh.faces, dtype=np.int64)
 
 
 def load_masks(path: Path, num_frames: int, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +108,7 @@ def load_video(layout: Layout, vid: VideoId, config: ReconConfig) -> LoadedVideo
     if object_poses.shape != (num_frames, 4, 4):
         raise StageInputError(f"{poses_file}: object poses {object_poses.shape} != ({num_frames}, 4, 4)")
     mesh_path = layout.mesh(vid)
-    vertices, faces = load_object_mesh(mesh_path)
+    mesh = scene_inputs.load_object_mesh(mesh_path, render_config.obj_scale)
     obj_masks, human_masks = load_masks(layout.masks_cache(vid), num_frames, image_size)
     depth = load_depth(layout.depth_cache(vid), num_frames)
     video = VideoInputs(
@@ -133,8 +120,8 @@ def load_video(layout: Layout, vid: VideoId, config: ReconConfig) -> LoadedVideo
         body_shape=shape,
         body_trans=trans,
         keypoints_2d=keypoints,
-        object_vertices=torch.as_tensor(vertices * render_config.obj_scale),
-        object_faces=torch.as_tensor(faces),
+        object_vertices=torch.as_tensor(mesh.vertices, dtype=torch.float32),
+        object_faces=torch.as_tensor(mesh.faces),
         object_poses_cam=torch.as_tensor(object_poses, dtype=torch.float32),
         contact=torch.zeros(num_frames, 2, dtype=torch.bool),
         object_tracked=torch.as_tensor(obj_masks.reshape(num_frames, -1).any(1)),
