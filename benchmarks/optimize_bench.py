@@ -1,7 +1,8 @@
 """Stage 4 optimiser speed: one video and batches of videos, default iteration counts.
 
 Usage: python benchmarks/optimize_bench.py [--device cpu|cuda] [--frames 120] [--batch_videos 1 4 16]
-       [--init_iters 400] [--contact_iters 200] [--compile] [--threads N] [--no_depth] [--json out.json]
+       [--init_iters 400] [--contact_iters 200] [--no_compile] [--compile_dynamic true|none|false]
+       [--no_cuda_graph] [--cold_frames 120x1 90x1 120x16] [--threads N] [--no_depth] [--json out.json]
 
 Workload (the default manip_anny config's terms): anny body (subset skinning), 75 2D keypoints, smoothness,
 pose and foot terms, an object of ~1,000 triangles tracked in 2D, depth_pointcloud against 3,000 depth
@@ -111,7 +112,16 @@ def main() -> None:
     parser.add_argument("--batch_videos", type=int, nargs="+", default=[1])
     parser.add_argument("--init_iters", type=int, default=400)
     parser.add_argument("--contact_iters", type=int, default=200)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the loss")
+    parser.add_argument("--no_compile", action="store_true", help="no torch.compile (CUDA; the CPU never compiles)")
+    parser.add_argument(
+        "--cold_frames",
+        type=int,
+        nargs="+",
+        default=None,
+        help="instead: one video of each length in turn, no warm-up (compile time included)",
+    )
+    parser.add_argument("--compile_dynamic", choices=["false", "none", "true"], default="true")
+    parser.add_argument("--no_cuda_graph", action="store_true", help="run every iteration eagerly on CUDA")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no_depth", action="store_true", help="no depth maps (the 'static' depth backend)")
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
@@ -120,14 +130,18 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     body = load_body_model("anny", device=device)
-    base = load_config().merge({"optimization": {"compile": bool(args.compile)}})
+    base = load_config().merge({"optimization": {"compile": not args.no_compile, "cuda_graph": not args.no_cuda_graph}})
 
     def config(init_iters: int, contact_iters: int):
         return base.merge({"optimization": {"opt_stage_specs": {"init_opt": {"niter": init_iters},
                                                                  "contact_opt": {"niter": contact_iters}}}})  # fmt: skip
 
+    HOIOptimizer.compile_dynamic = {"false": False, "none": None, "true": True}[args.compile_dynamic]
     # Inputs are built on the CPU, as stage 4 loads its caches; the optimiser moves them to the device.
     cpu_body = load_body_model("anny", device="cpu")
+    if args.cold_frames:
+        cold_runs(args, body, device, cpu_body, config)
+        return
     videos = [make_video(cpu_body, args.frames, seed, not args.no_depth) for seed in range(max(args.batch_videos))]
     warm = HOIOptimizer(body, config(5, 5).optimization, device=device)
     warm.run([videos[0]])
@@ -154,15 +168,37 @@ def main() -> None:
     iters = f"init {args.init_iters} + contact {args.contact_iters}"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"\nStage 4 optimiser, {args.frames} frames, {iters} iterations, device {name}, torch {torch.__version__}, "
-          f"compile={args.compile}, threads={torch.get_num_threads()}, depth={'no' if args.no_depth else 'yes'}\n")  # fmt: skip
-    print("| videos / batch | seconds | s / video | videos / min | peak MiB | peak MiB / video |")
-    print("|---|---|---|---|---|---|")
+          f"compile={not args.no_compile}, cuda_graph={not args.no_cuda_graph}, threads={torch.get_num_threads()}, depth={'no' if args.no_depth else 'yes'}\n")  # fmt: skip
+    print(
+        "| videos / batch | seconds | s / video | videos / min | peak MiB | peak MiB / video | final loss (video 0) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['batch_videos']} | {r['seconds']} | {r['seconds_per_video']} | {r['videos_per_minute']} | "
-              f"{r['peak_memory_mib']} | {r['peak_memory_mib_per_video']} |")  # fmt: skip
+              f"{r['peak_memory_mib']} | {r['peak_memory_mib_per_video']} | {r['final_total_loss_video0']:.5g} |")  # fmt: skip
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"args": vars(args), "device": name, "rows": rows}, fh, indent=2)
+
+
+def cold_runs(args, body, device, cpu_body, config) -> None:
+    """One video per length in ``--cold_frames``, in this order, in one fresh process: what a worker pays,
+    torch.compile and CUDA graph capture included."""
+    print(
+        f"\ncold runs, compile={not args.no_compile} (dynamic={args.compile_dynamic}), cuda_graph={not args.no_cuda_graph}"
+    )
+    print("| run | frames | seconds | final loss |")
+    print("|---|---|---|---|")
+    for index, frames in enumerate(args.cold_frames):
+        video = make_video(cpu_body, frames, index, not args.no_depth)
+        optimizer = HOIOptimizer(body, config(args.init_iters, args.contact_iters).optimization, device=device)
+        _sync(device)
+        start = time.perf_counter()
+        result = optimizer.run([video])[0]
+        _sync(device)
+        print(
+            f"| {index + 1} | {frames} | {time.perf_counter() - start:.2f} | {result.final_losses.get('total'):.5g} |"
+        )
 
 
 if __name__ == "__main__":

@@ -179,7 +179,8 @@ def test_anny_keypoints_sides_and_face(anny_body):
     for name, bone in (("left_shoulder", "upperarm01.L"), ("right_elbow", "lowerarm01.R"),
                        ("left_hip", "upperleg01.L"), ("right_ankle", "foot.R")):  # fmt: skip
         assert float(torch.dist(kps[index(name)], joints[body.joint_index(bone)])) < 0.05, name
-    assert torch.allclose(body.keypoints_from(out.vertices.contiguous(), joints[None]), out.keypoints, atol=1e-6)
+    # two float32 summation orders (regressor product vs dense skin): agree to well under 0.1 mm
+    assert torch.allclose(body.keypoints_from(out.vertices.contiguous(), joints[None]), out.keypoints, atol=5e-5)
     # joint keypoints sit on their bones: wrist keypoint = wrist bone head
     assert float(torch.dist(_kp(out, "left_wrist"), joints[body.joint_index("wrist.L")])) < 0.03
     assert float(torch.dist(_kp(out, "left_hand_wrist"), _kp(out, "left_wrist"))) < 1e-6
@@ -437,3 +438,24 @@ def test_anny_vertex_subset_matches_full_forward(anny_body):
     assert torch.allclose(per_frame.vertices[0], full.vertices[0, ids], atol=1e-5)
     with pytest.raises(ValueError, match="vertex_ids"):
         body.forward(pose, body.default_shape(), trans, vertex_ids=torch.tensor([body.num_vertices]))
+
+
+def test_bind_fixes_shape_and_subset_and_matches_forward(anny_body, monkeypatch, smplx_dir):
+    """``bind`` (the optimiser's posing path, captured in CUDA graphs) gives forward's result, gradients
+    reach pose and trans, and bad input is still refused (once, at bind time, or by shape checks)."""
+    monkeypatch.setenv(SMPLX_MODEL_DIR_ENV, str(smplx_dir))
+    for body in (anny_body, load_body_model("smplx")):
+        pose = _random_pose(body, 4, seed=3).requires_grad_(True)
+        trans = torch.randn(4, 3, generator=torch.Generator().manual_seed(4)).requires_grad_(True)
+        shape = body.default_shape() + 0.1
+        ids = body.vertex_segments["left_hand"][:40]
+        bound = body.bind(shape, ids)(pose, trans)
+        reference = body.forward(pose.detach(), shape, trans.detach(), vertex_ids=ids)
+        assert torch.allclose(bound.vertices, reference.vertices, atol=1e-5), body.name
+        assert torch.allclose(bound.keypoints, reference.keypoints, atol=1e-5), body.name
+        (bound.vertices.sum() + bound.keypoints.sum()).backward()
+        assert float(pose.grad.abs().sum()) > 0 and float(trans.grad.abs().sum()) > 0, body.name
+        with pytest.raises(ValueError):
+            body.bind(shape, ids)(pose[:, :-1], trans)
+    with pytest.raises(ValueError, match="vertex_ids"):
+        anny_body.bind(anny_body.default_shape(), torch.tensor([anny_body.num_vertices]))

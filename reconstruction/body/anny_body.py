@@ -435,6 +435,24 @@ class AnnyBody(StandingHeightMixin):
 
     __call__ = forward
 
+    def bind(self, shape: torch.Tensor, vertex_ids: torch.Tensor | None = None):
+        """``forward`` for one fixed shape (S,) and vertex subset, with no host synchronisation per call."""
+        rest = self.rest_model(torch.as_tensor(shape, dtype=self.dtype, device=self.device).detach())
+        if rest.vertices.shape[0] != 1:
+            raise ValueError("bind takes one shape vector (S,)")
+        if vertex_ids is not None:
+            vertex_ids = torch.as_tensor(vertex_ids, dtype=torch.long, device=self.device)
+            if vertex_ids.dim() != 1 or (len(vertex_ids) and int(vertex_ids.max()) >= self.num_vertices):
+                raise ValueError(f"anny vertex_ids must be a 1-D index into {self.num_vertices} vertices")
+        num_joints = self.num_joints
+
+        def pose(pose_aa: torch.Tensor, trans: torch.Tensor) -> BodyOutput:
+            if pose_aa.dim() != 3 or pose_aa.shape[1:] != (num_joints, 3) or trans.shape != (pose_aa.shape[0], 3):
+                raise ValueError(f"anny pose_aa (T, {num_joints}, 3) and trans (T, 3) expected")
+            return self._posed(pose_aa.to(self.dtype), trans.to(self.dtype), rest, vertex_ids)
+
+        return pose
+
     def _posed(
         self, pose_aa: torch.Tensor, trans: torch.Tensor, rest: _RestModel, vertex_ids: torch.Tensor | None = None
     ) -> BodyOutput:

@@ -8,6 +8,7 @@ Everything is batched over frames (leading dimension T) and device-agnostic.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,6 +61,14 @@ class BodyModel(Protocol):
     ) -> BodyOutput:
         """pose_aa (T, J, 3), shape (T, S) or (S,), trans (T, 3) -> BodyOutput. With ``vertex_ids`` (N,),
         ``vertices`` holds only those vertices (T, N, 3); joints and keypoints are the same."""
+        ...
+
+    def bind(
+        self, shape: torch.Tensor, vertex_ids: torch.Tensor | None = None
+    ) -> Callable[[torch.Tensor, torch.Tensor], BodyOutput]:
+        """``forward`` with the shape (S,) and vertex subset fixed: checks and shape-dependent work are done
+        once here, so the returned ``pose(pose_aa, trans)`` never synchronises with the device (an
+        optimiser iteration built on it can be captured in a CUDA graph)."""
         ...
 
     def rest_pose(self, num_frames: int = 1) -> torch.Tensor:

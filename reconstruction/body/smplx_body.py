@@ -307,6 +307,13 @@ class SmplxBody(StandingHeightMixin):
 
     __call__ = forward
 
+    def bind(self, shape: torch.Tensor, vertex_ids: torch.Tensor | None = None):
+        """``forward`` for one fixed shape (S,) and vertex subset (SMPL-X's forward needs no host sync)."""
+        shape = torch.as_tensor(shape, dtype=self.dtype, device=self.device).detach()
+        if vertex_ids is not None:
+            vertex_ids = torch.as_tensor(vertex_ids, dtype=torch.long, device=self.device)
+        return lambda pose_aa, trans: self.forward(pose_aa, shape, trans, vertex_ids=vertex_ids)
+
     def rest_pose(self, num_frames: int = 1) -> torch.Tensor:
         """(T, 55, 3) zeros: standing upright (T-pose arms) in the Z-up world."""
         return torch.zeros(num_frames, self.num_joints, 3, dtype=self.dtype, device=self.device)

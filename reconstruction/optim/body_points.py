@@ -22,11 +22,13 @@ class PosedPoints:
 class PointBody:
     """Pose a fixed subset of a body model's vertices, batched over N poses of one shape."""
 
-    def __init__(self, body, vertex_ids: torch.Tensor):
-        self.body = body
+    def __init__(self, body, vertex_ids: torch.Tensor, shape: torch.Tensor):
+        """``shape`` (S,) is fixed: the body model does its shape-dependent work once (``BodyModel.bind``),
+        so posing never synchronises with the device."""
         self.vertex_ids = torch.as_tensor(vertex_ids, dtype=torch.long, device=body.faces.device)
+        self._pose = body.bind(shape, self.vertex_ids)
 
-    def __call__(self, pose_aa: torch.Tensor, shape: torch.Tensor, trans: torch.Tensor) -> PosedPoints:
-        """pose_aa (N, J, 3), shape (S,), trans (N, 3)."""
-        out = self.body.forward(pose_aa, shape, trans, vertex_ids=self.vertex_ids)
+    def __call__(self, pose_aa: torch.Tensor, trans: torch.Tensor) -> PosedPoints:
+        """pose_aa (N, J, 3), trans (N, 3)."""
+        out = self._pose(pose_aa, trans)
         return PosedPoints(out.vertices, out.joints, out.keypoints)

@@ -150,7 +150,7 @@ def initial_contact_labels(body: Any, video: VideoInputs, config: ReconConfig, i
             for s in ("left_hand", "right_hand")
         ]
     )
-    posed = PointBody(body, hand_ids.flatten())(video.body_pose, video.body_shape, video.body_trans)
+    posed = PointBody(body, hand_ids.flatten(), video.body_shape)(video.body_pose, video.body_trans)
     hands = posed.points.reshape(video.num_frames, 2, -1, 3)
     feet = posed.keypoints[:, [ALL_KEYPOINTS.index(n) for n in ("left_heel", "left_foot_index")]]
     feet = torch.stack(
