@@ -115,10 +115,10 @@ def main() -> None:
     parser.add_argument("--no_compile", action="store_true", help="no torch.compile (CUDA; the CPU never compiles)")
     parser.add_argument(
         "--cold_frames",
-        type=int,
         nargs="+",
         default=None,
-        help="instead: one video of each length in turn, no warm-up (compile time included)",
+        metavar="FRAMESxVIDEOS",
+        help="instead: runs of these sizes (e.g. 120x1 90x1 120x16) in turn, no warm-up (compile time included)",
     )
     parser.add_argument("--compile_dynamic", choices=["false", "none", "true"], default="true")
     parser.add_argument("--no_cuda_graph", action="store_true", help="run every iteration eagerly on CUDA")
@@ -182,23 +182,23 @@ def main() -> None:
 
 
 def cold_runs(args, body, device, cpu_body, config) -> None:
-    """One video per length in ``--cold_frames``, in this order, in one fresh process: what a worker pays,
-    torch.compile and CUDA graph capture included."""
-    print(
-        f"\ncold runs, compile={not args.no_compile} (dynamic={args.compile_dynamic}), cuda_graph={not args.no_cuda_graph}"
-    )
-    print("| run | frames | seconds | final loss |")
-    print("|---|---|---|---|")
-    for index, frames in enumerate(args.cold_frames):
-        video = make_video(cpu_body, frames, index, not args.no_depth)
+    """Runs of the sizes in ``--cold_frames`` (FRAMESxVIDEOS), in this order, in one fresh process: what a
+    worker pays, torch.compile and CUDA graph capture included."""
+    print(f"\ncold runs, compile={not args.no_compile} (dynamic={args.compile_dynamic}), "
+          f"cuda_graph={not args.no_cuda_graph}")  # fmt: skip
+    print("| run | frames | videos | seconds | s / video | final loss (video 0) |")
+    print("|---|---|---|---|---|---|")
+    for index, size in enumerate(args.cold_frames):
+        frames, count = (int(x) for x in (size.split("x") + ["1"])[:2])
+        videos = [make_video(cpu_body, frames, index * 100 + v, not args.no_depth) for v in range(count)]
         optimizer = HOIOptimizer(body, config(args.init_iters, args.contact_iters).optimization, device=device)
         _sync(device)
         start = time.perf_counter()
-        result = optimizer.run([video])[0]
+        result = optimizer.run(videos)[0]
         _sync(device)
-        print(
-            f"| {index + 1} | {frames} | {time.perf_counter() - start:.2f} | {result.final_losses.get('total'):.5g} |"
-        )
+        seconds = time.perf_counter() - start
+        print(f"| {index + 1} | {frames} | {count} | {seconds:.2f} | {seconds / count:.2f} | "
+              f"{result.final_losses.get('total'):.5g} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
