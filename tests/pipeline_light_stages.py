@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from reconstruction import fileio
 from reconstruction.stages.base import StageContext, StageInputError, StageResult
 
@@ -87,3 +89,13 @@ def unregister_all() -> None:
 
     for number in range(1, 7):
         pipeline.unregister_stage(number)
+
+
+@pytest.fixture(autouse=True)
+def light_stages(monkeypatch, tmp_path):
+    """Register the light stages for a test (each run logged to ``tmp_path/stage_log.txt``); a test module
+    opts in by importing this fixture."""
+    register_all()
+    monkeypatch.setenv("LIGHT_STAGE_LOG", str(tmp_path / "stage_log.txt"))
+    yield
+    unregister_all()

@@ -17,16 +17,9 @@ from reconstruction.layout import VideoId
 from reconstruction.stages.base import StageCancelled, StageInputError, StageResult
 from tests import pipeline_light_stages as light
 from tests.pipeline_helpers import make_results_dir, manifests, output_mtimes, statuses
+from tests.pipeline_light_stages import light_stages  # noqa: F401 (autouse fixture)
 
 VID = VideoId.parse("synth/box/v0")
-
-
-@pytest.fixture(autouse=True)
-def light_stages(monkeypatch, tmp_path):
-    light.register_all()
-    monkeypatch.setenv("LIGHT_STAGE_LOG", str(tmp_path / "stage_log.txt"))
-    yield
-    light.unregister_all()
 
 
 @pytest.fixture

@@ -17,17 +17,10 @@ from reconstruction.__main__ import ProgressDisplay, main
 from reconstruction.layout import VideoId
 from tests import pipeline_light_stages as light
 from tests.pipeline_helpers import make_results_dir, manifests
+from tests.pipeline_light_stages import light_stages  # noqa: F401 (autouse fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 IDS = [f"synth/{cat}/v{i}" for cat in ("box", "mug") for i in range(4)] + ["other/box/v9"]
-
-
-@pytest.fixture(autouse=True)
-def light_stages(monkeypatch, tmp_path):
-    light.register_all()
-    monkeypatch.setenv("LIGHT_STAGE_LOG", str(tmp_path / "stage_log.txt"))
-    yield
-    light.unregister_all()
 
 
 @pytest.fixture
