@@ -22,6 +22,7 @@ from reconstruction.eval import metrics
 from reconstruction.eval.geometry import point_mesh_signed_distance
 from reconstruction.layout import Layout, VideoId
 from reconstruction.render_config import load_pickle
+from reconstruction.stages.scene_inputs import load_object_mesh
 from reconstruction.synth.ground_truth import GroundTruth, load_ground_truth
 
 logger = logging.getLogger(__name__)
@@ -101,12 +102,9 @@ def object_metrics(pred_poses_cam: np.ndarray, gt: GroundTruth, model_points: np
 
 
 def _load_mesh(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    import trimesh
-
-    if not Path(path).exists():
-        raise FileNotFoundError(f"object mesh of the ground truth not found: {path}")
-    mesh = trimesh.load(str(path), force="mesh", process=False)
-    return torch.tensor(np.asarray(mesh.vertices), dtype=torch.float64), torch.tensor(np.asarray(mesh.faces))
+    """The ground truth's object mesh (vertices float64, faces) through the stages' validating loader."""
+    mesh = load_object_mesh(Path(path))
+    return torch.tensor(mesh.vertices, dtype=torch.float64), torch.tensor(mesh.faces)
 
 
 def _model_points(vertices: torch.Tensor) -> np.ndarray:

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import trimesh
 
 from reconstruction.render_config import load_pickle
+from reconstruction.stages.scene_inputs import load_object_mesh
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +81,6 @@ def _body_model_name(raw: dict, default: str | None, source: str) -> str:
     if default:
         return default
     raise HoiResultError(f"{source}: no body_model recorded (human_data, top level or meta) and none configured")
-
-
-def load_object_mesh(path: str | Path) -> trimesh.Trimesh:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"object mesh not found: {path}")
-    try:
-        mesh = trimesh.load(path, force="mesh", process=True)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad input file
-        raise HoiResultError(f"{path}: not a readable mesh ({exc})") from exc
-    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
-        raise HoiResultError(f"{path}: mesh has no triangles")
-    return mesh
 
 
 def load_hoi_result(
@@ -175,7 +162,7 @@ def load_hoi_result(
         object_mesh_path = Path(meta["obj_path"])
         if not object_mesh_path.is_absolute():
             object_mesh_path = path.parent / object_mesh_path
-    mesh = load_object_mesh(object_mesh_path)
+    mesh = load_object_mesh(Path(object_mesh_path), obj_scale)
     poses_world = np.tile(np.eye(4), (num_frames, 1, 1))
     poses_world[:, :3, :3] = obj_R
     poses_world[:, :3, 3] = obj_t
@@ -192,8 +179,8 @@ def load_hoi_result(
         body_faces=model.faces.to(device),
         body_root=body.joints[:, 0].float(),
         hand_vertex_ids={k: model.vertex_segments[k].to(device) for k in ("left_hand", "right_hand")},
-        object_rest_vertices=tensor(np.asarray(mesh.vertices) * obj_scale),
-        object_faces=torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long, device=device),
+        object_rest_vertices=tensor(mesh.vertices),
+        object_faces=torch.as_tensor(mesh.faces, dtype=torch.long, device=device),
         object_poses=tensor(poses_world),
         contact_labels=contact,
         object_path=Path(object_mesh_path),
