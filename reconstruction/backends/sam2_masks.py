@@ -4,6 +4,10 @@ Uses the PyPI ``sam2`` package (sdist, no weights). The checkpoint comes from
 ``preprocess.sam2_checkpoint`` or ``SAM2_CHECKPOINT``; the model config (a name inside the package,
 e.g. ``configs/sam2.1/sam2.1_hiera_s.yaml``) from ``preprocess.sam2_model_cfg``. A missing package or
 checkpoint raises an error naming the setting - never a silent fallback to another backend.
+
+Only SAM 2's video predictor is used: it imports neither torchvision (which sam2 declares, for its image
+predictor and automatic mask generator) nor the optional CUDA extension (hole filling is off here), so the
+package is installed with ``--no-deps`` beside the engine's own torch (see the Makefile).
 """
 
 from __future__ import annotations
@@ -37,8 +41,11 @@ def resolve_checkpoint(section: dict[str, Any]) -> Path:
     return path
 
 
-def build_predictor(section: dict[str, Any], device: str, checkpoint: Path | None) -> Any:
-    """SAM 2 video predictor. ``checkpoint=None`` (random weights) is only for plumbing tests."""
+def build_predictor(
+    section: dict[str, Any], device: str, checkpoint: Path | None, hydra_overrides: tuple[str, ...] = ()
+) -> Any:
+    """SAM 2 video predictor. ``checkpoint=None`` (random weights) and ``hydra_overrides`` (e.g. a smaller
+    ``++model.image_size``) are only for plumbing tests."""
     try:
         from sam2.build_sam import build_sam2_video_predictor
     except ImportError as exc:
@@ -48,7 +55,11 @@ def build_predictor(section: dict[str, Any], device: str, checkpoint: Path | Non
         ) from exc
     config_name = section.get("sam2_model_cfg") or section.get("sam2_config") or DEFAULT_CONFIG
     return build_sam2_video_predictor(
-        config_name, str(checkpoint) if checkpoint else None, device=device, apply_postprocessing=False
+        config_name,
+        str(checkpoint) if checkpoint else None,
+        device=device,
+        apply_postprocessing=False,
+        hydra_overrides_extra=list(hydra_overrides),
     )
 
 
