@@ -4,6 +4,7 @@ ground truth: stage 1 and 3 import it, stage 4 optimises on it; bad native files
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -31,7 +32,7 @@ from reconstruction.render_config import (
     save_cam_k,
     save_render_config,
 )
-from reconstruction.stages import human_pose, object_pose, optimize
+from reconstruction.stages import filtering, human_pose, object_pose, optimize
 from reconstruction.stages.base import StageContext, StageInputError
 
 from .optim_scene import WORLD_TO_CAM, K, box_mesh
@@ -323,7 +324,7 @@ def test_no_stage1_file_names_every_place_looked(tmp_path):
         _import_stage1(layout)
 
 
-def test_reference_results_dir_runs_through_stage_4(smplx_body, scene, reference_dir, tmp_path):
+def test_reference_results_dir_runs_through_stages_4_and_5(smplx_body, scene, reference_dir, tmp_path):
     layout = _copy(reference_dir, tmp_path)
     write_native_stage1(layout, smplx_body, scene)
     config = load_config().merge(
@@ -335,7 +336,7 @@ def test_reference_results_dir_runs_through_stage_4(smplx_body, scene, reference
         }
     )
     models = {}
-    for stage in (human_pose, object_pose, optimize):
+    for stage in (human_pose, object_pose, optimize, filtering):
         stage.run(StageContext(video=VID, layout=layout, config=config, models=models))
     poses = load_pickle(layout.object_poses(VID))
     assert np.asarray(poses).shape == (T, 4, 4)
@@ -349,3 +350,10 @@ def test_reference_results_dir_runs_through_stage_4(smplx_body, scene, reference
     first_object = load_render_config(layout.render_config(VID)).obj_t
     assert np.abs(np.asarray(obj["obj_t"])[0] - first_object).max() < 0.05
     assert hoi["eval_data"]["keypoint_tracking"] < 1.0  # the imported keypoints are the truth's projections
+    # stage 5 judged it, every check recorded, and packaged the outcome
+    report = json.loads(layout.filter_report(VID).read_text())
+    assert report["verdict"] in ("valid", "invalid") and len(report["checks"]) >= 8
+    if report["verdict"] == "valid":
+        assert load_pickle(layout.valid_hoi_data(VID))["human_data"]["body_model"] == "smplx"
+    else:
+        assert layout.invalid_marker(VID).exists() and report["reasons"]
