@@ -250,6 +250,48 @@ def test_moge_without_checkpoint_names_the_setting(scene, tmp_path, monkeypatch)
         "MoGe checkpoint not found",
         {"depth": {"method": "moge"}, "preprocess": {"moge_checkpoint": str(tmp_path / "none.pt")}},
     )
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"x")
+    # The package is installed (Makefile); None entries in sys.modules make its imports fail as if absent.
+    monkeypatch.setitem(sys.modules, "moge.model.v2", None)
+    monkeypatch.setitem(sys.modules, "moge.model.v1", None)
+    _run_expecting(
+        layout, vid, "'dlr-moge' package.*preprocess.moge_checkpoint",
+        {"preprocess": {"depth_backend": "moge", "moge_checkpoint": str(checkpoint)}},
+    )  # fmt: skip
+
+
+# MoGe-2's architecture, scaled down (ViT-S/14 backbone, narrow heads, few tokens), with random weights.
+MOGE_TEST_CONFIG = {
+    "encoder": {"backbone": "dinov2_vits14", "intermediate_layers": 4, "dim_out": 64},
+    "neck": {"dim_in": [66, 2, 2, 2, 2], "dim_res_blocks": [64, 32, 32, 32, 32], "dim_out": [None] * 5,
+             "resamplers": ["bilinear"] * 4},
+    "points_head": {"dim_in": [64, 32, 32, 32, 32], "dim_res_blocks": [64, 32, 32, 32, 32],
+                    "dim_out": [None] * 4 + [3], "resamplers": ["bilinear"] * 4},
+    "mask_head": {"dim_in": [64, 32, 32, 32, 32], "dim_res_blocks": [64, 32, 32, 32, 32],
+                  "dim_out": [None] * 4 + [1], "resamplers": ["bilinear"] * 4},
+    "scale_head": {"dims": [384, 32, 1]},
+    "remap_output": "exp",
+    "num_tokens_range": [16, 64],
+}  # fmt: skip
+
+
+def test_stage2_with_moge_backend_writes_an_aligned_depth_cache(tmp_path, monkeypatch):
+    from moge.model.v2 import MoGeModel
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "model.pt"  # MoGe's own checkpoint format
+    torch.save({"model_config": MOGE_TEST_CONFIG, "model": MoGeModel(**MOGE_TEST_CONFIG).state_dict()}, checkpoint)
+    layout, vid, truth = make_scene(tmp_path / "results", num_frames=3)
+    monkeypatch.setenv("MOGE_CHECKPOINT", str(checkpoint))
+    result = preprocess.run(StageContext(video=vid, layout=layout, config={"depth": {"method": "moge"}}))
+    assert result.info["depth_backend"] == "moge"
+    depth = torch.load(layout.depth_cache(vid), weights_only=True)
+    assert len(depth) == 3 and all(d.dtype == torch.float32 and d.shape == (240, 320) for d in depth)
+    assert all(bool(torch.isfinite(d).all()) for d in depth)
+    # every frame had enough background to be least-squares aligned to the first-frame GT depth
+    assert result.metrics["depth_aligned_frames"] == 3.0
+    assert result.metrics["depth_known_frac_mean"] > 0.5
 
 
 def test_unknown_backend_is_refused(scene, tmp_path):

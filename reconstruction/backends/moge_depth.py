@@ -1,15 +1,20 @@
 """Depth backend ``moge``: per-frame monocular depth from MoGe (PyPI ``dlr-moge``) with a user checkpoint.
 
 The package ships no weights and nothing may be downloaded at run time, so the checkpoint path comes
-from ``preprocess.moge_checkpoint`` in the config or the ``MOGE_CHECKPOINT`` environment variable.
-A missing package or checkpoint is an error naming the setting; there is no silent fallback.
-The raw estimate is later aligned to the first-frame GT depth (``depth_align.align_depth``).
+from ``preprocess.moge_checkpoint`` in the config or the ``MOGE_CHECKPOINT`` environment variable
+(MoGe's own ``model.pt``: a dict with ``model_config`` and ``model``). A missing package or checkpoint
+is an error naming the setting; there is no silent fallback. The raw estimate is later aligned to the
+first-frame GT depth (``depth_align.align_depth``).
+
+The Makefile installs ``dlr-moge`` with ``--no-deps`` (its declared torchvision, gradio and moderngl are
+not used by the model; ``huggingface_hub`` is imported by it but never called for a local checkpoint).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +63,11 @@ def estimate_depth(
     depths = []
     for start in range(0, len(frames), batch_size):
         batch = torch.from_numpy(frames[start : start + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255.0
-        output = model.infer(batch)
+        with warnings.catch_warnings():
+            # MoGe wraps its fp32 post-processing in a CPU autocast that torch warns about on every call
+            warnings.filterwarnings("ignore", message="In CPU autocast", category=UserWarning)
+            # MoGe defaults to fp16 autocast, which CPU convolutions run ~20x slower than fp32
+            output = model.infer(batch, use_fp16=torch.device(device).type == "cuda")
         depth = output["depth"].float()
         if "mask" in output:
             depth = torch.where(output["mask"].bool(), depth, torch.zeros_like(depth))
