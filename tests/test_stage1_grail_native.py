@@ -15,7 +15,7 @@ import pytest
 import roma
 import torch
 
-from reconstruction import fileio
+from reconstruction import fileio, pipeline
 from reconstruction.backends import grail_stage1
 from reconstruction.body import SMPLX_MODEL_DIR_ENV, load_body_model
 from reconstruction.config import load_config
@@ -32,8 +32,9 @@ from reconstruction.render_config import (
     save_cam_k,
     save_render_config,
 )
-from reconstruction.stages import filtering, human_pose, object_pose, optimize
+from reconstruction.stages import human_pose
 from reconstruction.stages.base import StageContext, StageInputError
+from reconstruction.video import write_video
 
 from .optim_scene import WORLD_TO_CAM, K, box_mesh
 from .test_body_models import write_synthetic_smplx
@@ -201,6 +202,9 @@ def write_reference_results_dir(root, body, gt) -> Layout:
     human[frames[inside], uv[..., 1][inside], uv[..., 0][inside]] = True
     human = np.stack([cv2.dilate(m.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0 for m in human])
     obj = rendered.mask(2).numpy() & ~human
+    frames = (rendered.rgb.numpy() * 255).astype(np.uint8)
+    frames[human] = (200, 120, 90)
+    write_video(layout.video(VID), frames, fps=30.0)
     masks = {t: {0: obj[t], 1: human[t]} for t in range(T)}
     for path in (layout.masks_cache(VID), layout.depth_cache(VID)):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -324,7 +328,13 @@ def test_no_stage1_file_names_every_place_looked(tmp_path):
         _import_stage1(layout)
 
 
-def test_reference_results_dir_runs_through_stages_4_and_5(smplx_body, scene, reference_dir, tmp_path):
+def test_reference_results_dir_runs_through_the_cli(smplx_body, scene, reference_dir, tmp_path):
+    """The reference's results dir as it is: stage 1 converts its GEM/WiLoR npz, stage 2 is skipped (its
+    SAM 2/MoGe caches are used), stage 3 reads the FoundationPose list, stages 4 and 5 run."""
+    import yaml
+
+    from reconstruction.__main__ import main
+
     layout = _copy(reference_dir, tmp_path)
     write_native_stage1(layout, smplx_body, scene)
     config = load_config().merge(
@@ -335,11 +345,17 @@ def test_reference_results_dir_runs_through_stages_4_and_5(smplx_body, scene, re
             "optimization": {"opt_stage_specs": {"init_opt": {"niter": 15}, "contact_opt": {"niter": 10}}},
         }
     )
-    models = {}
-    for stage in (human_pose, object_pose, optimize, filtering):
-        stage.run(StageContext(video=VID, layout=layout, config=config, models=models))
-    poses = load_pickle(layout.object_poses(VID))
-    assert np.asarray(poses).shape == (T, 4, 4)
+    config_path = tmp_path / "grail_import.yaml"
+    config_path.write_text(yaml.safe_dump(config.raw))
+    masks_before = layout.masks_cache(VID).read_bytes()
+    args = ["--results_dir", str(layout.results_dir), "--video_id", str(VID), "--config", str(config_path)]
+    assert main([*args, "--device", "cpu", "--skip_step2", "--skip_step6"]) == 0
+    assert layout.masks_cache(VID).read_bytes() == masks_before  # stage 2's caches used as they are
+    assert human_pose.load_hmr_result(layout.hmr_result(VID))["body_model"] == "smplx"
+    # stage 1's manifest hashes the converted file, so --skip_done sees a new one
+    native = grail_stage1.native_output_path(layout, VID)
+    inputs = pipeline.read_manifest(layout, VID, 1)["inputs"]
+    assert inputs[native.relative_to(layout.results_dir).as_posix()] == pipeline.file_sha256(native)
     hoi = load_pickle(layout.raw_hoi_data(VID))
     human, obj = hoi["human_data"], hoi["obj_data"]
     assert human["body_model"] == "smplx" and human["poses"].shape == (T, 165) and human["betas"].shape == (10,)

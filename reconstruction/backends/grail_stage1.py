@@ -34,7 +34,6 @@ from reconstruction.keypoints import LEFT_HAND_SLICE, NUM_BODY, RIGHT_HAND_SLICE
 from reconstruction.layout import Layout, VideoId
 from reconstruction.stages.base import StageInputError
 
-GEM_CACHE_FILE = "gem_smpl_pred.pt"
 NUM_KEYPOINTS = NUM_BODY + 42
 COCO17 = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
@@ -50,11 +49,11 @@ Y_UP_TO_Z_UP = ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0), (0.0, 1.0, 0.0))  # SMPL-X's 
 
 def native_output_path(layout: Layout, vid: VideoId) -> Path:
     """The reference's stage-1 output: ``<hmr_dir>/<dataset>/<category>/<video>.npz``."""
-    return layout.dir("hmr_dir") / vid.dataset / vid.category / f"{vid.name}.npz"
+    return layout.reference_hmr_output(vid)
 
 
 def gem_cache_path(layout: Layout, vid: VideoId) -> Path:
-    return layout.dir("hmr_cache_dir") / vid.rel / GEM_CACHE_FILE
+    return layout.reference_gem_cache(vid)
 
 
 @dataclass
@@ -232,7 +231,7 @@ def find_native(layout: Layout, vid: VideoId) -> Path | None:
 
 
 def read_native(path: Path) -> CameraFrameSmplx:
-    return read_gem_cache(path) if path.name == GEM_CACHE_FILE else read_native_output(path)
+    return read_native_output(path) if path.suffix == ".npz" else read_gem_cache(path)
 
 
 # ---- conversion -------------------------------------------------------------------------------------
