@@ -2,8 +2,10 @@
 
 Backends (config ``human_pose.backend``):
 - ``mediapipe`` (default): MediaPipe pose + hands -> ``fit_body`` initialised from the render's frame-0 pose.
-- ``import``: stage-1 caches made elsewhere (GEM/WiLoR runs of the reference pipeline, or an earlier
-  run) are already at ``layout.hmr_result`` / ``layout.hmr_keypoints``: validate and keep them.
+- ``import``: hoiweb stage-1 caches made elsewhere (an earlier run) at ``layout.hmr_result`` /
+  ``layout.hmr_keypoints`` are validated and kept; without them the reference's own GEM/WiLoR SMPL-X
+  output (``layout.reference_hmr_output``, else GEM's ``layout.reference_gem_cache``) is converted
+  into them (``backends.grail_stage1``).
 
 Writes ``layout.hmr_keypoints(vid)`` (npz: ``keypoints_2d`` (T,75,3) x_px, y_px, confidence;
 ``image_size`` (H,W)) and ``layout.hmr_result(vid)`` (torch dict: ``body_model``, ``motion_incam`` and
