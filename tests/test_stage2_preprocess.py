@@ -221,6 +221,29 @@ def test_sam2_predictor_tracks_both_masks_on_tiny_frames(sam2_checkpoint):
     assert not (object_masks & human_masks).any()
 
 
+def test_sam2_config_follows_the_checkpoint_and_a_mismatch_names_the_setting(sam2_checkpoint, tmp_path):
+    from reconstruction.backends import sam2_masks
+
+    # the official checkpoint names pick their config (the package's own table); the setting wins
+    assert sam2_masks.model_config_for({}, Path("sam2_hiera_large.pt")) == "configs/sam2/sam2_hiera_l.yaml"
+    assert sam2_masks.model_config_for({}, Path("sam2.1_hiera_tiny.pt")) == "configs/sam2.1/sam2.1_hiera_t.yaml"
+    assert sam2_masks.model_config_for({}, Path("mine.pt")) == sam2_masks.DEFAULT_CONFIG
+    assert (
+        sam2_masks.model_config_for(SAM2_TEST_SECTION, Path("sam2_hiera_large.pt"))
+        == SAM2_TEST_SECTION["sam2_model_cfg"]
+    )
+    # tiny weights into the small model; a file that is no checkpoint; a config the package lacks
+    small = {"sam2_model_cfg": "configs/sam2.1/sam2.1_hiera_s.yaml"}
+    with pytest.raises(StageInputError, match=f"{sam2_checkpoint.name}: not a SAM 2 checkpoint.*sam2_model_cfg"):
+        sam2_masks.build_predictor(small, "cpu", sam2_checkpoint, SAM2_TEST_OVERRIDES)
+    garbage = tmp_path / "sam2_hiera_small.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(StageInputError, match="sam2_hiera_small.pt: not a SAM 2 checkpoint"):
+        sam2_masks.build_predictor({}, "cpu", garbage, SAM2_TEST_OVERRIDES)
+    with pytest.raises(StageInputError, match="preprocess.sam2_model_cfg: 'configs/nope.yaml'"):
+        sam2_masks.build_predictor({"sam2_model_cfg": "configs/nope.yaml"}, "cpu", sam2_checkpoint)
+
+
 def test_stage2_with_sam2_backend_writes_the_masks_cache(sam2_checkpoint, tmp_path):
     from reconstruction.backends import sam2_masks
 
