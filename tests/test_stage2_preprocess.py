@@ -299,6 +299,28 @@ MOGE_TEST_CONFIG = {
 }  # fmt: skip
 
 
+def test_moge_checkpoint_that_is_not_one_is_named(tmp_path):
+    from moge.model.v2 import MoGeModel
+
+    from reconstruction.backends import moge_depth
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(StageInputError, match="garbage.pt: not a MoGe checkpoint.*preprocess.moge_checkpoint"):
+        moge_depth.load_model(garbage, "cpu")
+    no_config = tmp_path / "no_config.pt"
+    torch.save({"model": {}}, no_config)
+    with pytest.raises(StageInputError, match="no_config.pt: not a MoGe checkpoint.*model_config"):
+        moge_depth.load_model(no_config, "cpu")
+    foreign = tmp_path / "foreign.pt"  # MoGe-2's config with another network's weights
+    torch.save({"model_config": MOGE_TEST_CONFIG, "model": torch.nn.Linear(2, 2).state_dict()}, foreign)
+    with pytest.raises(StageInputError, match=r"foreign.pt: its weights fit only 0 of \d+ tensors"):
+        moge_depth.load_model(foreign, "cpu")
+    good = tmp_path / "model.pt"
+    torch.save({"model_config": MOGE_TEST_CONFIG, "model": MoGeModel(**MOGE_TEST_CONFIG).state_dict()}, good)
+    assert isinstance(moge_depth.load_model(good, "cpu"), MoGeModel)
+
+
 def test_stage2_with_moge_backend_writes_an_aligned_depth_cache(tmp_path, monkeypatch):
     from moge.model.v2 import MoGeModel
 
