@@ -249,9 +249,11 @@ def test_stage2_with_sam2_backend_writes_the_masks_cache(sam2_checkpoint, tmp_pa
 
     layout, vid, truth = make_scene(tmp_path, num_frames=4)
     section = {**SAM2_TEST_SECTION, "mask_backend": "sam2", "sam2_checkpoint": str(sam2_checkpoint)}
-    predictor = sam2_masks.build_predictor(section, "cpu", sam2_masks.resolve_checkpoint(section), SAM2_TEST_OVERRIDES)
-    ctx = StageContext(video=vid, layout=layout, config={"preprocess": section}, models={"sam2_predictor": predictor})
+    models = {}  # the worker's per-process cache: the stage reuses the (small, 128 px) predictor built here
+    predictor = sam2_masks.get_predictor(models, section, "cpu", SAM2_TEST_OVERRIDES)
+    ctx = StageContext(video=vid, layout=layout, config={"preprocess": section}, models=models)
     result = preprocess.run(ctx)
+    assert list(models.values()) == [predictor]
     assert layout.masks_cache(vid) in result.files and layout.depth_cache(vid) in result.files
     object_masks, human_masks = masks_to_tensors(load_masks_cache(layout.masks_cache(vid), (240, 320)))
     assert object_masks.shape == (4, 240, 320) and object_masks.dtype == bool
@@ -329,8 +331,11 @@ def test_stage2_with_moge_backend_writes_an_aligned_depth_cache(tmp_path, monkey
     torch.save({"model_config": MOGE_TEST_CONFIG, "model": MoGeModel(**MOGE_TEST_CONFIG).state_dict()}, checkpoint)
     layout, vid, truth = make_scene(tmp_path / "results", num_frames=3)
     monkeypatch.setenv("MOGE_CHECKPOINT", str(checkpoint))
-    result = preprocess.run(StageContext(video=vid, layout=layout, config={"depth": {"method": "moge"}}))
+    models = {}
+    result = preprocess.run(StageContext(video=vid, layout=layout, config={"depth": {"method": "moge"}}, models=models))
     assert result.info["depth_backend"] == "moge"
+    # loaded once per worker process, then reused
+    assert len([key for key in models if isinstance(key, tuple) and key[0] == "moge_model"]) == 1
     depth = torch.load(layout.depth_cache(vid), weights_only=True)
     assert len(depth) == 3 and all(d.dtype == torch.float32 and d.shape == (240, 320) for d in depth)
     assert all(bool(torch.isfinite(d).all()) for d in depth)

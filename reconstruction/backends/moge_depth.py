@@ -77,13 +77,18 @@ def estimate_depth(
     device: str = "cpu",
     batch_size: int = 4,
     K: np.ndarray | None = None,
+    models: dict[Any, Any] | None = None,
 ) -> torch.Tensor:
     """uint8 (T,H,W,3) RGB -> float32 (T,H,W) metric depth estimate (0 where MoGe's mask is off).
 
     With the camera intrinsics ``K`` MoGe is given the known horizontal field of view instead of
-    estimating it from its own point map."""
+    estimating it from its own point map. ``models`` (``ctx.models``) keeps the loaded model per process."""
     checkpoint = resolve_checkpoint(section)
-    model = load_model(checkpoint, device)
+    models = {} if models is None else models
+    key = ("moge_model", str(checkpoint.resolve()), str(device))
+    if key not in models:
+        models[key] = load_model(checkpoint, device)
+    model = models[key]
     width = frames.shape[2]
     fov_x = None if K is None else math.degrees(2.0 * math.atan(width / (2.0 * float(K[0][0]))))
     depths = []

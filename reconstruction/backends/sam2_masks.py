@@ -79,6 +79,17 @@ def build_predictor(
         ) from exc
 
 
+def get_predictor(
+    models: dict[Any, Any], section: dict[str, Any], device: str, hydra_overrides: tuple[str, ...] = ()
+) -> Any:
+    """The predictor for this checkpoint, config and device, built once per process (``ctx.models``)."""
+    checkpoint = resolve_checkpoint(section)
+    key = ("sam2_predictor", str(checkpoint.resolve()), section.get("sam2_model_cfg"), str(device))
+    if key not in models:
+        models[key] = build_predictor(section, device, checkpoint, hydra_overrides)
+    return models[key]
+
+
 def model_config_for(section: dict[str, Any], checkpoint: Path | None) -> str:
     """``preprocess.sam2_model_cfg``; else the config the package pairs with an official checkpoint file
     name (e.g. ``sam2_hiera_large.pt`` -> ``configs/sam2/sam2_hiera_l.yaml``); else ``DEFAULT_CONFIG``."""

@@ -62,10 +62,7 @@ def compute_masks(
     if backend == "sam2":
         from reconstruction.backends import sam2_masks
 
-        predictor = ctx.models.get("sam2_predictor")
-        if predictor is None:
-            predictor = sam2_masks.build_predictor(section, ctx.device, sam2_masks.resolve_checkpoint(section))
-            ctx.models["sam2_predictor"] = predictor
+        predictor = sam2_masks.get_predictor(ctx.models, section, ctx.device)
         return sam2_masks.track_masks(frames, first_object, first_human, section, ctx.device, predictor=predictor)
 
     from reconstruction.backends import classical_masks
@@ -99,7 +96,7 @@ def compute_depth(
     if backend == "moge":
         from reconstruction.backends import moge_depth
 
-        estimate = moge_depth.estimate_depth(frames, section, ctx.device, K=K)
+        estimate = moge_depth.estimate_depth(frames, section, ctx.device, K=K, models=ctx.models)
     else:
         estimate = depth_align.static_depth(gt, fg)
     return depth_align.align_depth(estimate, gt, fg)
