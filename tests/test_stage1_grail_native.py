@@ -54,7 +54,12 @@ HAND_SLOTS = ("wrist", "index_mcp", "index_pip", "index_dip", "middle_mcp", "mid
 @pytest.fixture(scope="module")
 def smplx_body(tmp_path_factory):
     folder = tmp_path_factory.mktemp("smplx_model")
-    write_synthetic_smplx(folder)
+    data = write_synthetic_smplx(folder)
+    # local triangles (a Delaunay triangulation of the front view) instead of random ones: fast to render
+    from scipy.spatial import Delaunay
+
+    data["f"] = Delaunay(data["v_template"][:, :2]).simplices.astype(np.int64)
+    np.savez_compressed(folder / "SMPLX_NEUTRAL.npz", **data)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(SMPLX_MODEL_DIR_ENV, str(folder))
         yield load_body_model("smplx")
@@ -330,7 +335,7 @@ def test_no_stage1_file_names_every_place_looked(tmp_path):
 
 def test_reference_results_dir_runs_through_the_cli(smplx_body, scene, reference_dir, tmp_path):
     """The reference's results dir as it is: stage 1 converts its GEM/WiLoR npz, stage 2 is skipped (its
-    SAM 2/MoGe caches are used), stage 3 reads the FoundationPose list, stages 4 and 5 run."""
+    SAM 2/MoGe caches are used), stage 3 reads the FoundationPose list, stages 4 to 6 run."""
     import yaml
 
     from reconstruction.__main__ import main
@@ -349,7 +354,7 @@ def test_reference_results_dir_runs_through_the_cli(smplx_body, scene, reference
     config_path.write_text(yaml.safe_dump(config.raw))
     masks_before = layout.masks_cache(VID).read_bytes()
     args = ["--results_dir", str(layout.results_dir), "--video_id", str(VID), "--config", str(config_path)]
-    assert main([*args, "--device", "cpu", "--skip_step2", "--skip_step6"]) == 0
+    assert main([*args, "--device", "cpu", "--skip_step2"]) == 0
     assert layout.masks_cache(VID).read_bytes() == masks_before  # stage 2's caches used as they are
     assert human_pose.load_hmr_result(layout.hmr_result(VID))["body_model"] == "smplx"
     # stage 1's manifest hashes the converted file, so --skip_done sees a new one
@@ -401,3 +406,7 @@ def test_nan_in_reused_depth_cache_is_named_by_stage_4(smplx_body, scene, refere
     with pytest.raises(StageInputError, match="NaN") as info:
         optimize.run(StageContext(video=VID, layout=layout, config=config))
     assert str(layout.depth_cache(VID)) in str(info.value)
+    # stage 6 drew it
+    result_vis = layout.result_vis(VID)
+    for name in ("input.mp4", "recon_result.mp4", "recon_result_top_view.mp4", "recon_comparison.mp4"):
+        assert (result_vis / name).stat().st_size > 0, name
