@@ -2,8 +2,10 @@
 
 Uses the PyPI ``sam2`` package (sdist, no weights). The checkpoint comes from
 ``preprocess.sam2_checkpoint`` or ``SAM2_CHECKPOINT``; the model config (a name inside the package,
-e.g. ``configs/sam2.1/sam2.1_hiera_s.yaml``) from ``preprocess.sam2_model_cfg``. A missing package or
-checkpoint raises an error naming the setting - never a silent fallback to another backend.
+e.g. ``configs/sam2.1/sam2.1_hiera_s.yaml``) from ``preprocess.sam2_model_cfg``, else from an official
+checkpoint's file name (the reference's ``sam2_hiera_large.pt`` -> ``configs/sam2/sam2_hiera_l.yaml``).
+A missing package or checkpoint, or weights that do not fit the config, raise an error naming the
+setting - never a silent fallback to another backend.
 
 Only SAM 2's video predictor is used: it imports neither torchvision (which sam2 declares, for its image
 predictor and automatic mask generator) nor the optional CUDA extension (hole filling is off here), so the
