@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q -r requirements.lock
 	# anny's warp dependency and mediapipe's jax/opencv-contrib are optional: see shared stack notes
 	$(PY) -m pip install -q --no-deps anny==0.6.2 mediapipe==0.10.14 smplx==0.1.28
+	# sam2 (an sdist) declares torchvision, which only its image predictor imports: the video predictor that
+	# stage 2 uses runs on this venv's torch. Built here against it, without the optional CUDA extension.
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --no-deps --no-build-isolation sam2==1.1.0
+	# MoGe (depth backend): the model needs none of dlr-moge's declared torchvision/gradio/moderngl
+	$(PY) -m pip install -q --no-deps dlr-moge==2.0.0 dlr-utils3d==1.3 dlr-pipeline==1.0.0 huggingface_hub==0.36.2
 	touch $(STAMP)
 
 # Debian chromium for the Playwright browser tests (never `playwright install`: it downloads).

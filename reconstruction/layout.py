@@ -136,6 +136,14 @@ class Layout:
         """Stage 1 ``--verbose``: detected and fitted keypoints drawn over the input video."""
         return self.dir("hmr_cache_dir") / vid.rel / "debug_keypoints.mp4"
 
+    def reference_hmr_output(self, vid: VideoId) -> Path:
+        """Stage 1 as the reference writes it (GEM + WiLoR, SMPL-X): npz ``motion_global``/``motion_incam``."""
+        return self.dir("hmr_dir") / vid.dataset / vid.category / f"{vid.name}.npz"
+
+    def reference_gem_cache(self, vid: VideoId) -> Path:
+        """The reference's GEM body-only cache (torch.save dict ``smpl_params_incam`` ...)."""
+        return self.dir("hmr_cache_dir") / vid.rel / "gem_smpl_pred.pt"
+
     def masks_cache(self, vid: VideoId) -> Path:
         return self.dir("recon_cache_dir") / "masks" / f"{vid}.npz"
 

@@ -137,7 +137,14 @@ def stage_name(number: int) -> str:
 def stage_inputs(layout: Layout, vid: VideoId, stage: int) -> list[Path]:
     """Render inputs a stage reads (hashed when present; ``video`` must exist)."""
     render = {
-        1: [layout.render_config(vid), layout.character_data(vid), layout.cam_k(vid)],
+        1: [
+            layout.render_config(vid),
+            layout.character_data(vid),
+            layout.cam_k(vid),
+            # the reference's own stage-1 files, which the import backend converts
+            layout.reference_hmr_output(vid),
+            layout.reference_gem_cache(vid),
+        ],
         2: [
             layout.render_config(vid),
             layout.cam_k(vid),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import av
@@ -168,18 +169,100 @@ def test_sam2_without_checkpoint_names_the_setting(scene, tmp_path, monkeypatch)
     layout, vid, _ = _copy_scene(scene, tmp_path)
     monkeypatch.delenv("SAM2_CHECKPOINT", raising=False)
     _run_expecting(layout, vid, "preprocess.sam2_checkpoint", {"preprocess": {"mask_backend": "sam2"}})
+    _run_expecting(
+        layout, vid, "SAM 2 checkpoint not found.*preprocess.sam2_checkpoint",
+        {"preprocess": {"mask_backend": "sam2", "sam2_checkpoint": str(tmp_path / "none.pt")}},
+    )  # fmt: skip
     checkpoint = tmp_path / "sam2.pt"
     checkpoint.write_bytes(b"x")
-    try:
-        import sam2  # noqa: F401
-
-        pytest.skip("sam2 installed: the missing-package path cannot be exercised")
-    except ImportError:
-        pass
+    # The package is installed (Makefile); a None entry in sys.modules makes its import fail as if absent.
+    monkeypatch.setitem(sys.modules, "sam2.build_sam", None)
     _run_expecting(
         layout, vid, "'sam2' package.*preprocess.sam2_checkpoint",
         {"preprocess": {"mask_backend": "sam2", "sam2_checkpoint": str(checkpoint)}},
     )  # fmt: skip
+
+
+# SAM 2 with random weights: the smallest packaged model at 128 px instead of 1024 (plumbing, not quality).
+SAM2_TEST_SECTION = {"sam2_model_cfg": "configs/sam2.1/sam2.1_hiera_t.yaml"}
+SAM2_TEST_OVERRIDES = ("++model.image_size=128",)
+
+
+@pytest.fixture(scope="module")
+def sam2_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint in SAM 2's own format ({"model": state_dict}) holding randomly initialised weights."""
+    from reconstruction.backends import sam2_masks
+
+    torch.manual_seed(0)
+    model = sam2_masks.build_predictor(SAM2_TEST_SECTION, "cpu", None, SAM2_TEST_OVERRIDES)
+    path = tmp_path_factory.mktemp("sam2") / "sam2_random.pt"
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+def test_sam2_predictor_tracks_both_masks_on_tiny_frames(sam2_checkpoint):
+    from reconstruction.backends import sam2_masks
+
+    section = {**SAM2_TEST_SECTION, "sam2_checkpoint": str(sam2_checkpoint)}
+    predictor = sam2_masks.build_predictor(section, "cpu", sam2_masks.resolve_checkpoint(section), SAM2_TEST_OVERRIDES)
+    saved = torch.load(sam2_checkpoint, weights_only=True)["model"]
+    assert all(torch.equal(value, saved[name]) for name, value in predictor.state_dict().items())
+    frames = np.random.default_rng(0).integers(0, 256, (3, 48, 64, 3), dtype=np.uint8)
+    first_object = np.zeros((48, 64), bool)
+    first_object[8:24, 8:24] = True
+    first_human = np.zeros((48, 64), bool)
+    first_human[16:44, 34:60] = True
+    object_masks, human_masks = sam2_masks.track_masks(frames, first_object, first_human, section, predictor=predictor)
+    assert object_masks.shape == human_masks.shape == (3, 48, 64)
+    assert object_masks.dtype == human_masks.dtype == bool
+    # frame 0 is the prompt itself (SAM 2 passes a mask prompt through), resized to 128 px and back
+    assert mask_iou(object_masks[:1], first_object[None])[0] > 0.9
+    assert mask_iou(human_masks[:1], first_human[None])[0] > 0.9
+    assert not (object_masks & human_masks).any()
+
+
+def test_sam2_config_follows_the_checkpoint_and_a_mismatch_names_the_setting(sam2_checkpoint, tmp_path):
+    from reconstruction.backends import sam2_masks
+
+    # the official checkpoint names pick their config (the package's own table); the setting wins
+    assert sam2_masks.model_config_for({}, Path("sam2_hiera_large.pt")) == "configs/sam2/sam2_hiera_l.yaml"
+    assert sam2_masks.model_config_for({}, Path("sam2.1_hiera_tiny.pt")) == "configs/sam2.1/sam2.1_hiera_t.yaml"
+    assert sam2_masks.model_config_for({}, Path("mine.pt")) == sam2_masks.DEFAULT_CONFIG
+    assert (
+        sam2_masks.model_config_for(SAM2_TEST_SECTION, Path("sam2_hiera_large.pt"))
+        == SAM2_TEST_SECTION["sam2_model_cfg"]
+    )
+    # tiny weights into the small model; a file that is no checkpoint; a config the package lacks
+    small = {"sam2_model_cfg": "configs/sam2.1/sam2.1_hiera_s.yaml"}
+    with pytest.raises(StageInputError, match=f"{sam2_checkpoint.name}: not a SAM 2 checkpoint.*sam2_model_cfg"):
+        sam2_masks.build_predictor(small, "cpu", sam2_checkpoint, SAM2_TEST_OVERRIDES)
+    garbage = tmp_path / "sam2_hiera_small.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(StageInputError, match="sam2_hiera_small.pt: not a SAM 2 checkpoint"):
+        sam2_masks.build_predictor({}, "cpu", garbage, SAM2_TEST_OVERRIDES)
+    with pytest.raises(StageInputError, match="preprocess.sam2_model_cfg: 'configs/nope.yaml'"):
+        sam2_masks.build_predictor({"sam2_model_cfg": "configs/nope.yaml"}, "cpu", sam2_checkpoint)
+
+
+def test_stage2_with_sam2_backend_writes_the_masks_cache(sam2_checkpoint, tmp_path):
+    from reconstruction.backends import sam2_masks
+
+    layout, vid, truth = make_scene(tmp_path, num_frames=4)
+    section = {**SAM2_TEST_SECTION, "mask_backend": "sam2", "sam2_checkpoint": str(sam2_checkpoint)}
+    models = {}  # the worker's per-process cache: the stage reuses the (small, 128 px) predictor built here
+    predictor = sam2_masks.get_predictor(models, section, "cpu", SAM2_TEST_OVERRIDES)
+    ctx = StageContext(video=vid, layout=layout, config={"preprocess": section}, models=models)
+    result = preprocess.run(ctx)
+    assert list(models.values()) == [predictor]
+    assert layout.masks_cache(vid) in result.files and layout.depth_cache(vid) in result.files
+    object_masks, human_masks = masks_to_tensors(load_masks_cache(layout.masks_cache(vid), (240, 320)))
+    assert object_masks.shape == (4, 240, 320) and object_masks.dtype == bool
+    # frame 0 is the prompt passed through SAM 2's 32x32 low-resolution mask (128 px model): the small
+    # object loses its edges, the large human hardly anything
+    assert mask_iou(object_masks[:1], truth.object_masks[:1])[0] > 0.7
+    assert mask_iou(human_masks[:1], truth.human_masks[:1])[0] > 0.9
+    assert not (object_masks & human_masks).any()
+    assert len(torch.load(layout.depth_cache(vid), weights_only=True)) == 4
 
 
 def test_moge_without_checkpoint_names_the_setting(scene, tmp_path, monkeypatch):
@@ -192,6 +275,73 @@ def test_moge_without_checkpoint_names_the_setting(scene, tmp_path, monkeypatch)
         "MoGe checkpoint not found",
         {"depth": {"method": "moge"}, "preprocess": {"moge_checkpoint": str(tmp_path / "none.pt")}},
     )
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"x")
+    # The package is installed (Makefile); None entries in sys.modules make its imports fail as if absent.
+    monkeypatch.setitem(sys.modules, "moge.model.v2", None)
+    monkeypatch.setitem(sys.modules, "moge.model.v1", None)
+    _run_expecting(
+        layout, vid, "'dlr-moge' package.*preprocess.moge_checkpoint",
+        {"preprocess": {"depth_backend": "moge", "moge_checkpoint": str(checkpoint)}},
+    )  # fmt: skip
+
+
+# MoGe-2's architecture, scaled down (ViT-S/14 backbone, narrow heads, few tokens), with random weights.
+MOGE_TEST_CONFIG = {
+    "encoder": {"backbone": "dinov2_vits14", "intermediate_layers": 4, "dim_out": 64},
+    "neck": {"dim_in": [66, 2, 2, 2, 2], "dim_res_blocks": [64, 32, 32, 32, 32], "dim_out": [None] * 5,
+             "resamplers": ["bilinear"] * 4},
+    "points_head": {"dim_in": [64, 32, 32, 32, 32], "dim_res_blocks": [64, 32, 32, 32, 32],
+                    "dim_out": [None] * 4 + [3], "resamplers": ["bilinear"] * 4},
+    "mask_head": {"dim_in": [64, 32, 32, 32, 32], "dim_res_blocks": [64, 32, 32, 32, 32],
+                  "dim_out": [None] * 4 + [1], "resamplers": ["bilinear"] * 4},
+    "scale_head": {"dims": [384, 32, 1]},
+    "remap_output": "exp",
+    "num_tokens_range": [16, 64],
+}  # fmt: skip
+
+
+def test_moge_checkpoint_that_is_not_one_is_named(tmp_path):
+    from moge.model.v2 import MoGeModel
+
+    from reconstruction.backends import moge_depth
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(StageInputError, match="garbage.pt: not a MoGe checkpoint.*preprocess.moge_checkpoint"):
+        moge_depth.load_model(garbage, "cpu")
+    no_config = tmp_path / "no_config.pt"
+    torch.save({"model": {}}, no_config)
+    with pytest.raises(StageInputError, match="no_config.pt: not a MoGe checkpoint.*model_config"):
+        moge_depth.load_model(no_config, "cpu")
+    foreign = tmp_path / "foreign.pt"  # MoGe-2's config with another network's weights
+    torch.save({"model_config": MOGE_TEST_CONFIG, "model": torch.nn.Linear(2, 2).state_dict()}, foreign)
+    with pytest.raises(StageInputError, match=r"foreign.pt: its weights fit only 0 of \d+ tensors"):
+        moge_depth.load_model(foreign, "cpu")
+    good = tmp_path / "model.pt"
+    torch.save({"model_config": MOGE_TEST_CONFIG, "model": MoGeModel(**MOGE_TEST_CONFIG).state_dict()}, good)
+    assert isinstance(moge_depth.load_model(good, "cpu"), MoGeModel)
+
+
+def test_stage2_with_moge_backend_writes_an_aligned_depth_cache(tmp_path, monkeypatch):
+    from moge.model.v2 import MoGeModel
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "model.pt"  # MoGe's own checkpoint format
+    torch.save({"model_config": MOGE_TEST_CONFIG, "model": MoGeModel(**MOGE_TEST_CONFIG).state_dict()}, checkpoint)
+    layout, vid, truth = make_scene(tmp_path / "results", num_frames=3)
+    monkeypatch.setenv("MOGE_CHECKPOINT", str(checkpoint))
+    models = {}
+    result = preprocess.run(StageContext(video=vid, layout=layout, config={"depth": {"method": "moge"}}, models=models))
+    assert result.info["depth_backend"] == "moge"
+    # loaded once per worker process, then reused
+    assert len([key for key in models if isinstance(key, tuple) and key[0] == "moge_model"]) == 1
+    depth = torch.load(layout.depth_cache(vid), weights_only=True)
+    assert len(depth) == 3 and all(d.dtype == torch.float32 and d.shape == (240, 320) for d in depth)
+    assert all(bool(torch.isfinite(d).all()) for d in depth)
+    # every frame had enough background to be least-squares aligned to the first-frame GT depth
+    assert result.metrics["depth_aligned_frames"] == 3.0
+    assert result.metrics["depth_known_frac_mean"] > 0.5
 
 
 def test_unknown_backend_is_refused(scene, tmp_path):

@@ -2,8 +2,14 @@
 
 Uses the PyPI ``sam2`` package (sdist, no weights). The checkpoint comes from
 ``preprocess.sam2_checkpoint`` or ``SAM2_CHECKPOINT``; the model config (a name inside the package,
-e.g. ``configs/sam2.1/sam2.1_hiera_s.yaml``) from ``preprocess.sam2_model_cfg``. A missing package or
-checkpoint raises an error naming the setting - never a silent fallback to another backend.
+e.g. ``configs/sam2.1/sam2.1_hiera_s.yaml``) from ``preprocess.sam2_model_cfg``, else from an official
+checkpoint's file name (the reference's ``sam2_hiera_large.pt`` -> ``configs/sam2/sam2_hiera_l.yaml``).
+A missing package or checkpoint, or weights that do not fit the config, raise an error naming the
+setting - never a silent fallback to another backend.
+
+Only SAM 2's video predictor is used: it imports neither torchvision (which sam2 declares, for its image
+predictor and automatic mask generator) nor the optional CUDA extension (hole filling is off here), so the
+package is installed with ``--no-deps`` beside the engine's own torch (see the Makefile).
 """
 
 from __future__ import annotations
@@ -37,19 +43,68 @@ def resolve_checkpoint(section: dict[str, Any]) -> Path:
     return path
 
 
-def build_predictor(section: dict[str, Any], device: str, checkpoint: Path | None) -> Any:
-    """SAM 2 video predictor. ``checkpoint=None`` (random weights) is only for plumbing tests."""
+def build_predictor(
+    section: dict[str, Any], device: str, checkpoint: Path | None, hydra_overrides: tuple[str, ...] = ()
+) -> Any:
+    """SAM 2 video predictor. ``checkpoint=None`` (random weights) and ``hydra_overrides`` (e.g. a smaller
+    ``++model.image_size``) are only for plumbing tests."""
     try:
         from sam2.build_sam import build_sam2_video_predictor
     except ImportError as exc:
         raise StageInputError(
-            f"mask backend 'sam2' needs the 'sam2' package and its dependencies (pip install sam2==1.1.0; "
+            f"mask backend 'sam2' needs the 'sam2' package and its dependencies (make setup installs them; "
             f"import failed: {exc}) and a checkpoint from {SETTING}"
         ) from exc
-    config_name = section.get("sam2_model_cfg") or section.get("sam2_config") or DEFAULT_CONFIG
-    return build_sam2_video_predictor(
-        config_name, str(checkpoint) if checkpoint else None, device=device, apply_postprocessing=False
-    )
+    config_name = model_config_for(section, checkpoint)
+    try:
+        return build_sam2_video_predictor(
+            config_name,
+            str(checkpoint) if checkpoint else None,
+            device=device,
+            apply_postprocessing=False,
+            hydra_overrides_extra=list(hydra_overrides),
+        )
+    except Exception as exc:  # noqa: BLE001 - hydra, torch.load and load_state_dict failures alike
+        if isinstance(exc, torch.OutOfMemoryError):
+            raise
+        if type(exc).__name__ == "MissingConfigException":
+            raise StageInputError(
+                f"preprocess.sam2_model_cfg: {config_name!r} is not a model config of the sam2 package "
+                f"(e.g. {DEFAULT_CONFIG})"
+            ) from exc
+        if checkpoint is None:
+            raise
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]  # load_state_dict lists every key
+        raise StageInputError(
+            f"{checkpoint}: not a SAM 2 checkpoint for the model config {config_name!r} ({type(exc).__name__}: "
+            f"{detail}); set preprocess.sam2_model_cfg to the config it was trained with"
+        ) from exc
+
+
+def get_predictor(
+    models: dict[Any, Any], section: dict[str, Any], device: str, hydra_overrides: tuple[str, ...] = ()
+) -> Any:
+    """The predictor for this checkpoint, config and device, built once per process (``ctx.models``)."""
+    checkpoint = resolve_checkpoint(section)
+    key = ("sam2_predictor", str(checkpoint.resolve()), section.get("sam2_model_cfg"), str(device))
+    if key not in models:
+        models[key] = build_predictor(section, device, checkpoint, hydra_overrides)
+    return models[key]
+
+
+def model_config_for(section: dict[str, Any], checkpoint: Path | None) -> str:
+    """``preprocess.sam2_model_cfg``; else the config the package pairs with an official checkpoint file
+    name (e.g. ``sam2_hiera_large.pt`` -> ``configs/sam2/sam2_hiera_l.yaml``); else ``DEFAULT_CONFIG``."""
+    explicit = section.get("sam2_model_cfg")
+    if explicit:
+        return str(explicit)
+    if checkpoint is not None:
+        from sam2.build_sam import HF_MODEL_ID_TO_FILENAMES
+
+        by_file = {file_name: config for config, file_name in HF_MODEL_ID_TO_FILENAMES.values()}
+        if checkpoint.name in by_file:
+            return by_file[checkpoint.name]
+    return DEFAULT_CONFIG
 
 
 def track_masks(

@@ -2,8 +2,10 @@
 
 Backends (config ``human_pose.backend``):
 - ``mediapipe`` (default): MediaPipe pose + hands -> ``fit_body`` initialised from the render's frame-0 pose.
-- ``import``: stage-1 caches made elsewhere (GEM/WiLoR runs of the reference pipeline, or an earlier
-  run) are already at ``layout.hmr_result`` / ``layout.hmr_keypoints``: validate and keep them.
+- ``import``: hoiweb stage-1 caches made elsewhere (an earlier run) at ``layout.hmr_result`` /
+  ``layout.hmr_keypoints`` are validated and kept; without them the reference's own GEM/WiLoR SMPL-X
+  output (``layout.reference_hmr_output``, else GEM's ``layout.reference_gem_cache``) is converted
+  into them (``backends.grail_stage1``).
 
 Writes ``layout.hmr_keypoints(vid)`` (npz: ``keypoints_2d`` (T,75,3) x_px, y_px, confidence;
 ``image_size`` (H,W)) and ``layout.hmr_result(vid)`` (torch dict: ``body_model``, ``motion_incam`` and
@@ -66,19 +68,29 @@ def run(ctx: StageContext) -> StageResult:
 
 # ---- import backend -------------------------------------------------------------------------------
 def import_caches(ctx: StageContext, import_dir: str | None = None) -> StageResult:
-    """Validate existing stage-1 caches and keep them.
+    """Validate existing stage-1 caches and keep them, or convert the reference's own stage-1 files.
 
-    Without ``human_pose.import_dir`` the caches are already in this results dir and nothing is written.
-    With it, that folder is read as another results dir (same layout) and its validated caches are copied
-    here; an invalid source leaves this results dir untouched.
+    Without ``human_pose.import_dir`` the caches are already in this results dir; with it, that folder is
+    read as another results dir (same layout). hoiweb's caches (``hmr_results.pt`` + ``keypoints.npz``)
+    are kept as they are (copied here from an import dir). Without them, the reference's native stage-1
+    output (``<hmr_dir>/<d>/<c>/<v>.npz``, GEM + WiLoR) or GEM's cache (``gem_smpl_pred.pt``) is converted
+    (``backends.grail_stage1``) into hoiweb's caches here. An invalid source leaves this results dir untouched.
     """
+    from reconstruction.backends import grail_stage1
+
     source = Layout.create(import_dir) if import_dir else ctx.layout
     result_path = source.hmr_result(ctx.video)
     keypoints_path = source.hmr_keypoints(ctx.video)
-    for path in (result_path, keypoints_path):
-        if not path.exists():
-            setting = "human_pose.import_dir" if import_dir else "human_pose.backend=import"
-            raise StageInputError(f"{setting}: stage-1 cache not found: {path}")
+    if not (result_path.exists() and keypoints_path.exists()):
+        native = grail_stage1.find_native(source, ctx.video)
+        if native is not None:
+            return convert_native(ctx, native)
+        setting = "human_pose.import_dir" if import_dir else "human_pose.backend=import"
+        missing = result_path if not result_path.exists() else keypoints_path
+        raise StageInputError(
+            f"{setting}: stage-1 cache not found: {missing} (nor the reference's "
+            f"{grail_stage1.native_output_path(source, ctx.video)} or {grail_stage1.gem_cache_path(source, ctx.video)})"
+        )
     keypoints = load_keypoints(keypoints_path)
     result = load_hmr_result(result_path)
     num_frames = result["motion_incam"]["trans"].shape[0]
@@ -98,6 +110,50 @@ def import_caches(ctx: StageContext, import_dir: str | None = None) -> StageResu
         result_path, keypoints_path = (dst for _, dst in copies)
     ctx.progress(1.0, "imported stage-1 caches")
     return StageResult(files=[result_path, keypoints_path], metrics={"frames": float(num_frames)})
+
+
+def convert_native(ctx: StageContext, path: Path) -> StageResult:
+    """The reference's SMPL-X stage-1 file at ``path`` -> hoiweb's two stage-1 caches in this results dir."""
+    from reconstruction.backends import grail_stage1
+
+    native = grail_stage1.read_native(path)  # validated before anything else is loaded
+    layout, vid = ctx.layout, ctx.video
+    config_path = _require(layout.render_config(vid), "render config")
+    try:
+        render_config = load_render_config(config_path)
+    except ValueError as exc:
+        raise StageInputError(str(exc)) from exc
+    body = body_model_for(ctx, "smplx")
+    shape = native.betas.to(body.device)
+    pose_cam, trans_cam = grail_stage1.engine_pose(body, native)
+    pose_cam, trans_cam = pose_cam.to(body.device), trans_cam.to(body.device)
+    cam_to_world = torch.linalg.inv(torch.as_tensor(render_config.world_to_cam(), dtype=torch.float32))
+    pose_world, trans_world = transform_body(body, pose_cam, shape, trans_cam, cam_to_world.to(body.device))
+    with torch.no_grad():
+        keypoints_3d = body.forward(pose_cam, shape, trans_cam).keypoints
+    height = native.predicted_body_height
+    result = {
+        "body_model": "smplx",
+        "motion_incam": {"pose_aa": pose_cam.cpu(), "shape": shape.cpu(), "trans": trans_cam.cpu()},
+        "motion_global": {"pose_aa": pose_world.cpu(), "shape": shape.cpu(), "trans": trans_world.cpu()},
+        "predicted_body_height": body_height(body, shape, "smplx") if height is None else height,
+        "keypoints_3d_cam": keypoints_3d.cpu(),
+        "imported_from": str(path),
+    }
+    if native.foot_contact_probs is not None:
+        result["foot_contact_probs"] = torch.as_tensor(native.foot_contact_probs, dtype=torch.float32)
+    result_path = fileio.write_torch(layout.hmr_result(vid), result)
+    keypoints_path = fileio.write_npz(
+        layout.hmr_keypoints(vid),
+        keypoints_2d=native.keypoints_2d,
+        image_size=np.array([render_config.frame_height, render_config.frame_width], dtype=np.int64),
+    )
+    ctx.progress(1.0, f"converted the reference's stage-1 output {path.name}")
+    return StageResult(
+        files=[result_path, keypoints_path],
+        metrics={"frames": float(native.num_frames)},
+        info={"imported_from": str(path)},
+    )
 
 
 def load_keypoints(path: Path) -> dict[str, np.ndarray]:

@@ -62,10 +62,7 @@ def compute_masks(
     if backend == "sam2":
         from reconstruction.backends import sam2_masks
 
-        predictor = ctx.models.get("sam2_predictor")
-        if predictor is None:
-            predictor = sam2_masks.build_predictor(section, ctx.device, sam2_masks.resolve_checkpoint(section))
-            ctx.models["sam2_predictor"] = predictor
+        predictor = sam2_masks.get_predictor(ctx.models, section, ctx.device)
         return sam2_masks.track_masks(frames, first_object, first_human, section, ctx.device, predictor=predictor)
 
     from reconstruction.backends import classical_masks
@@ -92,13 +89,14 @@ def compute_depth(
     frames: np.ndarray,
     gt_depth: np.ndarray,
     foreground: np.ndarray,
+    K: np.ndarray | None = None,
 ) -> depth_align.DepthAlignment:
     gt = torch.from_numpy(gt_depth)
     fg = torch.from_numpy(foreground)
     if backend == "moge":
         from reconstruction.backends import moge_depth
 
-        estimate = moge_depth.estimate_depth(frames, section, ctx.device)
+        estimate = moge_depth.estimate_depth(frames, section, ctx.device, K=K, models=ctx.models)
     else:
         estimate = depth_align.static_depth(gt, fg)
     return depth_align.align_depth(estimate, gt, fg)
@@ -115,7 +113,7 @@ def run(ctx: StageContext) -> StageResult:
     layout, vid = ctx.layout, ctx.video
     mask_backend, depth_backend, section = _choose_backends(ctx.config)
 
-    render_config, _ = scene_inputs.load_render_inputs(layout, vid)
+    render_config, K = scene_inputs.load_render_inputs(layout, vid)
     video_path = layout.video(vid)
     frames, fps = scene_inputs.load_frames(video_path)
     image_size = frames.shape[1:3]
@@ -131,7 +129,7 @@ def run(ctx: StageContext) -> StageResult:
     object_masks, human_masks = compute_masks(ctx, mask_backend, section, frames, first_object, first_human)
     ctx.check_cancelled()
     ctx.progress(0.75, "depth")
-    alignment = compute_depth(ctx, depth_backend, section, frames, gt_depth, object_masks | human_masks)
+    alignment = compute_depth(ctx, depth_backend, section, frames, gt_depth, object_masks | human_masks, K)
     if not torch.isfinite(alignment.depth).all():
         raise StageInputError(f"depth backend {depth_backend!r} produced non-finite depth for {vid}")
     ctx.check_cancelled()
