@@ -191,7 +191,7 @@ class OptimizationConfig:
     pre_eval: PreEvalConfig = field(default_factory=PreEvalConfig)
     # hoiweb extensions
     contact_labelling: ContactLabellingConfig = field(default_factory=ContactLabellingConfig)
-    compile: bool = True  # on CUDA, torch.compile the loss closure (ignored on the CPU)
+    compile: bool = True  # torch.compile the loss of single-video runs on CUDA (not on the CPU, not batches)
     cuda_graph: bool = True  # on CUDA, capture each optimiser iteration in a CUDA graph (launch-bound otherwise)
     object_surface_samples: int = field(default=1000, metadata=_meta(min=16))
     seed: int = 0

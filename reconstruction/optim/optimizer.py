@@ -453,7 +453,9 @@ class HOIOptimizer:
 
         # Compiled, the ~1,000 small kernels of an iteration fuse into a few dozen; with the CUDA graph a
         # 120-frame video takes ~2 s on an H100 instead of ~25 s. On the CPU compiling costs more than it saves.
-        use_compile = self.config.compile and self.device.type == "cuda"
+        # A batch of videos is GPU-bound already (16 videos: ~2.7 s each eager) and compiling its graph took
+        # over 8 minutes on an H100: batches run eagerly.
+        use_compile = self.config.compile and self.device.type == "cuda" and batch.pose_init.shape[0] == 1
         compute = torch.compile(step_loss, dynamic=self.compile_dynamic) if use_compile else step_loss
 
         def iteration() -> torch.Tensor:
