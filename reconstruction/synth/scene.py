@@ -16,7 +16,7 @@ import torch
 from reconstruction import keypoints as kp
 from reconstruction.render import Mesh, RenderOutput, render
 from reconstruction.render.scene import ground_plane, look_at_world_to_cam
-from reconstruction.synth import ik, motion, objects
+from reconstruction.synth import footwork, ik, motion, objects
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +224,12 @@ def camera(config: SceneConfig, rng: np.random.Generator) -> tuple[np.ndarray, n
     return K, w2c
 
 
+def camera_azimuth(world_to_cam: np.ndarray) -> float:
+    """Angle about +Z from the person's facing direction at yaw 0 (-Y) to the camera centre."""
+    centre = -world_to_cam[:3, :3].T @ world_to_cam[:3, 3]
+    return math.atan2(centre[0], -centre[1])
+
+
 # ---- the scene -----------------------------------------------------------------------------------
 def _object_pose_initial(spec: objects.ObjectSpec, two_handed: bool, rng: np.random.Generator) -> np.ndarray:
     """Object on the table in front of the person: centred for two hands, in front of the right
@@ -233,6 +239,19 @@ def _object_pose_initial(spec: objects.ObjectSpec, two_handed: bool, rng: np.ran
     x = rng.uniform(-0.03, 0.03) if two_handed else -rng.uniform(0.13, 0.2)
     pose[:3, 3] = (x, -rng.uniform(0.4, 0.45), TABLE_HEIGHT)
     return pose
+
+
+def _hand_targets(spec: objects.ObjectSpec, pose: torch.Tensor, two_handed: bool) -> list[ik.HandTarget]:
+    rot, t = pose[:3, :3], pose[:3, 3]
+    return [
+        ik.HandTarget(
+            site.hand,
+            (rot @ torch.as_tensor(site.point, dtype=pose.dtype) + t)[None],
+            (rot @ torch.as_tensor(site.normal, dtype=pose.dtype))[None],
+            (rot @ torch.as_tensor(site.finger_dir, dtype=pose.dtype))[None],
+        )
+        for site in spec.grasps(two_handed)
+    ]
 
 
 def build_scene(config: SceneConfig, body) -> Scene:
@@ -260,16 +279,7 @@ def build_scene(config: SceneConfig, body) -> Scene:
 
     object_pose0 = torch.tensor(_object_pose_initial(spec, two_handed, rng), dtype=dtype)
     lean = motion.lean_pose(body, rng.uniform(0.3, 0.45))
-    rot, t = object_pose0[:3, :3], object_pose0[:3, 3]
-    targets = [
-        ik.HandTarget(
-            site.hand,
-            (rot @ torch.as_tensor(site.point, dtype=dtype) + t)[None],
-            (rot @ torch.as_tensor(site.normal, dtype=dtype))[None],
-            (rot @ torch.as_tensor(site.finger_dir, dtype=dtype))[None],
-        )
-        for site in spec.grasps(two_handed)
-    ]
+    targets = _hand_targets(spec, object_pose0, two_handed)
 
     def object_sdf(points: torch.Tensor) -> torch.Tensor:
         return objects.signed_distance_world(spec, object_pose0[None], points)
@@ -280,9 +290,16 @@ def build_scene(config: SceneConfig, body) -> Scene:
         | {body.joint_index(n) for target in targets for n in ik.FINGER_BONES[body.name][target.hand]}
     )
     carry_yaw = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.35, 0.6))
-    timeline = motion.make_timeline(config.num_frames, config.variant, carry_yaw)
-    pose_aa = motion.compose_motion(solved.pose_aa[0], lean, arm_joints, timeline)
+    K, w2c = camera(config, rng)
+    # object_lost turns the back squarely to the camera (the camera is off-axis by its azimuth), in the
+    # direction the carry would turn.
+    away_yaw = camera_azimuth(w2c[0]) + math.copysign(math.pi, carry_yaw)
+    timeline = motion.make_timeline(config.num_frames, config.variant, carry_yaw, away_yaw)
     trans = trans0.expand(config.num_frames, 3).clone()
+    legs = footwork.solve_legs(
+        body, shape, motion.compose_motion(solved.pose_aa[0], lean, arm_joints, timeline), trans, timeline.feet
+    )
+    pose_aa = legs.pose_aa
     with torch.no_grad():
         out = body.forward(pose_aa, shape, trans)
     holder = "right" if any(target.hand == "right" for target in targets) else "left"
@@ -296,7 +313,6 @@ def build_scene(config: SceneConfig, body) -> Scene:
     with torch.no_grad():
         rest = body.forward(body.rest_pose(1), shape, torch.zeros(1, 3, dtype=dtype))
     colors = body_colors(body, rest.vertices[0].float(), rest.keypoints[0].float(), rng)
-    K, w2c = camera(config, rng)
     return Scene(
         config=config,
         object_spec=spec,
@@ -323,7 +339,9 @@ def build_scene(config: SceneConfig, body) -> Scene:
             "two_handed": two_handed,
             "grasp_frame": timeline.grasp_frame,
             "release_frame": timeline.release_frame,
-            "carry_yaw_rad": carry_yaw if config.variant in ("normal", "camera_shake") else 0.0,
+            "carry_yaw_rad": float(timeline.yaw[timeline.release_frame - 1]),
+            "max_yaw_rad": float(np.abs(timeline.yaw).max()),
+            "leg_ik_error_m": legs.max_error,
         },
     )
 
