@@ -167,17 +167,23 @@ def estimate_camera_positions(frames: np.ndarray, background: np.ndarray, depth:
     return positions
 
 
-def table_top_height(scene_data: list[dict[str, Any]]) -> float | None:
+def table_top_height(scene_data: list[dict[str, Any]], base_dir: Path | None = None) -> float | None:
+    """Highest point of the scene's table (world z), from its mesh placed by ``scale``/``rot``/``pos``.
+
+    A relative mesh ``path`` is resolved against ``base_dir`` (the render config's folder)."""
     import trimesh
 
     for item in scene_data or []:
         path = str(item.get("path", ""))
         if "table" not in path.lower() and "table" not in str(item.get("name", "")).lower():
             continue
-        if not Path(path).exists():
-            logger.warning("table mesh %s not found: skipping the on-table check", path)
+        mesh_path = Path(path)
+        if not mesh_path.is_absolute() and base_dir is not None:
+            mesh_path = base_dir / mesh_path
+        if not mesh_path.exists():
+            logger.warning("table mesh %s not found: skipping the on-table check", mesh_path)
             return None
-        mesh = trimesh.load(path, force="mesh", process=False)
+        mesh = trimesh.load(str(mesh_path), force="mesh", process=False)
         scale = np.broadcast_to(np.asarray(item.get("scale", 1.0), dtype=np.float64), (3,))
         rot = np.asarray(item.get("rot", np.eye(3)), dtype=np.float64)
         if rot.shape == (3,):
@@ -210,6 +216,7 @@ class FilterInputs:
     image_size: tuple[int, int]
     scene_data: list[dict[str, Any]]
     background_depth: float
+    scene_dir: Path | None = None  # relative scene_data mesh paths are relative to this folder
 
 
 def run_checks(
@@ -253,7 +260,9 @@ def run_checks(
     checks.append(check_static_human(verts.numpy(), filt.human_static_thr))
     checks.append(
         check_object_on_table(
-            float(obj_world[0, :, 2].min()), table_top_height(inputs.scene_data), filt.table_height_tol
+            float(obj_world[0, :, 2].min()),
+            table_top_height(inputs.scene_data, inputs.scene_dir),
+            filt.table_height_tol,
         )
     )
     checks.append(check_object_motion(obj_t.numpy(), filt.filter_object_motion, filt.object_static_thr))
@@ -353,6 +362,7 @@ def load_filter_inputs(layout: Layout, vid: VideoId) -> tuple[FilterInputs, Path
             image_size=image_size,
             scene_data=list(hoi.get("scene_data") or rc.scene_data),
             background_depth=background_depth,
+            scene_dir=layout.render_config(vid).parent,
         ),  # fmt: skip
         mesh_path,
     )

@@ -141,6 +141,23 @@ def scenery(rng: np.random.Generator) -> list[Mesh]:
     ]
 
 
+def table_description() -> dict:
+    """The table as the render config's ``scene_data`` describes static objects: its mesh (written in
+    the table's own frame, origin on the floor under the centre of the top, +z up) is placed by ``rot``
+    (3x3), ``pos`` (3,) and ``scale``; ``size`` (width x, depth y, height z in metres) and ``top_z`` are
+    hoiweb additions for readers that want the box without loading the mesh."""
+    (cx, cy), (sx, sy) = TABLE_CENTRE, TABLE_SIZE
+    return {
+        "name": "table",
+        "scale": 1.0,
+        "rot": np.eye(3).tolist(),
+        "pos": [cx, cy, 0.0],
+        "size": [sx, sy, TABLE_HEIGHT],
+        "top_z": TABLE_HEIGHT,
+        "instance_id": TABLE_ID,
+    }
+
+
 # ---- body appearance -------------------------------------------------------------------------------
 def body_colors(
     body, vertices_rest: torch.Tensor, keypoints_rest: torch.Tensor, rng: np.random.Generator
