@@ -35,6 +35,7 @@ class Timeline:
     release_frame: int
     moves_object: bool
     feet: footwork.FootSchedule  # where each foot is: the pelvis yaw above is the mean of the feet's yaws
+    hug: np.ndarray | None = None  # (T,) weight of the arms' "object against the chest" pose (object_lost)
 
     @property
     def held(self) -> np.ndarray:
@@ -78,6 +79,7 @@ def make_timeline(num_frames: int, variant: str, carry_yaw: float, away_yaw: flo
     tg, th = grasp_frame / (num_frames - 1), last_held / (num_frames - 1)
     reach = _ramp(t, min(0.08, tg / 2), tg) - _ramp(t, th, 1.0)
     turns: list[tuple[int, int, float]] = []
+    hug = None
     if variant == "static_object":
         # Reach, rest the hands on the object, let go: the object never moves.
         lean = reach.copy()
@@ -93,6 +95,10 @@ def make_timeline(num_frames: int, variant: str, carry_yaw: float, away_yaw: flo
             back = _turn_window(_frame(0.72, num_frames), last_held, away[1], last_held)
             if back is not None:
                 turns = [(*away, away_yaw), (*back, -away_yaw)]
+                # The object comes in against the chest while turning away and goes out again while
+                # turning back: the back then hides it (at arm's length it shows beside the torso).
+                frac = [f / (num_frames - 1) for f in (*away, *back)]
+                hug = _ramp(t, frac[0], frac[1]) - _ramp(t, frac[2], frac[3])
     else:  # normal, camera_shake
         lift_end, place_start = min(max(0.5, tg), th), min(0.7, th)
         lean = _ramp(t, min(0.08, tg / 2), tg) - _ramp(t, tg, lift_end) + _ramp(t, place_start, th) - _ramp(t, th, 1.0)
@@ -102,7 +108,7 @@ def make_timeline(num_frames: int, variant: str, carry_yaw: float, away_yaw: flo
     feet = footwork.schedule_turns(num_frames, turns)
     release_frame = min(last_held + 1, num_frames)
     reach[grasp_frame:release_frame] = 1.0  # exact grasp pose while holding
-    return Timeline(reach, lean, feet.pelvis_yaw, grasp_frame, release_frame, variant != "static_object", feet)
+    return Timeline(reach, lean, feet.pelvis_yaw, grasp_frame, release_frame, variant != "static_object", feet, hug)
 
 
 def lean_pose(body, lean_rad: float) -> torch.Tensor:
@@ -114,19 +120,28 @@ def lean_pose(body, lean_rad: float) -> torch.Tensor:
 
 
 def compose_motion(
-    grasp_pose: torch.Tensor, lean: torch.Tensor, arm_joints: list[int], timeline: Timeline
+    grasp_pose: torch.Tensor,
+    lean: torch.Tensor,
+    arm_joints: list[int],
+    timeline: Timeline,
+    hug_pose: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(T,J,3) pose sequence from the solved grasp pose (J,3), the lean pose (J,3) and the timeline.
 
     Arm and finger joints are zero in the idle pose, so scaling their axis-angle by ``reach`` is the
-    geodesic from idle to grasp; the spine lean is scaled by ``lean``; the root yaw is about +Z."""
+    geodesic from idle to grasp; the spine lean is scaled by ``lean``; the root yaw is about +Z. With
+    ``hug_pose`` (J,3) and ``timeline.hug``, the arm angles blend linearly from the grasp to that pose."""
     dtype, device = grasp_pose.dtype, grasp_pose.device
     reach = torch.as_tensor(timeline.reach, dtype=dtype, device=device)
     lean_w = torch.as_tensor(timeline.lean, dtype=dtype, device=device)
     yaw = torch.as_tensor(timeline.yaw, dtype=dtype, device=device)
     pose = (lean[None] * lean_w[:, None, None]).clone()
     arm = torch.as_tensor(arm_joints, device=device)
-    pose[:, arm] = grasp_pose[arm][None] * reach[:, None, None]
+    arms = grasp_pose[arm][None].expand(len(reach), -1, -1)
+    if hug_pose is not None and timeline.hug is not None:
+        hug = torch.as_tensor(timeline.hug, dtype=dtype, device=device)[:, None, None]
+        arms = arms + hug * (hug_pose[arm] - grasp_pose[arm])[None]
+    pose[:, arm] = arms * reach[:, None, None]
     pose[:, 0] = 0.0
     pose[:, 0, 2] = yaw
     return pose

@@ -24,6 +24,7 @@ HUMAN_ID, OBJECT_ID, GROUND_ID, WALL_ID, TABLE_ID = 1, 2, 3, 4, 5
 TABLE_HEIGHT = 0.72
 TABLE_CENTRE = (0.0, -0.47)
 TABLE_SIZE = (1.3, 0.6)  # x (width), y (depth)
+HUG_DROP, HUG_GAP = 0.16, 0.03  # object_lost: object top under the shoulders, gap to the torso (m)
 
 SKIN_TONES = ((0.96, 0.80, 0.69), (0.87, 0.67, 0.52), (0.72, 0.52, 0.38), (0.55, 0.38, 0.26), (0.40, 0.27, 0.18))
 SHIRT_COLOURS = ((0.80, 0.15, 0.15), (0.15, 0.35, 0.75), (0.15, 0.55, 0.25), (0.85, 0.75, 0.20), (0.55, 0.25, 0.60),
@@ -248,17 +249,20 @@ def camera_azimuth(world_to_cam: np.ndarray) -> float:
 
 
 # ---- the scene -----------------------------------------------------------------------------------
-def _object_pose_initial(spec: objects.ObjectSpec, two_handed: bool, rng: np.random.Generator) -> np.ndarray:
+def _object_pose_initial(
+    spec: objects.ObjectSpec, two_handed: bool, rng: np.random.Generator, across: bool = False
+) -> np.ndarray:
     """Object on the table in front of the person: centred for two hands, in front of the right
-    shoulder for one. Model +x points to the person's right (world -X), model +y away (world -Y)."""
+    shoulder for one. Model +x points to the person's right (world -X), model +y away (world -Y);
+    ``across`` (grasp across the depth): a quarter turn more, model +x away and +y to the left."""
     pose = np.eye(4)
-    pose[:3, :3] = _rot_z(math.pi + rng.uniform(-0.2, 0.2))
+    pose[:3, :3] = _rot_z(math.pi + rng.uniform(-0.2, 0.2) + (math.pi / 2 if across else 0.0))
     x = rng.uniform(-0.03, 0.03) if two_handed else -rng.uniform(0.13, 0.2)
     pose[:3, 3] = (x, -rng.uniform(0.4, 0.45), TABLE_HEIGHT)
     return pose
 
 
-def _hand_targets(spec: objects.ObjectSpec, pose: torch.Tensor, two_handed: bool) -> list[ik.HandTarget]:
+def _hand_targets(spec: objects.ObjectSpec, pose: torch.Tensor, sites: tuple) -> list[ik.HandTarget]:
     rot, t = pose[:3, :3], pose[:3, 3]
     return [
         ik.HandTarget(
@@ -267,8 +271,40 @@ def _hand_targets(spec: objects.ObjectSpec, pose: torch.Tensor, two_handed: bool
             (rot @ torch.as_tensor(site.normal, dtype=pose.dtype))[None],
             (rot @ torch.as_tensor(site.finger_dir, dtype=pose.dtype))[None],
         )
-        for site in spec.grasps(two_handed)
+        for site in sites
     ]
+
+
+def _solve_hug(body, shape, trans0, spec, object_pose0: torch.Tensor, sites: tuple, steps: int) -> torch.Tensor:
+    """(J,3) upright pose whose hands hold the object against the chest, square to the body: its top
+    ``HUG_DROP`` under the shoulders (below the camera's line of sight over them), its near side
+    ``HUG_GAP`` in front of the torso."""
+    dtype = object_pose0.dtype
+    upright = torch.zeros(1, body.num_joints, 3, dtype=dtype)
+    with torch.no_grad():
+        out = body.forward(upright, shape, trans0)
+    shoulder_z = float(out.keypoints[0, [kp.index("left_shoulder"), kp.index("right_shoulder")], 2].mean())
+    # Square to the body and on its midline (the table pose's small turn would widen the object's outline).
+    pose = torch.eye(4, dtype=dtype)
+    turns = round(math.atan2(float(object_pose0[1, 0]), float(object_pose0[0, 0])) / (math.pi / 2))
+    pose[:3, :3] = torch.as_tensor(_rot_z(turns * math.pi / 2), dtype=dtype)
+    corners = torch.as_tensor(np.array(objects.build_mesh(spec).bounds), dtype=dtype)
+    box = torch.cartesian_prod(corners[:, 0], corners[:, 1], corners[:, 2]) @ pose[:3, :3].T
+    height = float(box[:, 2].max() - box[:, 2].min())
+    z0 = shoulder_z - HUG_DROP - height
+    verts = out.vertices[0]
+    band = (verts[:, 2] > z0) & (verts[:, 2] < z0 + height) & (verts[:, 0].abs() < 0.15)
+    front = float(verts[band, 1].min()) if bool(band.any()) else -0.15
+    # World -Y is in front of the person: the object's extent towards them is box[:, 1].max().
+    centre_x = -float(box[:, 0].max() + box[:, 0].min()) / 2
+    pose[:3, 3] = torch.tensor([centre_x, front - HUG_GAP - float(box[:, 1].max()), z0], dtype=dtype)
+
+    def object_sdf(points: torch.Tensor) -> torch.Tensor:
+        return objects.signed_distance_world(spec, pose[None], points)
+
+    hug = ik.solve_hand_ik(body, shape, upright, trans0, _hand_targets(spec, pose, sites), object_sdf,
+                           ik.IKConfig(steps=steps))  # fmt: skip
+    return hug.pose_aa[0]
 
 
 def build_scene(config: SceneConfig, body) -> Scene:
@@ -282,8 +318,13 @@ def build_scene(config: SceneConfig, body) -> Scene:
     two_handed = {"auto": spec.two_handed_default, "one": False, "two": True}.get(config.hands)
     if two_handed is None:
         raise ValueError(f"hands must be auto, one or two, got {config.hands!r}")
+    across = False
     if config.variant == "object_lost":
-        two_handed = True  # held in front of the body with both hands: hidden when the person turns away
+        # Held with both hands against the chest, then the person turns their back to the camera: the
+        # body hides it. A box is held across its narrower side, so the torso is wider than it.
+        two_handed = True
+        across = spec.across_hands is not None
+    sites = spec.grasps(two_handed, across)
 
     dtype = body.dtype
     shape = torch.tensor(
@@ -294,9 +335,9 @@ def build_scene(config: SceneConfig, body) -> Scene:
     height_m = body.standing_height(shape)
     trans0 = torch.tensor([[0.0, 0.0, root_height]], dtype=dtype)
 
-    object_pose0 = torch.tensor(_object_pose_initial(spec, two_handed, rng), dtype=dtype)
+    object_pose0 = torch.tensor(_object_pose_initial(spec, two_handed, rng, across), dtype=dtype)
     lean = motion.lean_pose(body, rng.uniform(0.3, 0.45))
-    targets = _hand_targets(spec, object_pose0, two_handed)
+    targets = _hand_targets(spec, object_pose0, sites)
 
     def object_sdf(points: torch.Tensor) -> torch.Tensor:
         return objects.signed_distance_world(spec, object_pose0[None], points)
@@ -313,9 +354,11 @@ def build_scene(config: SceneConfig, body) -> Scene:
     away_yaw = camera_azimuth(w2c[0]) + math.copysign(math.pi, carry_yaw)
     timeline = motion.make_timeline(config.num_frames, config.variant, carry_yaw, away_yaw)
     trans = trans0.expand(config.num_frames, 3).clone()
-    legs = footwork.solve_legs(
-        body, shape, motion.compose_motion(solved.pose_aa[0], lean, arm_joints, timeline), trans, timeline.feet
-    )
+    hug_pose = None
+    if timeline.hug is not None:
+        hug_pose = _solve_hug(body, shape, trans0, spec, object_pose0, sites, config.ik_steps)
+    motion_pose = motion.compose_motion(solved.pose_aa[0], lean, arm_joints, timeline, hug_pose)
+    legs = footwork.solve_legs(body, shape, motion_pose, trans, timeline.feet)
     pose_aa = legs.pose_aa
     with torch.no_grad():
         out = body.forward(pose_aa, shape, trans)
