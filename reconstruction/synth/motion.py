@@ -4,9 +4,11 @@ The motion is a per-frame blend of three key ingredients, so every frame is exac
 ``reach`` scales the IK arm/finger angles of the grasp pose (0 = idle arms, 1 = hands on the object),
 ``lean`` scales the forward bend of the spine (the grasp pose is solved leaning, lifting straightens
 up), and ``yaw`` turns the pelvis about the vertical axis through the root (carry/rotate) while the feet
-step round (``footwork``: planted feet never slide). While
-an object is held, the arms are frozen relative to the chest, so both hands move rigidly together and
-the object is attached to the right hand's frame: hands stay exactly where the IK put them.
+step round (``footwork``: planted feet never slide). While an object is held, the arms are frozen
+relative to the chest, so both hands move rigidly together and the object is attached to the right hand's
+frame: hands stay exactly where the IK put them. ``object_lost`` is the exception: while turning its back
+to the camera the arms blend to a second IK pose that holds the object against the chest (exact at both
+ends; in between the left hand may drift from the surface by a few millimetres).
 """
 
 from __future__ import annotations
