@@ -8,6 +8,7 @@ import pytest
 from reconstruction.body import load_body_model
 from reconstruction.eval import metrics
 from reconstruction.eval.evaluate import FOOT_INDICES
+from reconstruction.synth import objects
 from reconstruction.synth.scene import OBJECT_ID, SceneConfig, build_scene, render_scene
 
 pytestmark = pytest.mark.slow
@@ -51,6 +52,15 @@ def test_object_lost_is_hidden_for_more_than_a_third_of_the_frames():
     assert hidden.mean() > 1 / 3, pixels.tolist()
     assert (pixels == 0).mean() > 1 / 3
     assert pixels[-1] > 0.9 * pixels[0]  # back on the table, in view, at the end
+    # Both hands stay on the object (no gap over 1 cm, no penetration over 3 mm) while it is carried to
+    # the chest and back.
+    held = np.arange(scene.ik_report["grasp_frame"], scene.ik_report["release_frame"])
+    body = load_body_model("anny")
+    for hand in ("left", "right"):
+        vertices = scene.body_vertices[held][:, body.vertex_segments[f"{hand}_hand"]].double()
+        gap = objects.signed_distance_world(scene.object_spec, scene.object_poses_world[held].double(), vertices)
+        closest = gap.min(dim=1).values
+        assert float(closest.max()) < 0.01 and float(closest.min()) > -0.003, (hand, closest.tolist())
     # The person stepped round to do it: feet planted while in contact (< 0.3 cm/frame).
     feet = scene.keypoints_world[:, FOOT_INDICES].numpy()
     assert abs(scene.ik_report["max_yaw_rad"]) > 2.5

@@ -7,8 +7,8 @@ up), and ``yaw`` turns the pelvis about the vertical axis through the root (carr
 step round (``footwork``: planted feet never slide). While an object is held, the arms are frozen
 relative to the chest, so both hands move rigidly together and the object is attached to the right hand's
 frame: hands stay exactly where the IK put them. ``object_lost`` is the exception: while turning its back
-to the camera the arms blend to a second IK pose that holds the object against the chest (exact at both
-ends; in between the left hand may drift from the surface by a few millimetres).
+to the camera the object moves to a second IK pose that holds it against the chest (``scene``: the hands
+are solved onto it on the way, so they stay on its surface).
 """
 
 from __future__ import annotations

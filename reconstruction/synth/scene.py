@@ -275,10 +275,12 @@ def _hand_targets(spec: objects.ObjectSpec, pose: torch.Tensor, sites: tuple) ->
     ]
 
 
-def _solve_hug(body, shape, trans0, spec, object_pose0: torch.Tensor, sites: tuple, steps: int) -> torch.Tensor:
+def _solve_hug(
+    body, shape, trans0, spec, object_pose0: torch.Tensor, sites: tuple, steps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(J,3) upright pose whose hands hold the object against the chest, square to the body: its top
     ``HUG_DROP`` under the shoulders (below the camera's line of sight over them), its near side
-    ``HUG_GAP`` in front of the torso."""
+    ``HUG_GAP`` in front of the torso. Returns (pose (J,3), the object's pose there (4,4))."""
     dtype = object_pose0.dtype
     upright = torch.zeros(1, body.num_joints, 3, dtype=dtype)
     with torch.no_grad():
@@ -304,7 +306,66 @@ def _solve_hug(body, shape, trans0, spec, object_pose0: torch.Tensor, sites: tup
 
     hug = ik.solve_hand_ik(body, shape, upright, trans0, _hand_targets(spec, pose, sites), object_sdf,
                            ik.IKConfig(steps=steps))  # fmt: skip
-    return hug.pose_aa[0]
+    return hug.pose_aa[0], pose
+
+
+def _solve_hug_blend(body, shape, trans0, spec, sites, holder: str, object_pose0, hug_object, timeline, plain_pose,
+                     blended_pose, arm_joints, steps: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:  # fmt: skip
+    """Frames with the object against the chest or on the way there: the object moves on the geodesic
+    from where the grasp arms carry it to its chest-hold pose (in the unturned body frame), and on the way
+    both hands are solved onto it (batched hand IK warm-started from the linearly blended arms), so neither
+    hand leaves or enters the object. Returns (pose (T,J,3) with those frames' arm angles, their object
+    poses in the world (B,4,4), the frame indices)."""
+    import roma
+
+    hugging = np.flatnonzero((timeline.hug > 1e-6) & timeline.held)
+    pose = blended_pose.clone()
+    if hugging.size == 0:
+        return pose, torch.zeros(0, 4, 4, dtype=pose.dtype), hugging
+    unturned_plain = plain_pose.clone()
+    unturned_plain[:, 0] = 0.0
+    with torch.no_grad():
+        keypoints = body.forward(unturned_plain, shape, trans0.expand(len(plain_pose), 3)).keypoints
+    hand = ik.hand_frame(keypoints, holder)
+    carried = hand[hugging] @ (torch.linalg.inv(hand[timeline.grasp_frame]) @ object_pose0)
+    weight = torch.as_tensor(timeline.hug[hugging], dtype=pose.dtype)
+    relative = roma.rotmat_to_rotvec(carried[:, :3, :3].transpose(1, 2) @ hug_object[None, :3, :3])
+    target = carried.clone()
+    target[:, :3, :3] = carried[:, :3, :3] @ roma.rotvec_to_rotmat(weight[:, None] * relative)
+    target[:, :3, 3] = (1 - weight[:, None]) * carried[:, :3, 3] + weight[:, None] * hug_object[None, :3, 3]
+    # Full hold: the chest-hold pose and its object as solved; in between: hands solved onto the object.
+    between = torch.as_tensor(timeline.hug[hugging] < 1 - 1e-6)
+    frames = hugging[between.numpy()]
+    count = len(frames)
+    start = blended_pose[frames].clone()
+    start[:, 0] = 0.0
+    targets = [
+        ik.HandTarget(
+            site.hand,
+            target[between, :3, :3] @ torch.as_tensor(site.point, dtype=pose.dtype) + target[between, :3, 3],
+            target[between, :3, :3] @ torch.as_tensor(site.normal, dtype=pose.dtype),
+            target[between, :3, :3] @ torch.as_tensor(site.finger_dir, dtype=pose.dtype),
+        )
+        for site in sites
+    ]
+
+    def object_sdf(points: torch.Tensor) -> torch.Tensor:
+        return objects.signed_distance_world(spec, target[between], points)
+
+    if count:
+        solved = ik.solve_hand_ik(body, shape, start, trans0.expand(count, 3), targets, object_sdf,
+                                  ik.IKConfig(steps=steps)).pose_aa  # fmt: skip
+        arm = torch.as_tensor(arm_joints)
+        pose[torch.as_tensor(frames)[:, None], arm[None]] = solved[:, arm]
+    # Turn the object with the body: the root yaw is about the vertical axis through the root.
+    yaw = torch.as_tensor(timeline.yaw[hugging], dtype=pose.dtype)
+    turn = torch.eye(4, dtype=pose.dtype).repeat(len(hugging), 1, 1)
+    c, s_ = torch.cos(yaw), torch.sin(yaw)
+    turn[:, 0, 0], turn[:, 0, 1], turn[:, 1, 0], turn[:, 1, 1] = c, -s_, s_, c
+    axis = trans0[0].clone()
+    axis[2] = 0.0
+    turn[:, :3, 3] = axis - (turn[:, :3, :3] @ axis)
+    return pose, turn @ target, hugging
 
 
 def build_scene(config: SceneConfig, body) -> Scene:
@@ -354,16 +415,23 @@ def build_scene(config: SceneConfig, body) -> Scene:
     away_yaw = camera_azimuth(w2c[0]) + math.copysign(math.pi, carry_yaw)
     timeline = motion.make_timeline(config.num_frames, config.variant, carry_yaw, away_yaw)
     trans = trans0.expand(config.num_frames, 3).clone()
-    hug_pose = None
+    holder = "right" if any(target.hand == "right" for target in targets) else "left"
+    motion_pose = motion.compose_motion(solved.pose_aa[0], lean, arm_joints, timeline)
+    blend_frames, blend_objects = np.zeros(0, dtype=int), None
     if timeline.hug is not None:
-        hug_pose = _solve_hug(body, shape, trans0, spec, object_pose0, sites, config.ik_steps)
-    motion_pose = motion.compose_motion(solved.pose_aa[0], lean, arm_joints, timeline, hug_pose)
+        hug_pose, hug_object = _solve_hug(body, shape, trans0, spec, object_pose0, sites, config.ik_steps)
+        motion_pose, blend_objects, blend_frames = _solve_hug_blend(
+            body, shape, trans0, spec, sites, holder, object_pose0, hug_object, timeline, motion_pose,
+            motion.compose_motion(solved.pose_aa[0], lean, arm_joints, timeline, hug_pose), arm_joints,
+            config.ik_steps,
+        )  # fmt: skip
     legs = footwork.solve_legs(body, shape, motion_pose, trans, timeline.feet)
     pose_aa = legs.pose_aa
     with torch.no_grad():
         out = body.forward(pose_aa, shape, trans)
-    holder = "right" if any(target.hand == "right" for target in targets) else "left"
     object_poses = motion.attach_object(ik.hand_frame(out.keypoints, holder), object_pose0, timeline)
+    if blend_objects is not None:  # held against the chest (or on the way): placed where the hands hold it
+        object_poses[torch.as_tensor(blend_frames, dtype=torch.long)] = blend_objects.to(object_poses.dtype)
 
     contact = np.zeros((config.num_frames, 2), dtype=bool)
     for target in targets:
