@@ -9,7 +9,9 @@ timing (wall clock, plus the process CPU time: on a shared machine the CPU figur
 scene building (body sampling + hand IK + motion), rendering (all frames + the object alone for
 its visibility) and writing (MP4, masks, depth, config, mesh, ground truth). Then runs
 ``mediapipe.solutions.pose.Pose(static_image_mode=False)`` over every decoded frame of every video and
-reports the fraction of frames with a detected person. Prints markdown tables.
+reports the fraction of frames with a detected person. Also per video: the ground truth's foot skating
+(``reconstruction.eval`` metric, cm/frame) and the fraction of frames whose visible object pixels are under
+1 % of frame 0's (``--variant object_lost`` must exceed a third). Prints markdown tables.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ import numpy as np
 import torch
 
 from reconstruction.body import load_body_model
+from reconstruction.eval import metrics
+from reconstruction.eval.evaluate import FOOT_INDICES
 from reconstruction.layout import Layout, VideoId
 from reconstruction.synth.generate import video_name
 from reconstruction.synth.objects import CATEGORIES
-from reconstruction.synth.scene import SceneConfig, build_scene, render_scene
+from reconstruction.synth.scene import OBJECT_ID, SceneConfig, build_scene, render_scene
 from reconstruction.synth.writer import write_video_files
 from reconstruction.video import read_video
 
@@ -84,18 +88,23 @@ def main() -> None:
         total_detected, total_frames = total_detected + detected, total_frames + frames
         report = scene.ik_report
         gaps = ", ".join(f"{h} {1000 * g:.1f}" for h, g in report["closest_gap_m"].items())
-        rows.append((str(vid), t1 - t0, t2 - t1, t3 - t2, t3 - t0, c3 - c0, detected / frames, gaps))
+        skate = metrics.foot_skating(scene.keypoints_world[:, FOOT_INDICES].numpy())
+        pixels = (rendered.output.instance == OBJECT_ID).sum(dim=(1, 2)).cpu().numpy()
+        hidden = float((pixels < 0.01 * pixels[0]).mean())
+        rows.append((str(vid), t1 - t0, t2 - t1, t3 - t2, t3 - t0, c3 - c0, detected / frames, gaps, skate, hidden))
 
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, torch threads "
           f"{torch.get_num_threads()}, device {args.device}, {args.width}x{args.height}, {args.frames} frames")  # fmt: skip
     print()
     print(
-        "| video | build+IK s | render s | write s | total s (wall) | CPU s | MediaPipe pose detected | IK closest gap (mm) |"
+        "| video | build+IK s | render s | write s | total s (wall) | CPU s | MediaPipe pose detected | IK closest gap (mm)"
+        " | foot skating cm/frame | frames object hidden |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for vid, build, render_s, write, total, cpu, rate, gaps in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for vid, build, render_s, write, total, cpu, rate, gaps, skate, hidden in rows:
         print(
-            f"| {vid} | {build:.1f} | {render_s:.1f} | {write:.1f} | {total:.1f} | {cpu:.1f} | {100 * rate:.1f}% | {gaps} |"
+            f"| {vid} | {build:.1f} | {render_s:.1f} | {write:.1f} | {total:.1f} | {cpu:.1f} | {100 * rate:.1f}% | {gaps}"
+            f" | {100 * skate:.3f} | {100 * hidden:.0f}% |"
         )
     if args.no_detection:
         print("\n(MediaPipe detection not run: --no_detection)")

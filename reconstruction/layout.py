@@ -105,6 +105,10 @@ class Layout:
     def render_config(self, vid: VideoId) -> Path:
         return self.render_input_dir(vid) / "first_frame_pose.pickle"
 
+    def scene_mesh(self, vid: VideoId, name: str) -> Path:
+        """A static scene object's mesh (e.g. the table) named by the render config's ``scene_data``."""
+        return self.render_input_dir(vid) / "scene" / f"{name}.obj"
+
     def character_data(self, vid: VideoId) -> Path:
         return self.render_input_dir(vid) / "character_data.json"
 

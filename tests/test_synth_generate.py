@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -44,7 +45,7 @@ def _files(folder):
 def test_same_seed_gives_identical_files(runs):
     root, vid, _ = runs
     a, b = _files(root / "a"), _files(root / "b")
-    assert len(a) == 9  # mp4, 2 masks, cam_K, depth, render config, character data, mesh, ground truth
+    assert len(a) == 10  # mp4, 2 masks, cam_K, depth, render config, character data, mesh, table, ground truth
     assert a.keys() == b.keys()
     for rel in a:
         assert a[rel] == b[rel], f"{rel} differs between two runs with the same seed"
@@ -87,6 +88,35 @@ def test_layout_files_and_render_config_round_trip(runs):
     uv = gt.keypoints_3d_cam[..., :2] / gt.keypoints_3d_cam[..., 2:] * gt.K[0, 0] + gt.K[:2, 2]
     assert (gt.keypoints_3d_cam[..., 2] > 1.5).all()
     assert ((uv >= 0) & (uv < [320, 240])).all()
+
+
+def test_table_is_in_scene_data_and_matches_the_render(runs):
+    """The render config's scene_data (contract section 3) and the ground truth describe the table that was
+    rendered: its mesh placed by rot/pos/scale has its top at the object's resting height, and stage 5's
+    on-table check reads it."""
+    from reconstruction.stages.filtering import table_top_height
+    from reconstruction.synth.scene import TABLE_HEIGHT, TABLE_SIZE
+
+    root, vid, _ = runs
+    layout = Layout.create(root / "a")
+    config = load_render_config(layout.render_config(vid))
+    (table,) = [item for item in config.scene_data if item["name"] == "table"]
+    assert {"path", "scale", "rot", "pos", "size", "top_z"} <= set(table)
+    assert not Path(table["path"]).is_absolute()  # relative to the render config's folder: movable
+    mesh_file = layout.render_config(vid).parent / table["path"]
+    assert mesh_file == layout.scene_mesh(vid, "table")
+    vertices, _, colors = load_obj_vertices_faces(mesh_file)
+    world = vertices * table["scale"] @ np.asarray(table["rot"]).T + np.asarray(table["pos"])
+    extent = world.max(0) - world.min(0)
+    assert extent == pytest.approx([*TABLE_SIZE, TABLE_HEIGHT], abs=1e-6)
+    assert world[:, 2].min() == pytest.approx(0.0, abs=1e-9) and colors is not None
+    top = table_top_height(config.scene_data, layout.render_config(vid).parent)
+    assert top == pytest.approx(TABLE_HEIGHT) == pytest.approx(table["top_z"])
+    gt = load_ground_truth(layout.ground_truth(vid))
+    assert gt.object_poses_world[0, 2, 3] == pytest.approx(top, abs=1e-6)  # the object rests on it
+    (gt_table,) = gt.extra["scene_data"]
+    assert (layout.ground_truth(vid).parent / gt_table["path"]).resolve() == mesh_file.resolve()
+    assert {k: v for k, v in gt_table.items() if k != "path"} == {k: v for k, v in table.items() if k != "path"}
 
 
 def _object_alone(layout, vid, gt):

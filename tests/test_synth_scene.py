@@ -9,6 +9,8 @@ import torch
 
 from reconstruction import keypoints as kp
 from reconstruction.body import load_body_model
+from reconstruction.eval import metrics
+from reconstruction.eval.evaluate import FOOT_INDICES
 from reconstruction.synth import ik, objects
 from reconstruction.synth.scene import TABLE_HEIGHT, SceneConfig, build_scene
 
@@ -80,3 +82,18 @@ def test_feet_stay_on_the_ground_and_object_rests_on_the_table(scene):
     assert float(lowest_object[0]) == pytest.approx(TABLE_HEIGHT, abs=1e-4)
     assert float(lowest_object[-1]) == pytest.approx(TABLE_HEIGHT, abs=2e-3)  # placed back down
     assert float(lowest_object[_held(scene)].max()) > TABLE_HEIGHT + 0.03  # lifted in between
+
+
+def test_feet_do_not_skate_while_the_person_turns(scene):
+    """The carry turns the body; the feet step round instead of sliding (eval's foot skating metric on
+    the ground-truth heel/toe keypoints: contact below 5 cm), and an in-contact foot never slides 5 mm."""
+    assert abs(scene.ik_report["max_yaw_rad"]) > 0.3  # it did turn
+    feet = scene.keypoints_world[:, FOOT_INDICES].double().numpy()
+    assert metrics.foot_skating(feet) < 0.003
+    contact = feet[..., 2] < 0.05
+    slide = np.linalg.norm(np.diff(feet[..., :2], axis=0), axis=-1)[contact[1:] & contact[:-1]]
+    assert slide.max() < 0.005
+    assert scene.ik_report["leg_ik_error_m"] < 0.005
+    # Each foot is planted somewhere new after the turn: it stepped (lifted > 5 cm), not slid.
+    lifted = (feet[..., 2] > 0.05).any(axis=0)
+    assert lifted.all()

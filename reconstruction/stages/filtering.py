@@ -52,12 +52,16 @@ def check_camera_translation(camera_positions: np.ndarray | None, threshold: flo
     if camera_positions is None or len(camera_positions) < 2:
         return Check("camera_trans", None, threshold, SKIPPED, "no camera trajectory")
     moved = np.linalg.norm(camera_positions - camera_positions[0], axis=-1)
-    value = float(moved.max())
-    first_last = float(moved[-1])
+    solved = np.isfinite(moved)
+    if solved.sum() < 2:
+        return Check("camera_trans", None, threshold, SKIPPED, "camera motion could not be estimated")
+    value = float(moved[solved].max())
+    last = int(np.flatnonzero(solved)[-1])
+    first_last = float(moved[last])
     return Check(
         "camera_trans", value, threshold, PASS if value < threshold else FAIL,
         f"max camera displacement from frame 0 {value:.3f} m (first-last {first_last:.3f} m)",
-        {"first_last": first_last},
+        {"first_last": first_last, "frames_solved": int(solved.sum()), "frames": len(moved)},
     )  # fmt: skip
 
 
@@ -69,10 +73,24 @@ def check_initial_human_position(trans0: np.ndarray, human_t: np.ndarray | None,
                  f"frame-0 root {value:.3f} m (xy) from the render's human_t")  # fmt: skip
 
 
+def object_mask_error_terms(gt_masks: np.ndarray, rendered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame (T,), both one-sided errors:
+    ``missed``: mask pixels the rendered object misses / (rendered object pixels + 100), the reference's
+    error; ``unsupported``: the fraction of the rendered object's pixels with no mask under them (an
+    object the video lost, hid or left while the reconstruction still puts it in view). The latter is a
+    plain fraction (+1 only against 0/0): the reference's +100 would let a small object (~100 px at
+    320x240) vanish from the masks at an error of 0.5."""
+    flat_masks, flat_render = gt_masks.reshape(len(gt_masks), -1), rendered.reshape(len(rendered), -1)
+    rendered_pixels = flat_render.sum(1)
+    missed = (flat_masks & ~flat_render).sum(1) / (rendered_pixels + 100.0)
+    unsupported = (flat_render & ~flat_masks).sum(1) / (rendered_pixels + 1.0)
+    return missed, unsupported
+
+
 def object_mask_errors(gt_masks: np.ndarray, rendered: np.ndarray) -> np.ndarray:
-    """Per frame: GT object pixels the rendered object misses / (rendered object pixels + 100)."""
-    missed = (gt_masks & ~rendered).reshape(len(gt_masks), -1).sum(1)
-    return missed / (rendered.reshape(len(rendered), -1).sum(1) + 100.0)
+    """Per frame: the larger of the two one-sided mask errors (``object_mask_error_terms``). The reference
+    counts only ``missed``, which is 0 where the mask is empty: a lost object passed."""
+    return np.maximum(*object_mask_error_terms(gt_masks, rendered))
 
 
 def check_object_mask(errors: np.ndarray, frame_tol: float, total_tol: float, min_frames: int | None) -> list[Check]:
@@ -147,37 +165,74 @@ def check_object_on_table(obj_lowest_z: float, table_top_z: float | None, tol: f
 
 
 # ---- evidence gathering ----------------------------------------------------------------------------------
-def estimate_camera_positions(frames: np.ndarray, background: np.ndarray, depth: float, focal: float) -> np.ndarray:
-    """Camera centre per frame relative to frame 0 from the background's image motion.
+def estimate_camera_positions(
+    frames: np.ndarray,
+    background: np.ndarray,
+    depth: float | np.ndarray,
+    focal: float,
+    principal_point: tuple[float, float] | None = None,
+    max_points: int = 400,
+) -> np.ndarray:
+    """Camera centre per frame (T,3), metres, in frame 0's camera coordinates, from the static background.
 
-    Phase correlation of each frame's background against frame 0 gives a pixel shift; at the background's
-    median depth a shift of ``s`` px is a camera translation of ``s * depth / focal`` metres parallel to
-    the image (the reference reads this from its camera estimate; we have a static-camera stage 1)."""
+    Background corners of frame 0 are lifted to 3D with the frame-0 depth (an (H,W) map in metres, or one
+    depth for a fronto-parallel background), tracked into every frame by pyramidal Lucas-Kanade (kept when
+    the backward track returns within 0.5 px), and each frame's camera pose is solved from those 3D-2D
+    matches by RANSAC PnP. Rotation and translation are separate unknowns, so a camera that turns to keep
+    looking at the scene while it moves (an orbit, whose image shift the turn cancels) still shows its
+    translation. Frames without enough tracks are NaN."""
     import cv2
 
-    gray = frames.mean(-1).astype(np.float32)
-    window = cv2.createHanningWindow(gray.shape[1:][::-1], cv2.CV_32F)
-    fill = gray[0][background].mean() if background.any() else 0.0
-    reference = np.where(background, gray[0], fill).astype(np.float32)
-    positions = np.zeros((len(gray), 3))
-    for t in range(1, len(gray)):  # evaluation only: a few dozen FFTs
-        moving = np.where(background, gray[t], fill).astype(np.float32)
-        (dx, dy), _ = cv2.phaseCorrelate(reference, moving, window)
-        positions[t, :2] = np.array([dx, dy]) * depth / focal
+    num_frames, height, width = frames.shape[:3]
+    cx, cy = principal_point if principal_point is not None else (width / 2.0, height / 2.0)
+    K = np.array([[focal, 0.0, cx], [0.0, focal, cy], [0.0, 0.0, 1.0]])
+    gray = np.ascontiguousarray(frames.mean(-1).astype(np.uint8) if frames.ndim == 4 else frames.astype(np.uint8))
+    depth_map = np.broadcast_to(np.asarray(depth, dtype=np.float64), (height, width))
+    usable = background & np.isfinite(depth_map) & (depth_map > 0.1)
+    # Corners at least 8 px inside the image and off the mask borders (their tracks would straddle a moving edge).
+    usable = cv2.erode(usable.astype(np.uint8), np.ones((9, 9), np.uint8), borderValue=0) > 0
+    positions = np.full((num_frames, 3), np.nan)
+    positions[0] = 0.0
+    corners = cv2.goodFeaturesToTrack(gray[0], max_points, 0.01, 5, mask=usable.astype(np.uint8) * 255)
+    if corners is None or len(corners) < 12:
+        return positions
+    start = corners.reshape(-1, 2).astype(np.float32)
+    z = depth_map[start[:, 1].round().astype(int), start[:, 0].round().astype(int)]
+    points = np.stack([(start[:, 0] - cx) / focal * z, (start[:, 1] - cy) / focal * z, z], -1)
+    lk = dict(winSize=(21, 21), maxLevel=3, criteria=(cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 0.01))
+    for t in range(1, num_frames):  # a few dozen frames, each one LK + one PnP
+        moved, ok, _ = cv2.calcOpticalFlowPyrLK(gray[0], gray[t], start, None, **lk)
+        back, ok_back, _ = cv2.calcOpticalFlowPyrLK(gray[t], gray[0], moved, None, **lk)
+        good = (ok.ravel() == 1) & (ok_back.ravel() == 1) & (np.linalg.norm(back - start, axis=1) < 0.5)
+        if good.sum() < 12:
+            continue
+        found, rvec, tvec, inliers = cv2.solvePnPRansac(
+            points[good], moved[good].astype(np.float64), K, None, reprojectionError=1.0, iterationsCount=200
+        )
+        if not found or inliers is None or len(inliers) < 12:
+            continue
+        rotation, _ = cv2.Rodrigues(rvec)
+        positions[t] = -rotation.T @ tvec.ravel()
     return positions
 
 
-def table_top_height(scene_data: list[dict[str, Any]]) -> float | None:
+def table_top_height(scene_data: list[dict[str, Any]], base_dir: Path | None = None) -> float | None:
+    """Highest point of the scene's table (world z), from its mesh placed by ``scale``/``rot``/``pos``.
+
+    A relative mesh ``path`` is resolved against ``base_dir`` (the render config's folder)."""
     import trimesh
 
     for item in scene_data or []:
         path = str(item.get("path", ""))
         if "table" not in path.lower() and "table" not in str(item.get("name", "")).lower():
             continue
-        if not Path(path).exists():
-            logger.warning("table mesh %s not found: skipping the on-table check", path)
+        mesh_path = Path(path)
+        if not mesh_path.is_absolute() and base_dir is not None:
+            mesh_path = base_dir / mesh_path
+        if not mesh_path.exists():
+            logger.warning("table mesh %s not found: skipping the on-table check", mesh_path)
             return None
-        mesh = trimesh.load(path, force="mesh", process=False)
+        mesh = trimesh.load(str(mesh_path), force="mesh", process=False)
         scale = np.broadcast_to(np.asarray(item.get("scale", 1.0), dtype=np.float64), (3,))
         rot = np.asarray(item.get("rot", np.eye(3)), dtype=np.float64)
         if rot.shape == (3,):
@@ -209,7 +264,8 @@ class FilterInputs:
     world_to_cam: np.ndarray
     image_size: tuple[int, int]
     scene_data: list[dict[str, Any]]
-    background_depth: float
+    background_depth: float | np.ndarray  # frame-0 depth (H,W) in metres, or one depth for all pixels
+    scene_dir: Path | None = None  # relative scene_data mesh paths are relative to this folder
 
 
 def run_checks(
@@ -225,7 +281,13 @@ def run_checks(
     checks: list[Check] = []
 
     camera = (
-        estimate_camera_positions(inputs.frames, inputs.background, inputs.background_depth, float(inputs.K[0, 0]))
+        estimate_camera_positions(
+            inputs.frames,
+            inputs.background,
+            inputs.background_depth,
+            float(inputs.K[0, 0]),
+            principal_point=(float(inputs.K[0, 2]), float(inputs.K[1, 2])),
+        )  # fmt: skip
         if inputs.frames is not None
         else None
     )
@@ -238,8 +300,12 @@ def run_checks(
     obj_world = inputs.object_vertices[None].float() @ obj_R.transpose(1, 2) + obj_t[:, None]
     rendered = render([Mesh(obj_world, inputs.object_faces, instance_id=2, smooth=False)], inputs.K,
                       inputs.world_to_cam, inputs.image_size, device=device)  # fmt: skip
-    errors = object_mask_errors(inputs.gt_object_masks, rendered.mask(2).cpu().numpy())
-    checks.extend(check_object_mask(errors, filt.object_mask_tol, filt.total_mask_tol, filt.min_frames))
+    missed, unsupported = object_mask_error_terms(inputs.gt_object_masks, rendered.mask(2).cpu().numpy())
+    mask_checks = check_object_mask(np.maximum(missed, unsupported), filt.object_mask_tol, filt.total_mask_tol,
+                                    filt.min_frames)  # fmt: skip
+    mask_checks[0].data["missed"] = np.round(missed, 4).tolist()
+    mask_checks[0].data["unsupported"] = np.round(unsupported, 4).tolist()
+    checks.extend(mask_checks)
 
     thresholds = {name: metric.threshold for name, metric in config.eval_metrics.items()}
     checks.extend(check_eval_metrics(hoi.get("eval_data", {}), thresholds))
@@ -253,7 +319,9 @@ def run_checks(
     checks.append(check_static_human(verts.numpy(), filt.human_static_thr))
     checks.append(
         check_object_on_table(
-            float(obj_world[0, :, 2].min()), table_top_height(inputs.scene_data), filt.table_height_tol
+            float(obj_world[0, :, 2].min()),
+            table_top_height(inputs.scene_data, inputs.scene_dir),
+            filt.table_height_tol,
         )
     )
     checks.append(check_object_motion(obj_t.numpy(), filt.filter_object_motion, filt.object_static_thr))
@@ -309,6 +377,23 @@ def write_valid_package(layout: Layout, vid: VideoId, hoi: dict[str, Any], mesh_
     return target
 
 
+def first_frame_depth(layout: Layout, vid: VideoId, image_size: tuple[int, int]) -> np.ndarray | float:
+    """Frame-0 depth (H,W) metres for lifting background tracks: the stage-2 cache's first map (aligned to
+    the render's depth), else the render's first-frame depth PNG, else a 3 m fronto-parallel guess."""
+    from reconstruction.stages.scene_inputs import load_depth_png
+
+    depth_file = layout.depth_cache(vid)
+    if depth_file.exists():
+        depth0 = np.asarray(torch.load(depth_file, map_location="cpu", weights_only=True)[0], dtype=np.float64)
+        if depth0.shape == tuple(image_size) and np.isfinite(depth0).all():
+            return depth0
+        logger.warning("%s: first depth map has shape %s, expected %s: not used", depth_file, depth0.shape, image_size)
+    if layout.depth_gt(vid).exists():
+        return load_depth_png(layout.depth_gt(vid), image_size).astype(np.float64)
+    logger.warning("%s: no first-frame depth: camera motion measured against a plane 3 m away", vid)
+    return 3.0
+
+
 def load_filter_inputs(layout: Layout, vid: VideoId) -> tuple[FilterInputs, Path]:
     from reconstruction.stages.optimize import load_masks
 
@@ -329,14 +414,8 @@ def load_filter_inputs(layout: Layout, vid: VideoId) -> tuple[FilterInputs, Path
 
         frames, _ = read_video(layout.video(vid))
         frames = frames[:T]
-    depth_file = layout.depth_cache(vid)
     background = ~(obj_masks.any(0) | human_masks.any(0))
-    background_depth = 3.0
-    if depth_file.exists():
-        depth0 = np.asarray(torch.load(depth_file, map_location="cpu", weights_only=True)[0])
-        valid = background & (depth0 > 0)
-        if valid.any():
-            background_depth = float(np.median(depth0[valid]))
+    background_depth = first_frame_depth(layout, vid, image_size)
     K = np.asarray(meta["K"]) if "K" in meta else rc.intrinsics()
     w2c = np.asarray(meta["world_to_cam"]) if "world_to_cam" in meta else rc.world_to_cam()
     return (
@@ -353,6 +432,7 @@ def load_filter_inputs(layout: Layout, vid: VideoId) -> tuple[FilterInputs, Path
             image_size=image_size,
             scene_data=list(hoi.get("scene_data") or rc.scene_data),
             background_depth=background_depth,
+            scene_dir=layout.render_config(vid).parent,
         ),  # fmt: skip
         mesh_path,
     )

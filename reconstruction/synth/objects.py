@@ -57,13 +57,21 @@ class ObjectSpec:
     two_hands: tuple[GraspSite, GraspSite]  # (left, right)
     two_handed_default: bool
     extra: dict[str, float] = field(default_factory=dict)
+    # Two hands across the model's y extent (left on +y, right on -y, fingers along +x), for objects wider
+    # than they are deep: the object then stands a quarter turn round on the table (model +x away from
+    # the person) and its narrower side is between the hands.
+    across_hands: tuple[GraspSite, GraspSite] | None = None
 
     @property
     def base_height(self) -> float:
         """Height of the model-frame origin above the support it rests on (0: base at z=0)."""
         return 0.0
 
-    def grasps(self, two_handed: bool) -> tuple[GraspSite, ...]:
+    def grasps(self, two_handed: bool, across: bool = False) -> tuple[GraspSite, ...]:
+        if across:
+            if self.across_hands is None:
+                raise ValueError(f"{self.category} has no grasp across its depth")
+            return self.across_hands
         return self.two_hands if two_handed else (self.one_hand,)
 
 
@@ -108,7 +116,12 @@ def make_object(category: str, rng: np.random.Generator | None = None) -> Object
         hx, hy, hz = 0.17 * jitter(), 0.13 * jitter(), 0.11 * jitter()
         body = Primitive("box", (hx, hy, hz), _translation(0, 0, hz), colour((0.72, 0.52, 0.30)), (0.85, 0.8, 0.6))
         left, right = _side_grasps(hx, hz * 1.1)
-        return ObjectSpec("box", [body], one_hand=right, two_hands=(left, right), two_handed_default=True)
+        across = (
+            _site("left", (0.0, hy, hz * 1.1), (0, 1, 0), (1, 0, 0)),
+            _site("right", (0.0, -hy, hz * 1.1), (0, -1, 0), (1, 0, 0)),
+        )
+        return ObjectSpec("box", [body], one_hand=right, two_hands=(left, right), two_handed_default=True,
+                          across_hands=across)  # fmt: skip
 
     if category == "bottle":
         radius, half_h = 0.036 * jitter(), 0.10 * jitter()

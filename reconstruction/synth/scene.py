@@ -16,7 +16,7 @@ import torch
 from reconstruction import keypoints as kp
 from reconstruction.render import Mesh, RenderOutput, render
 from reconstruction.render.scene import ground_plane, look_at_world_to_cam
-from reconstruction.synth import ik, motion, objects
+from reconstruction.synth import footwork, ik, motion, objects
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ HUMAN_ID, OBJECT_ID, GROUND_ID, WALL_ID, TABLE_ID = 1, 2, 3, 4, 5
 TABLE_HEIGHT = 0.72
 TABLE_CENTRE = (0.0, -0.47)
 TABLE_SIZE = (1.3, 0.6)  # x (width), y (depth)
+HUG_DROP, HUG_GAP = 0.16, 0.03  # object_lost: object top under the shoulders, gap to the torso (m)
 
 SKIN_TONES = ((0.96, 0.80, 0.69), (0.87, 0.67, 0.52), (0.72, 0.52, 0.38), (0.55, 0.38, 0.26), (0.40, 0.27, 0.18))
 SHIRT_COLOURS = ((0.80, 0.15, 0.15), (0.15, 0.35, 0.75), (0.15, 0.55, 0.25), (0.85, 0.75, 0.20), (0.55, 0.25, 0.60),
@@ -141,6 +142,23 @@ def scenery(rng: np.random.Generator) -> list[Mesh]:
     ]
 
 
+def table_description() -> dict:
+    """The table as the render config's ``scene_data`` describes static objects: its mesh (written in
+    the table's own frame, origin on the floor under the centre of the top, +z up) is placed by ``rot``
+    (3x3), ``pos`` (3,) and ``scale``; ``size`` (width x, depth y, height z in metres) and ``top_z`` are
+    hoiweb additions for readers that want the box without loading the mesh."""
+    (cx, cy), (sx, sy) = TABLE_CENTRE, TABLE_SIZE
+    return {
+        "name": "table",
+        "scale": 1.0,
+        "rot": np.eye(3).tolist(),
+        "pos": [cx, cy, 0.0],
+        "size": [sx, sy, TABLE_HEIGHT],
+        "top_z": TABLE_HEIGHT,
+        "instance_id": TABLE_ID,
+    }
+
+
 # ---- body appearance -------------------------------------------------------------------------------
 def body_colors(
     body, vertices_rest: torch.Tensor, keypoints_rest: torch.Tensor, rng: np.random.Generator
@@ -224,15 +242,130 @@ def camera(config: SceneConfig, rng: np.random.Generator) -> tuple[np.ndarray, n
     return K, w2c
 
 
+def camera_azimuth(world_to_cam: np.ndarray) -> float:
+    """Angle about +Z from the person's facing direction at yaw 0 (-Y) to the camera centre."""
+    centre = -world_to_cam[:3, :3].T @ world_to_cam[:3, 3]
+    return math.atan2(centre[0], -centre[1])
+
+
 # ---- the scene -----------------------------------------------------------------------------------
-def _object_pose_initial(spec: objects.ObjectSpec, two_handed: bool, rng: np.random.Generator) -> np.ndarray:
+def _object_pose_initial(
+    spec: objects.ObjectSpec, two_handed: bool, rng: np.random.Generator, across: bool = False
+) -> np.ndarray:
     """Object on the table in front of the person: centred for two hands, in front of the right
-    shoulder for one. Model +x points to the person's right (world -X), model +y away (world -Y)."""
+    shoulder for one. Model +x points to the person's right (world -X), model +y away (world -Y);
+    ``across`` (grasp across the depth): a quarter turn more, model +x away and +y to the left."""
     pose = np.eye(4)
-    pose[:3, :3] = _rot_z(math.pi + rng.uniform(-0.2, 0.2))
+    pose[:3, :3] = _rot_z(math.pi + rng.uniform(-0.2, 0.2) + (math.pi / 2 if across else 0.0))
     x = rng.uniform(-0.03, 0.03) if two_handed else -rng.uniform(0.13, 0.2)
     pose[:3, 3] = (x, -rng.uniform(0.4, 0.45), TABLE_HEIGHT)
     return pose
+
+
+def _hand_targets(spec: objects.ObjectSpec, pose: torch.Tensor, sites: tuple) -> list[ik.HandTarget]:
+    rot, t = pose[:3, :3], pose[:3, 3]
+    return [
+        ik.HandTarget(
+            site.hand,
+            (rot @ torch.as_tensor(site.point, dtype=pose.dtype) + t)[None],
+            (rot @ torch.as_tensor(site.normal, dtype=pose.dtype))[None],
+            (rot @ torch.as_tensor(site.finger_dir, dtype=pose.dtype))[None],
+        )
+        for site in sites
+    ]
+
+
+def _solve_hug(
+    body, shape, trans0, spec, object_pose0: torch.Tensor, sites: tuple, steps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(J,3) upright pose whose hands hold the object against the chest, square to the body: its top
+    ``HUG_DROP`` under the shoulders (below the camera's line of sight over them), its near side
+    ``HUG_GAP`` in front of the torso. Returns (pose (J,3), the object's pose there (4,4))."""
+    dtype = object_pose0.dtype
+    upright = torch.zeros(1, body.num_joints, 3, dtype=dtype)
+    with torch.no_grad():
+        out = body.forward(upright, shape, trans0)
+    shoulder_z = float(out.keypoints[0, [kp.index("left_shoulder"), kp.index("right_shoulder")], 2].mean())
+    # Square to the body and on its midline (the table pose's small turn would widen the object's outline).
+    pose = torch.eye(4, dtype=dtype)
+    turns = round(math.atan2(float(object_pose0[1, 0]), float(object_pose0[0, 0])) / (math.pi / 2))
+    pose[:3, :3] = torch.as_tensor(_rot_z(turns * math.pi / 2), dtype=dtype)
+    corners = torch.as_tensor(np.array(objects.build_mesh(spec).bounds), dtype=dtype)
+    box = torch.cartesian_prod(corners[:, 0], corners[:, 1], corners[:, 2]) @ pose[:3, :3].T
+    height = float(box[:, 2].max() - box[:, 2].min())
+    z0 = shoulder_z - HUG_DROP - height
+    verts = out.vertices[0]
+    band = (verts[:, 2] > z0) & (verts[:, 2] < z0 + height) & (verts[:, 0].abs() < 0.15)
+    front = float(verts[band, 1].min()) if bool(band.any()) else -0.15
+    # World -Y is in front of the person: the object's extent towards them is box[:, 1].max().
+    centre_x = -float(box[:, 0].max() + box[:, 0].min()) / 2
+    pose[:3, 3] = torch.tensor([centre_x, front - HUG_GAP - float(box[:, 1].max()), z0], dtype=dtype)
+
+    def object_sdf(points: torch.Tensor) -> torch.Tensor:
+        return objects.signed_distance_world(spec, pose[None], points)
+
+    hug = ik.solve_hand_ik(body, shape, upright, trans0, _hand_targets(spec, pose, sites), object_sdf,
+                           ik.IKConfig(steps=steps))  # fmt: skip
+    return hug.pose_aa[0], pose
+
+
+def _solve_hug_blend(body, shape, trans0, spec, sites, holder: str, object_pose0, hug_object, timeline, plain_pose,
+                     blended_pose, arm_joints, steps: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:  # fmt: skip
+    """Frames with the object against the chest or on the way there: the object moves on the geodesic
+    from where the grasp arms carry it to its chest-hold pose (in the unturned body frame), and on the way
+    both hands are solved onto it (batched hand IK warm-started from the linearly blended arms), so neither
+    hand leaves or enters the object. Returns (pose (T,J,3) with those frames' arm angles, their object
+    poses in the world (B,4,4), the frame indices)."""
+    import roma
+
+    hugging = np.flatnonzero((timeline.hug > 1e-6) & timeline.held)
+    pose = blended_pose.clone()
+    if hugging.size == 0:
+        return pose, torch.zeros(0, 4, 4, dtype=pose.dtype), hugging
+    unturned_plain = plain_pose.clone()
+    unturned_plain[:, 0] = 0.0
+    with torch.no_grad():
+        keypoints = body.forward(unturned_plain, shape, trans0.expand(len(plain_pose), 3)).keypoints
+    hand = ik.hand_frame(keypoints, holder)
+    carried = hand[hugging] @ (torch.linalg.inv(hand[timeline.grasp_frame]) @ object_pose0)
+    weight = torch.as_tensor(timeline.hug[hugging], dtype=pose.dtype)
+    relative = roma.rotmat_to_rotvec(carried[:, :3, :3].transpose(1, 2) @ hug_object[None, :3, :3])
+    target = carried.clone()
+    target[:, :3, :3] = carried[:, :3, :3] @ roma.rotvec_to_rotmat(weight[:, None] * relative)
+    target[:, :3, 3] = (1 - weight[:, None]) * carried[:, :3, 3] + weight[:, None] * hug_object[None, :3, 3]
+    # Full hold: the chest-hold pose and its object as solved; in between: hands solved onto the object.
+    between = torch.as_tensor(timeline.hug[hugging] < 1 - 1e-6)
+    frames = hugging[between.numpy()]
+    count = len(frames)
+    start = blended_pose[frames].clone()
+    start[:, 0] = 0.0
+    targets = [
+        ik.HandTarget(
+            site.hand,
+            target[between, :3, :3] @ torch.as_tensor(site.point, dtype=pose.dtype) + target[between, :3, 3],
+            target[between, :3, :3] @ torch.as_tensor(site.normal, dtype=pose.dtype),
+            target[between, :3, :3] @ torch.as_tensor(site.finger_dir, dtype=pose.dtype),
+        )
+        for site in sites
+    ]
+
+    def object_sdf(points: torch.Tensor) -> torch.Tensor:
+        return objects.signed_distance_world(spec, target[between], points)
+
+    if count:
+        solved = ik.solve_hand_ik(body, shape, start, trans0.expand(count, 3), targets, object_sdf,
+                                  ik.IKConfig(steps=steps)).pose_aa  # fmt: skip
+        arm = torch.as_tensor(arm_joints)
+        pose[torch.as_tensor(frames)[:, None], arm[None]] = solved[:, arm]
+    # Turn the object with the body: the root yaw is about the vertical axis through the root.
+    yaw = torch.as_tensor(timeline.yaw[hugging], dtype=pose.dtype)
+    turn = torch.eye(4, dtype=pose.dtype).repeat(len(hugging), 1, 1)
+    c, s_ = torch.cos(yaw), torch.sin(yaw)
+    turn[:, 0, 0], turn[:, 0, 1], turn[:, 1, 0], turn[:, 1, 1] = c, -s_, s_, c
+    axis = trans0[0].clone()
+    axis[2] = 0.0
+    turn[:, :3, 3] = axis - (turn[:, :3, :3] @ axis)
+    return pose, turn @ target, hugging
 
 
 def build_scene(config: SceneConfig, body) -> Scene:
@@ -246,8 +379,13 @@ def build_scene(config: SceneConfig, body) -> Scene:
     two_handed = {"auto": spec.two_handed_default, "one": False, "two": True}.get(config.hands)
     if two_handed is None:
         raise ValueError(f"hands must be auto, one or two, got {config.hands!r}")
+    across = False
     if config.variant == "object_lost":
-        two_handed = True  # held in front of the body with both hands: hidden when the person turns away
+        # Held with both hands against the chest, then the person turns their back to the camera: the
+        # body hides it. A box is held across its narrower side, so the torso is wider than it.
+        two_handed = True
+        across = spec.across_hands is not None
+    sites = spec.grasps(two_handed, across)
 
     dtype = body.dtype
     shape = torch.tensor(
@@ -258,18 +396,9 @@ def build_scene(config: SceneConfig, body) -> Scene:
     height_m = body.standing_height(shape)
     trans0 = torch.tensor([[0.0, 0.0, root_height]], dtype=dtype)
 
-    object_pose0 = torch.tensor(_object_pose_initial(spec, two_handed, rng), dtype=dtype)
+    object_pose0 = torch.tensor(_object_pose_initial(spec, two_handed, rng, across), dtype=dtype)
     lean = motion.lean_pose(body, rng.uniform(0.3, 0.45))
-    rot, t = object_pose0[:3, :3], object_pose0[:3, 3]
-    targets = [
-        ik.HandTarget(
-            site.hand,
-            (rot @ torch.as_tensor(site.point, dtype=dtype) + t)[None],
-            (rot @ torch.as_tensor(site.normal, dtype=dtype))[None],
-            (rot @ torch.as_tensor(site.finger_dir, dtype=dtype))[None],
-        )
-        for site in spec.grasps(two_handed)
-    ]
+    targets = _hand_targets(spec, object_pose0, sites)
 
     def object_sdf(points: torch.Tensor) -> torch.Tensor:
         return objects.signed_distance_world(spec, object_pose0[None], points)
@@ -280,13 +409,29 @@ def build_scene(config: SceneConfig, body) -> Scene:
         | {body.joint_index(n) for target in targets for n in ik.FINGER_BONES[body.name][target.hand]}
     )
     carry_yaw = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.35, 0.6))
-    timeline = motion.make_timeline(config.num_frames, config.variant, carry_yaw)
-    pose_aa = motion.compose_motion(solved.pose_aa[0], lean, arm_joints, timeline)
+    K, w2c = camera(config, rng)
+    # object_lost turns the back squarely to the camera (the camera is off-axis by its azimuth), in the
+    # direction the carry would turn.
+    away_yaw = camera_azimuth(w2c[0]) + math.copysign(math.pi, carry_yaw)
+    timeline = motion.make_timeline(config.num_frames, config.variant, carry_yaw, away_yaw)
     trans = trans0.expand(config.num_frames, 3).clone()
+    holder = "right" if any(target.hand == "right" for target in targets) else "left"
+    motion_pose = motion.compose_motion(solved.pose_aa[0], lean, arm_joints, timeline)
+    blend_frames, blend_objects = np.zeros(0, dtype=int), None
+    if timeline.hug is not None:
+        hug_pose, hug_object = _solve_hug(body, shape, trans0, spec, object_pose0, sites, config.ik_steps)
+        motion_pose, blend_objects, blend_frames = _solve_hug_blend(
+            body, shape, trans0, spec, sites, holder, object_pose0, hug_object, timeline, motion_pose,
+            motion.compose_motion(solved.pose_aa[0], lean, arm_joints, timeline, hug_pose), arm_joints,
+            config.ik_steps,
+        )  # fmt: skip
+    legs = footwork.solve_legs(body, shape, motion_pose, trans, timeline.feet)
+    pose_aa = legs.pose_aa
     with torch.no_grad():
         out = body.forward(pose_aa, shape, trans)
-    holder = "right" if any(target.hand == "right" for target in targets) else "left"
     object_poses = motion.attach_object(ik.hand_frame(out.keypoints, holder), object_pose0, timeline)
+    if blend_objects is not None:  # held against the chest (or on the way): placed where the hands hold it
+        object_poses[torch.as_tensor(blend_frames, dtype=torch.long)] = blend_objects.to(object_poses.dtype)
 
     contact = np.zeros((config.num_frames, 2), dtype=bool)
     for target in targets:
@@ -296,7 +441,6 @@ def build_scene(config: SceneConfig, body) -> Scene:
     with torch.no_grad():
         rest = body.forward(body.rest_pose(1), shape, torch.zeros(1, 3, dtype=dtype))
     colors = body_colors(body, rest.vertices[0].float(), rest.keypoints[0].float(), rng)
-    K, w2c = camera(config, rng)
     return Scene(
         config=config,
         object_spec=spec,
@@ -323,7 +467,9 @@ def build_scene(config: SceneConfig, body) -> Scene:
             "two_handed": two_handed,
             "grasp_frame": timeline.grasp_frame,
             "release_frame": timeline.release_frame,
-            "carry_yaw_rad": carry_yaw if config.variant in ("normal", "camera_shake") else 0.0,
+            "carry_yaw_rad": float(timeline.yaw[timeline.release_frame - 1]),
+            "max_yaw_rad": float(np.abs(timeline.yaw).max()),
+            "leg_ik_error_m": legs.max_error,
         },
     )
 

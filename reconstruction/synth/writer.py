@@ -2,13 +2,17 @@
 
 Files per video (paths from ``reconstruction.layout.Layout``): the MP4, first-frame object and human
 masks (PNG, 0/255, visible pixels), ``cam_K.txt``, first-frame full-scene depth (16-bit PNG, mm),
-``first_frame_pose.pickle`` (Blender camera convention), ``character_data.json``, the object ``.obj``
-and ``ground_truth.npz``. Everything goes through atomic writes; the same scene gives the same bytes.
+``first_frame_pose.pickle`` (Blender camera convention, with the table in ``scene_data``: its mesh is
+``scene/table.obj`` beside the pickle, the path stored relative to the pickle's folder),
+``character_data.json``, the object ``.obj`` and ``ground_truth.npz`` (the same table description in
+``extra["scene_data"]``, path relative to the npz's folder). Everything goes through atomic writes; the same scene gives the same bytes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,7 +23,7 @@ from reconstruction.layout import Layout, VideoId
 from reconstruction.render_config import BLENDER_TO_OPENCV, RenderConfig, save_cam_k, save_render_config
 from reconstruction.synth import objects
 from reconstruction.synth.ground_truth import GroundTruth, save_ground_truth
-from reconstruction.synth.scene import HUMAN_ID, OBJECT_ID, RenderedScene, Scene
+from reconstruction.synth.scene import HUMAN_ID, OBJECT_ID, TABLE_ID, RenderedScene, Scene, table_description
 from reconstruction.video import write_video
 
 logger = logging.getLogger(__name__)
@@ -39,7 +43,21 @@ def depth_to_mm(depth_m: np.ndarray) -> np.ndarray:
     return np.clip(np.round(depth_m * 1000.0), 0, MAX_DEPTH_MM).astype(np.uint16)
 
 
-def render_config_for(scene: Scene) -> RenderConfig:
+def write_table_mesh(scene: Scene, path: Path) -> tuple[Path, dict]:
+    """Write the rendered table (the static mesh with the table's instance id) in its own frame as OBJ
+    with vertex colours; returns (path, its scene_data entry without the path)."""
+    import trimesh
+
+    table = next(mesh for mesh in scene.static_meshes if mesh.instance_id == TABLE_ID)
+    entry = table_description()
+    vertices = np.asarray(table.vertices, dtype=np.float64) - np.asarray(entry["pos"])
+    colors = np.round(np.asarray(table.colors, dtype=np.float64) * 255).astype(np.uint8)
+    mesh = trimesh.Trimesh(vertices, np.asarray(table.faces), vertex_colors=colors, process=False)
+    text = trimesh.exchange.obj.export_obj(mesh, include_normals=False, include_color=True, include_texture=False)
+    return fileio.write_text(path, text), entry
+
+
+def render_config_for(scene: Scene, scene_data: list[dict] | None = None) -> RenderConfig:
     """Frame-0 render config: object pose in the world, camera in Blender's convention, root pose."""
     cam_to_world = np.linalg.inv(scene.world_to_cam[0])
     obj0 = scene.object_poses_world[0].double().numpy()
@@ -58,6 +76,7 @@ def render_config_for(scene: Scene) -> RenderConfig:
         focal_length=float(scene.K[0, 0]),
         human_R=human_R,
         human_t=scene.trans[0].double().numpy(),
+        scene_data=list(scene_data or []),
     )
     # Round trip: the Blender-convention camera must give back the OpenCV extrinsics we rendered with.
     if not np.allclose(config.world_to_cam(), scene.world_to_cam[0], atol=1e-9):
@@ -74,7 +93,10 @@ def write_video_files(layout: Layout, vid: VideoId, scene: Scene, rendered: Rend
     write_png(layout.first_human_mask(vid), np.where(instance0 == HUMAN_ID, 255, 0).astype(np.uint8))
     write_png(layout.depth_gt(vid), depth_to_mm(out.depth[0].double().cpu().numpy()))
     save_cam_k(layout.cam_k(vid), scene.K)
-    save_render_config(layout.render_config(vid), render_config_for(scene))
+    table_path, table = write_table_mesh(scene, layout.scene_mesh(vid, "table"))
+    config_dir = layout.render_config(vid).parent
+    scene_data = [{**table, "path": os.path.relpath(table_path, config_dir)}]
+    save_render_config(layout.render_config(vid), render_config_for(scene, scene_data))
     fileio.write_json(
         layout.character_data(vid),
         {
@@ -111,7 +133,10 @@ def write_video_files(layout: Layout, vid: VideoId, scene: Scene, rendered: Rend
         variant=scene.config.variant,
         category=scene.config.category,
         seed=scene.config.seed,
-        extra={"ik": scene.ik_report},
+        extra={
+            "ik": scene.ik_report,
+            "scene_data": [{**table, "path": os.path.relpath(table_path, layout.ground_truth(vid).parent)}],
+        },
     )
     save_ground_truth(layout.ground_truth(vid), gt)
     return gt
