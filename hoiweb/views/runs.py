@@ -44,7 +44,9 @@ def runs_list(request):
     run_filter = RunFilter.from_querydict(request.GET)
     qs = run_filter.apply().select_related("video", "category__dataset")
     per_page = request.GET.get("per_page", "")
-    paginator = Paginator(qs, min(int(per_page), 500) if per_page.isdigit() and int(per_page) > 0 else settings.RUNS_PER_PAGE)
+    paginator = Paginator(
+        qs, min(int(per_page), 500) if per_page.isdigit() and int(per_page) > 0 else settings.RUNS_PER_PAGE
+    )
     page = paginator.get_page(request.GET.get("page"))
     metrics = metric_names()
     shown = [m for m in request.GET.getlist("col") if m in metrics] or default_metric_columns(metrics)
