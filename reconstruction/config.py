@@ -227,6 +227,23 @@ class PostProcessingConfig:
     save_joints: bool = False
     savgol_window: int = field(default=11, metadata=_meta(min=1))
     savgol_order: int = _nonneg(2)
+    # hoiweb: Savitzky-Golay window of the object's trajectory (None: ``savgol_window``)
+    savgol_window_object: int | None = field(default=None, metadata=_meta(min=1))
+
+
+class _FitSettingNames:
+    """The field names of ``stages.fit_body.FitSettings``, read on first use (that module needs torch)."""
+
+    def _names(self) -> tuple[str, ...]:
+        from reconstruction.stages.fit_body import FitSettings
+
+        return tuple(f.name for f in dataclasses.fields(FitSettings))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._names()
+
+    def __iter__(self) -> typing.Iterator[str]:
+        return iter(self._names())
 
 
 @dataclass(frozen=True)
@@ -237,6 +254,8 @@ class HumanPoseConfig:
     import_dir: str | None = None
     min_detection_confidence: float = field(default=0.5, metadata=_meta(min=0.0, max=1.0))
     model_complexity: int = field(default=1, metadata=_meta(min=0, max=2))
+    # the body fit's settings (stages/fit_body.py FitSettings fields), e.g. ``fit: {iterations: 100}``
+    fit: dict[str, Any] = field(default_factory=dict, metadata=_meta(keys=_FitSettingNames()))
 
 
 @dataclass(frozen=True)

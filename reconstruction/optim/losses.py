@@ -117,7 +117,8 @@ def ground(foot_points: torch.Tensor, ground_z: torch.Tensor) -> torch.Tensor:
 def verts_tracking(pred_2d: torch.Tensor, target_2d: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared pixel distance between the object's projected vertices and the stage 3 projection.
 
-    pred_2d, target_2d (..., T, N, 2); valid (..., T) frames where stage 3 tracked the object."""
+    pred_2d, target_2d (..., T, N, 2); valid (..., T) frames where stage 3 tracked the object (bool) or a
+    weight per frame (float)."""
     error = (pred_2d - target_2d).square().sum(-1).mean(-1)
     if valid is None:
         return error.mean(-1)
@@ -130,12 +131,27 @@ def obj_smoothness(object_points: torch.Tensor, beta: float = 0.0) -> torch.Tens
     return _temporal(object_points, beta)
 
 
-def obj_precontact_reg(object_points: torch.Tensor, precontact: torch.Tensor) -> torch.Tensor:
+def obj_precontact_reg(
+    object_points: torch.Tensor,
+    precontact: torch.Tensor,
+    rest_points: torch.Tensor | None = None,
+    has_rest: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Object still before contact: mean squared frame-to-frame motion of surface samples (..., T, N, 3)
-    over consecutive frames that are both before the first contact (``precontact`` (..., T) bool)."""
+    over consecutive frames that are both before the first contact (``precontact`` (..., T) bool).
+
+    With the object's known resting pose (``rest_points`` (..., N, 3), the same samples posed at frame 0 by
+    the render config; ``has_rest`` (...) bool where known) the pre-contact frames are also pulled onto
+    it: mean squared distance of the samples to their resting place. Only the render knows where the object
+    stands; this anchors a tracker's depth error before the hands reach it."""
     both = precontact[..., 1:] & precontact[..., :-1]
     motion = _velocity(object_points).square().sum(-1).mean(-1)
-    return _masked_mean(motion, both, (-1,))
+    total = _masked_mean(motion, both, (-1,))
+    if rest_points is not None:
+        offset = (object_points - rest_points[..., None, :, :]).square().sum(-1).mean(-1)  # (..., T)
+        anchored = precontact if has_rest is None else precontact & has_rest[..., None]
+        total = total + _masked_mean(offset, anchored, (-1,))
+    return total
 
 
 # ---- depth ---------------------------------------------------------------------------------------

@@ -52,6 +52,9 @@ DEPTH_OBJECT_SAMPLES = 256  # object samples compared with depth points (per fra
 DEPTH_BODY_POINTS = 300  # body points compared with depth points (per frame)
 PENETRATION_SAMPLES = 512  # object samples defining the approximate SDF
 PENETRATION_CANDIDATES = 32  # sparse body points per frame tested for penetration (besides the hands)
+# verts_tracking weight of frames stage 2 has no object mask for: stage 3 still holds a pose there (held or
+# predicted) that is better than none, but the contact and smoothness terms should win over it.
+UNTRACKED_FRAME_WEIGHT = 0.25
 HUMAN_TERMS = {
     "keypoint_tracking", "human_smoothness", "human_pose_reg", "human_foot_contact", "ground", "contact",
     "contact_smoothness", "penetration", "depth_pointcloud",
@@ -83,6 +86,7 @@ class VideoInputs:
     object_poses_cam: torch.Tensor  # (T, 4, 4) stage 3, object -> camera
     contact: torch.Tensor  # (T, 2) bool, left/right hand
     object_tracked: torch.Tensor | None = None  # (T,) bool frames stage 3 trusts (default all)
+    object_pose_first_world: torch.Tensor | None = None  # (4, 4) known frame-0 object pose (render config)
     depth: torch.Tensor | None = None  # (T, H, W) metres, 0 = unknown
     object_masks: torch.Tensor | None = None  # (T, H, W) bool
     human_masks: torch.Tensor | None = None  # (T, H, W) bool
@@ -151,10 +155,11 @@ class _Batch:
         self.kp_target, self.kp_conf = kp[..., :2], kp[..., 2].clamp(0.0, 1.0)
         self.hand_mask = torch.arange(len(ALL_KEYPOINTS), device=device) >= NUM_BODY
         self.contact = stack(lambda v: v.contact.bool(), "contact")  # (B, T, 2)
-        self.tracked = stack(
+        tracked = stack(
             lambda v: v.object_tracked.bool() if v.object_tracked is not None else torch.ones(T, dtype=torch.bool),
             "object_tracked",
         )
+        self.tracked_weight = torch.where(tracked, 1.0, UNTRACKED_FRAME_WEIGHT)  # (B, T) verts_tracking weights
         any_contact = self.contact.any(-1)  # (B, T)
         first = torch.where(
             any_contact.any(-1), any_contact.float().argmax(-1), torch.full_like(any_contact[:, 0], T, dtype=torch.long)
@@ -177,6 +182,11 @@ class _Batch:
         if len({t.shape[0] for t in track}) != 1:
             raise OptimizerInputError("object meshes of one batch need at least 256 vertices or the same count")
         self.obj_samples = torch.stack(samples)  # (B, N, 3)
+        # known frame-0 poses (render config): where the object rests until a hand reaches it
+        rest = [v.object_pose_first_world for v in videos]
+        self.has_rest_pose = torch.tensor([r is not None for r in rest], device=device)
+        rest_pose = torch.stack([torch.eye(4) if r is None else torch.as_tensor(r, dtype=dtype).cpu() for r in rest])
+        self.rest_pose = rest_pose.to(device)  # (B, 4, 4) world
         self.obj_normals = torch.stack(normals)
         self.obj_track_verts = torch.stack(track)  # (B, Nv, 3)
         pose_cam = stack(lambda v: v.object_poses_cam, "object_poses_cam")
@@ -529,7 +539,7 @@ def _t_reg(var_name: str) -> Callable[[_TermContext, LossTermConfig], torch.Tens
 def _t_verts_tracking(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
     verts = geometry.transform(ctx.batch.obj_track_verts[:, None], ctx.obj["R"], ctx.obj["t"])
     pred = losses.project(ctx.to_cam(verts), ctx.batch.K)
-    return losses.verts_tracking(pred, ctx.batch.obj_track_target, ctx.batch.tracked)
+    return losses.verts_tracking(pred, ctx.batch.obj_track_target, ctx.batch.tracked_weight)
 
 
 def _t_obj_smoothness(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
@@ -537,7 +547,10 @@ def _t_obj_smoothness(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
 
 
 def _t_obj_precontact_reg(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
-    return losses.obj_precontact_reg(ctx.object_points(subset=128), ctx.batch.precontact)
+    batch = ctx.batch
+    samples = batch.obj_samples[:, :128]
+    rest = geometry.apply_homogeneous(samples, batch.rest_pose)  # (B, 128, 3)
+    return losses.obj_precontact_reg(ctx.object_points(subset=128), batch.precontact, rest, batch.has_rest_pose)
 
 
 def _t_depth_pointcloud(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
