@@ -221,8 +221,9 @@ def contact(
 
     hand_points_cam (..., T, 2, H, 3): contact points of the left and right hand (camera frame);
     object_points_cam (..., T, N, 3) object surface samples; contact_mask (..., T, 2) bool; K (..., 3, 3).
-    A (frame, hand) whose closest 3D hand-object distance exceeds ``max_contact_dist`` is skipped (the
-    label is then more likely wrong than the geometry).
+    A (frame, hand) whose closest hand-object distance exceeds ``max_contact_dist`` is skipped (the
+    label is then more likely wrong than the geometry): 3D distance, or with ``depth_only`` the image-plane
+    distance in metres at the object's depth (the depth gap is what depth_only is there to close).
     Only the hand's contact patch should touch (not the back of the hand): per hand, the mean over its
     ``max(1, H // 8)`` best-matching points is taken.
     - default: squared closest 3D distance between hand points and object samples;
@@ -236,7 +237,16 @@ def contact(
     with torch.no_grad():
         dist = torch.cdist(hand_points_cam, objects.expand(*hand_points_cam.shape[:-2], -1, 3))  # (...,T,2,H,N)
         closest, nearest = dist.min(-1)
-        active = contact_mask & (closest.min(-1).values <= max_contact_dist)
+        gate = closest.min(-1).values  # (..., T, 2)
+        if depth_only:
+            # depth_only trusts the image and fixes depth: gate on the image-plane gap (metres at the object's
+            # depth), or a hand that stage 1 put 30 cm too deep would never be pulled onto the object
+            hand_ray = hand_points_cam[..., :2] / hand_points_cam[..., 2:].clamp_min(1e-3)
+            obj_depth = objects[..., 2].clamp_min(1e-3)
+            obj_ray = objects[..., :2] / obj_depth[..., None]
+            lateral = torch.cdist(hand_ray, obj_ray.expand(*hand_ray.shape[:-2], -1, 2)) * obj_depth[..., None, :]
+            gate = lateral.min(-1).values.min(-1).values
+        active = contact_mask & (gate <= max_contact_dist)
         if depth_only:
             hand_px = project(hand_points_cam, K)  # (..., T, 2, H, 2)
             obj_px = project(object_points_cam, K)[..., :, None, :, :]  # (..., T, 1, N, 2)

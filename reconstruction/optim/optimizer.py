@@ -226,9 +226,16 @@ class _Batch:
             [any(m in names[j].lower() for m in ARM_MARKERS) for j in opt_joints], device=device
         )
 
-        # depth observations, per instance, in the world frame
+        # depth observations, per instance, in the world frame. A depth backend that knows only the
+        # background (``static``: the render's frame-0 depth with human and object pixels unknown) gives no
+        # point on the human or the object: depth_pointcloud is then inactive (exactly 0), said in the log
+        # and in ``inactive_terms`` (loss history, stage info). The background alone constrains nothing
+        # here: the pixels where a body or object point could lie behind the wall are the unknown ones.
         self.depth_obj = self.depth_human = None
-        if all(v.depth is not None for v in videos):
+        self.inactive_terms: dict[str, str] = {}
+        if any(v.depth is None for v in videos):
+            self.inactive_terms["depth_pointcloud"] = "no depth cache"
+        else:
             count = 0
             for spec in config.opt_stage_specs.values():
                 if "depth_pointcloud" in spec.loss_cfg:
@@ -240,7 +247,9 @@ class _Batch:
                 if bool(depth_obj[1].any()) or bool(depth_human[1].any()):
                     self.depth_obj, self.depth_human = depth_obj, depth_human
                 else:
-                    logger.info("no depth on the object or the human in any frame: depth_pointcloud is 0")
+                    reason = "no depth on the object or the human in any frame (background-only depth)"
+                    self.inactive_terms["depth_pointcloud"] = reason
+                    logger.warning("%s: depth_pointcloud is inactive (0)", reason)
 
     def _depth_points(self, videos: list[VideoInputs], mask_attr: str, count: int, device: torch.device):
         points, valid = [], []
@@ -385,7 +394,12 @@ class HOIOptimizer:
                     obj_R=obj["R"][b].detach().cpu(),
                     obj_t=obj["t"][b].detach().cpu(),
                     obj_pose_cam=(batch.world_to_cam[b] @ pose_world).detach().cpu(),
-                    history={"stages": history[b], "seconds": round(seconds, 3), "batch_size": len(videos)},
+                    history={
+                        "stages": history[b],
+                        "seconds": round(seconds, 3),
+                        "batch_size": len(videos),
+                        "inactive_terms": self._inactive(batch),
+                    },  # fmt: skip
                     eval_data={n: float(eval_cfg[n].weight * v[b]) for n, v in eval_values.items()},
                     seconds=seconds / len(videos),
                     init_losses={t: float(v[b]) for t, v in (init_losses or {}).items()},
@@ -394,6 +408,11 @@ class HOIOptimizer:
             )
         logger.info("optimised %d video(s), %d frames, in %.1f s", len(videos), batch.num_frames, seconds)
         return results
+
+    def _inactive(self, batch: _Batch) -> dict[str, str]:
+        """Configured terms that measure nothing on this batch, with the reason."""
+        used = {t for spec in self.config.opt_stage_specs.values() for t in spec.loss_cfg}
+        return {t: why for t, why in batch.inactive_terms.items() if t in used}
 
     @torch.no_grad()
     def evaluate(self, video: VideoInputs, eval_cfg: dict[str, LossTermConfig]) -> dict[str, float]:

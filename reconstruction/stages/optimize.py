@@ -173,7 +173,15 @@ def initial_contact_labels(body: Any, video: VideoInputs, config: ReconConfig, i
     ground = float(torch.quantile(feet[..., 2].amin((1, 2)), 0.1))
     params = ContactParams.from_config(config.section("optimization").get("contact_labelling"))
     static = is_static_obj or config.pipeline.is_static_obj
-    return label_contacts(hands, object_points, feet, ground_z=ground, params=params, is_static_obj=static)
+    return label_contacts(
+        hands,
+        object_points,
+        feet,
+        ground_z=ground,
+        params=params,
+        is_static_obj=static,
+        world_to_cam=video.world_to_cam,
+    )
 
 
 # ---- smoothing and export ----------------------------------------------------------------------------
@@ -217,6 +225,29 @@ def object_pose_world(result: OptimizationResult) -> torch.Tensor:
     return pose
 
 
+# MANO's hand joint order (index, middle, pinky, ring, thumb; each proximal to distal) in anny bone names:
+# finger1 is the thumb, finger2..5 index..pinky (MakeHuman skeleton). anny's four metacarpals have no MANO
+# counterpart and stay in ``poses`` only.
+MANO_ORDER_ANNY_FINGERS = ("finger2", "finger3", "finger5", "finger4", "finger1")
+
+
+def contract_hand_joints(body: Any, side: str) -> list[int]:
+    """The 15 joints (MANO order) whose axis-angles make the contract's (T, 45) ``<side>_hand_pose``.
+
+    SMPL-X style models list exactly those 15 joints; anny's 19 hand joints are mapped by name (the values
+    are anny's local rotations in anny's bone frames, not MANO's; ``poses`` keeps the full model pose)."""
+    joints = list(body.left_hand_joints if side == "left" else body.right_hand_joints)
+    if len(joints) == 15:
+        return joints
+    suffix = ".L" if side == "left" else ".R"
+    names = list(body.joint_names)
+    wanted = [f"{finger}-{k}{suffix}" for finger in MANO_ORDER_ANNY_FINGERS for k in (1, 2, 3)]
+    missing = [n for n in wanted if n not in names]
+    if missing:
+        raise StageInputError(f"body model {body.name}: no MANO-style hand joints ({', '.join(missing[:3])} missing)")
+    return [names.index(n) for n in wanted]
+
+
 def build_hoi_data(
     result: OptimizationResult,
     loaded: LoadedVideo,
@@ -237,8 +268,10 @@ def build_hoi_data(
     human_data: dict[str, Any] = {
         "poses": pose.reshape(T, -1),
         "trans": result.body_trans.numpy().astype(np.float32),
-        "left_hand_pose": pose[:, body.left_hand_joints].reshape(T, -1),
-        "right_hand_pose": pose[:, body.right_hand_joints].reshape(T, -1),
+        # contract: (T, 45) MANO-style (15 joints x axis-angle); see contract_hand_joints for the mapping
+        "left_hand_pose": pose[:, contract_hand_joints(body, "left")].reshape(T, -1),
+        "right_hand_pose": pose[:, contract_hand_joints(body, "right")].reshape(T, -1),
+        "hand_pose_joint_names": [body.joint_names[j] for j in contract_hand_joints(body, "right")],
         "betas": result.body_shape.numpy().astype(np.float32),
         "shape": result.body_shape.numpy().astype(np.float32),
         "body_model": loaded.body_model,
@@ -372,6 +405,7 @@ def _finish(entry, result: OptimizationResult, body, config: ReconConfig, optimi
             "contact_hand": labels.contact_hand,
             "contact_frame": labels.contact_frame,
             "optimizer_seconds": result.seconds,
+            "inactive_terms": result.history.get("inactive_terms", {}),
             "final_losses": result.final_losses,
         },
     )
