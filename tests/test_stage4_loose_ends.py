@@ -209,3 +209,32 @@ def test_human_pose_fit_key_loads_and_reaches_stage1(tmp_path):
     assert (settings.iterations, settings.w_pose_prior) == (40, 50.0)
     with pytest.raises(ConfigError, match=r"human_pose\.fit\.iteration: unknown key; did you mean 'iterations'"):
         load_config().merge({"human_pose": {"fit": {"iteration": 5}}})
+
+
+def test_tracker_depth_noise_is_no_object_motion_for_the_labels():
+    hands, obj = _deep_hand(0.0)
+    hands = hands.clone()
+    hands[:, 1] += torch.tensor([0.0, 0.0, 1.0])  # the right hand stays away: only motion could label it
+    to_cam = WORLD_TO_CAM
+    noise = 1.0 + 0.02 / 3.0 * torch.randn(obj.shape[0], 1, 1, generator=torch.Generator().manual_seed(1))
+    obj_cam = obj @ to_cam[:3, :3].T + to_cam[:3, 3]
+    noisy = (obj_cam * noise - to_cam[:3, 3]) @ to_cam[:3, :3]  # 2 cm noise along the viewing rays
+    assert contact.label_contacts(hands, noisy).object_moving.any()  # 3D speed: the noise looks like motion
+    labels = contact.label_contacts(hands, noisy, world_to_cam=WORLD_TO_CAM)
+    assert not labels.object_moving.any() and not labels.hands.any()
+
+
+def test_depth_only_contact_partners_are_on_the_visible_surface():
+    # a hand on the box's back face (12 cm behind the surface the camera sees) must still be pulled forward
+    # a 12 cm box 3 m in front of the camera: front face at z = 2.94, back face at z = 3.06
+    grid = torch.linspace(-0.05, 0.05, 5)
+    face = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
+    front = torch.cat([face, torch.full((25, 1), 2.94)], -1)
+    back = torch.cat([face, torch.full((25, 1), 3.06)], -1)
+    samples = torch.cat([front, back])[None]  # (1, 50, 3)
+    facing = torch.cat([torch.ones(25, dtype=torch.bool), torch.zeros(25, dtype=torch.bool)])[None]
+    hand = torch.tensor([[0.0, 0.0, 3.06]]).expand(2, 4, 3)[None].clone()  # (T=1, 2 hands, 4 points, 3)
+    mask = torch.tensor([[False, True]])
+    assert losses.contact(hand, samples, mask, K, depth_only=True).item() < 1e-6  # the back face "touches"
+    pulled = losses.contact(hand, samples, mask, K, depth_only=True, object_facing=facing)
+    assert pulled.item() == pytest.approx(0.01 * (0.12 - 0.005), rel=1e-3)  # Huber of the 12 cm gap

@@ -181,6 +181,19 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     return [(int(s), int(e) - 1) for s, e in zip(edges[::2], edges[1::2], strict=True)]
 
 
+def _image_plane(object_points: np.ndarray, hand_points: np.ndarray, world_to_cam: np.ndarray):
+    """World points -> (x/z, y/z) scaled by the object's median depth: lateral positions in metres
+    at the object's distance, blind to motion along the viewing rays. (T, N, 3), (T, 2, H, 3) -> (..., 2)."""
+    w2c = np.broadcast_to(world_to_cam, (object_points.shape[0], 4, 4))
+    R, t = w2c[:, :3, :3], w2c[:, :3, 3]
+    obj_cam = np.einsum("tij,tnj->tni", R, object_points) + t[:, None]
+    hand_cam = np.einsum("tij,thnj->thni", R, hand_points) + t[:, None, None]
+    depth = float(np.median(obj_cam[..., 2]))  # one scale for the video: image motion alone counts
+    obj_2d = obj_cam[..., :2] / np.maximum(obj_cam[..., 2:], 1e-3) * depth
+    hand_2d = hand_cam[..., :2] / np.maximum(hand_cam[..., 2:], 1e-3) * depth
+    return obj_2d, hand_2d
+
+
 # ---- labelling -------------------------------------------------------------------------------------
 def label_contacts(
     hand_points: torch.Tensor,
@@ -203,11 +216,15 @@ def label_contacts(
     camera = None if world_to_cam is None else torch.as_tensor(world_to_cam).to(hand_points)
     distance = hand_object_distance(hand_points, object_points, camera, params.depth_slack).cpu().numpy()  # (T, 2)
     obj_np = object_points.cpu().numpy()
+    hands_np = hand_points.cpu().numpy()
+    if camera is not None and params.depth_slack > 0:
+        # motion as the image shows it (metres at the object's depth): a tracker's depth noise and stage 1's
+        # arm depth do not move anything on screen
+        obj_np, hands_np = _image_plane(obj_np, hands_np, camera.cpu().numpy())
     speed = _median3(point_speed(obj_np))
     moving = np.zeros_like(speed, dtype=bool) if is_static_obj else speed > params.motion_speed
 
     # velocity coupling: the hand moves like the object's nearest part does
-    hands_np = hand_points.cpu().numpy()
     hand_velocity = (
         np.gradient(hands_np.mean(axis=2), axis=0) if hands_np.shape[0] > 1 else np.zeros_like(hands_np[:, :, 0])
     )

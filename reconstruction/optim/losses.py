@@ -216,6 +216,7 @@ def contact(
     max_contact_dist: float = 0.15,
     contact_px: float = 20.0,
     huber_delta: float = 0.01,
+    object_facing: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Hands touch the object in contact frames.
 
@@ -251,6 +252,8 @@ def contact(
             hand_px = project(hand_points_cam, K)  # (..., T, 2, H, 2)
             obj_px = project(object_points_cam, K)[..., :, None, :, :]  # (..., T, 1, N, 2)
             near = torch.cdist(hand_px, obj_px.expand(*hand_px.shape[:-2], -1, 2)) <= contact_px
+            if object_facing is not None:  # partners on the surface the camera sees
+                near = near & object_facing[..., :, None, None, :]
             nearest = torch.where(near, dist, big).argmin(-1)
             has_partner = near.any(-1)  # (..., T, 2, H)
     partner = objects.expand(*hand_points_cam.shape[:-2], -1, 3).gather(

@@ -608,15 +608,21 @@ def _hand_points_near_object(ctx: _TermContext, count: int) -> torch.Tensor:
 
 
 def _t_contact(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
+    object_cam = ctx.to_cam(ctx.object_points(subset=CONTACT_SAMPLES))
+    normals_cam = ctx.batch.obj_normals[:, None, :CONTACT_SAMPLES] @ (
+        ctx.batch.world_to_cam[..., :3, :3] @ ctx.obj["R"]
+    ).transpose(-1, -2)
+    facing = ((normals_cam * object_cam).sum(-1) < 0).detach()  # (B, T, N) normal towards the camera
     return losses.contact(
         ctx.to_cam(_hand_points_near_object(ctx, CONTACT_POINTS_PER_HAND)),
-        ctx.to_cam(ctx.object_points(subset=CONTACT_SAMPLES)),
+        object_cam,
         _contact_mask(ctx, cfg),
         ctx.batch.K,
         depth_only=cfg.depth_only,
         max_contact_dist=cfg.max_contact_dist,
         contact_px=cfg.contact_px,
         huber_delta=cfg.huber_delta,
+        object_facing=facing,
     )
 
 
