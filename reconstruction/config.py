@@ -222,6 +222,9 @@ class FilteringConfig:
 
 @dataclass(frozen=True)
 class PostProcessingConfig:
+    # the exported result in a world centred on the object (reconstruction/optim/centering.py). Stage 4's
+    # raw hoi_data.pkl stays in the render world, which stages 5-6 and the evaluation compare with the
+    # render config; the centring belongs to the accepted export (stage 5's valid copy).
     center_at_object: bool = True
     compute_contact_points_nframes_before_inter_start: int = _nonneg(48)
     save_joints: bool = False
