@@ -169,13 +169,15 @@ class ContactLabellingConfig:
     """hoiweb: contact labels from stages 1-3 (no external service)."""
 
     method: Literal["geometric"] = "geometric"
-    near_dist: float = _nonneg(0.06)  # hand-object distance that starts a contact (m)
-    far_dist: float = _nonneg(0.12)  # distance that ends one (hysteresis)
+    near_dist: float = _nonneg(0.03)  # hand-object distance that starts a contact (m)
+    far_dist: float = _nonneg(0.05)  # distance that ends one (hysteresis)
     motion_speed: float = _nonneg(0.004)  # object speed counted as moving (m/frame)
     coupling_dist: float = _nonneg(0.25)  # a moving object is "carried" by a hand this close
     min_interval: int = field(default=3, metadata=_meta(min=1))  # frames; shorter intervals are dropped
     max_gap: int = _nonneg(2)  # gaps up to this many frames are closed
     foot_height: float = _nonneg(0.05)
+    # view-depth gap between hand and object that costs nothing (stage 1's monocular arm depth; m)
+    depth_slack: float = _nonneg(0.5)
 
 
 @dataclass(frozen=True)

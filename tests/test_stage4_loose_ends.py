@@ -11,7 +11,7 @@ import torch
 
 from reconstruction import pipeline
 from reconstruction.config import ConfigError, load_config
-from reconstruction.optim import centering, contact, losses
+from reconstruction.optim import centering, contact, geometry, losses
 from reconstruction.render_config import load_pickle
 from reconstruction.stages import optimize
 from reconstruction.video import write_video
@@ -39,8 +39,9 @@ def _deep_hand(depth_error: float):
     T = 20
     cam_to_world = torch.linalg.inv(WORLD_TO_CAM)
     obj_cam = torch.tensor([0.0, 0.0, 3.0])
-    verts, _ = box_mesh()
-    obj = (verts + obj_cam) @ cam_to_world[:3, :3].T + cam_to_world[:3, 3]
+    verts, faces = box_mesh()
+    samples, _ = geometry.sample_surface(verts, faces, 600, seed=0)
+    obj = (samples + obj_cam) @ cam_to_world[:3, :3].T + cam_to_world[:3, 3]
     obj = obj[None].expand(T, -1, -1)
     hand_cam = torch.tensor([0.065, 0.0, 3.0]).repeat(T, 1)
     hand_cam[:5, 0] += torch.linspace(0.5, 0.1, 5)  # approaching in the image

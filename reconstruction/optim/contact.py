@@ -31,8 +31,8 @@ HANDS = ("left", "right")
 
 @dataclass(frozen=True)
 class ContactParams:
-    near_dist: float = 0.06
-    far_dist: float = 0.12
+    near_dist: float = 0.03
+    far_dist: float = 0.05
     motion_speed: float = 0.004
     coupling_dist: float = 0.25
     min_interval: int = 3
@@ -41,7 +41,7 @@ class ContactParams:
     # Depth gap (m, along the camera's view) between hand and object that costs nothing: stage 1 places a
     # reaching hand 10-50 cm too deep (monocular arm depth), while its image position is right. Used when
     # the camera is known (``label_contacts(..., world_to_cam=)``); 0 = plain 3D distance.
-    depth_slack: float = 0.3
+    depth_slack: float = 0.5
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None) -> ContactParams:
