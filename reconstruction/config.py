@@ -169,13 +169,15 @@ class ContactLabellingConfig:
     """hoiweb: contact labels from stages 1-3 (no external service)."""
 
     method: Literal["geometric"] = "geometric"
-    near_dist: float = _nonneg(0.06)  # hand-object distance that starts a contact (m)
-    far_dist: float = _nonneg(0.12)  # distance that ends one (hysteresis)
+    near_dist: float = _nonneg(0.03)  # hand-object distance that starts a contact (m)
+    far_dist: float = _nonneg(0.05)  # distance that ends one (hysteresis)
     motion_speed: float = _nonneg(0.004)  # object speed counted as moving (m/frame)
     coupling_dist: float = _nonneg(0.25)  # a moving object is "carried" by a hand this close
     min_interval: int = field(default=3, metadata=_meta(min=1))  # frames; shorter intervals are dropped
     max_gap: int = _nonneg(2)  # gaps up to this many frames are closed
     foot_height: float = _nonneg(0.05)
+    # view-depth gap between hand and object that costs nothing (stage 1's monocular arm depth; m)
+    depth_slack: float = _nonneg(0.5)
 
 
 @dataclass(frozen=True)
@@ -223,11 +225,31 @@ class FilteringConfig:
 
 @dataclass(frozen=True)
 class PostProcessingConfig:
+    # the exported result in a world centred on the object (reconstruction/optim/centering.py). Stage 4's
+    # raw hoi_data.pkl stays in the render world, which stages 5-6 and the evaluation compare with the
+    # render config; the centring belongs to the accepted export (stage 5's valid copy).
     center_at_object: bool = True
     compute_contact_points_nframes_before_inter_start: int = _nonneg(48)
     save_joints: bool = False
     savgol_window: int = field(default=11, metadata=_meta(min=1))
     savgol_order: int = _nonneg(2)
+    # hoiweb: Savitzky-Golay window of the object's trajectory (None: ``savgol_window``)
+    savgol_window_object: int | None = field(default=None, metadata=_meta(min=1))
+
+
+class _FitSettingNames:
+    """The field names of ``stages.fit_body.FitSettings``, read on first use (that module needs torch)."""
+
+    def _names(self) -> tuple[str, ...]:
+        from reconstruction.stages.fit_body import FitSettings
+
+        return tuple(f.name for f in dataclasses.fields(FitSettings))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._names()
+
+    def __iter__(self) -> typing.Iterator[str]:
+        return iter(self._names())
 
 
 @dataclass(frozen=True)
@@ -238,6 +260,8 @@ class HumanPoseConfig:
     import_dir: str | None = None
     min_detection_confidence: float = field(default=0.5, metadata=_meta(min=0.0, max=1.0))
     model_complexity: int = field(default=1, metadata=_meta(min=0, max=2))
+    # the body fit's settings (stages/fit_body.py FitSettings fields), e.g. ``fit: {iterations: 100}``
+    fit: dict[str, Any] = field(default_factory=dict, metadata=_meta(keys=_FitSettingNames()))
 
 
 @dataclass(frozen=True)

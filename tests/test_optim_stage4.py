@@ -41,7 +41,7 @@ def test_stage4_writes_hoi_data_history_and_contact_labels(tmp_path, body):
     T = 10
     assert human["poses"].shape == (T, body.num_joints * 3)
     assert human["trans"].shape == (T, 3)
-    assert human["left_hand_pose"].shape == (T, 3 * len(body.left_hand_joints))
+    assert human["left_hand_pose"].shape == (T, 45)  # contract: 15 MANO-order joints
     assert human["body_model"] == "anny" and human["betas"].shape == (6,)
     assert obj["obj_R"].shape == (T, 3, 3) and obj["obj_t"].shape == (T, 3)
     assert obj["obj_R_cam"].shape == (T, 3, 3) and obj["obj_t_cam"].shape == (T, 3)

@@ -31,13 +31,17 @@ HANDS = ("left", "right")
 
 @dataclass(frozen=True)
 class ContactParams:
-    near_dist: float = 0.06
-    far_dist: float = 0.12
+    near_dist: float = 0.03
+    far_dist: float = 0.05
     motion_speed: float = 0.004
     coupling_dist: float = 0.25
     min_interval: int = 3
     max_gap: int = 2
     foot_height: float = 0.05
+    # Depth gap (m, along the camera's view) between hand and object that costs nothing: stage 1 places a
+    # reaching hand 10-50 cm too deep (monocular arm depth), while its image position is right. Used when
+    # the camera is known (``label_contacts(..., world_to_cam=)``); 0 = plain 3D distance.
+    depth_slack: float = 0.5
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None) -> ContactParams:
@@ -102,11 +106,32 @@ class ContactLabels:
 
 # ---- signals -----------------------------------------------------------------------------------------
 @torch.no_grad()
-def hand_object_distance(hand_points: torch.Tensor, object_points: torch.Tensor) -> torch.Tensor:
-    """(T, 2, H, 3) hand points and (T, N, 3) object surface samples -> (T, 2) closest distances."""
+def hand_object_distance(
+    hand_points: torch.Tensor,
+    object_points: torch.Tensor,
+    world_to_cam: torch.Tensor | None = None,
+    depth_slack: float = 0.0,
+) -> torch.Tensor:
+    """(T, 2, H, 3) hand points and (T, N, 3) object surface samples -> (T, 2) closest distances.
+
+    With the camera (``world_to_cam`` (4, 4) or (T, 4, 4)) and ``depth_slack`` > 0 the distance is
+    depth-tolerant: the image-plane offset (metres at the object point's depth) combined with the part of
+    the view-depth gap beyond ``depth_slack``. What the image shows (the hand over the object) counts in
+    full, what a monocular fit guesses (how deep the arm reaches) only when grossly off."""
     num_frames, num_hands, num_points, _ = hand_points.shape
     flat = hand_points.reshape(num_frames, num_hands * num_points, 3)
-    closest = torch.cdist(flat, object_points).min(-1).values
+    if world_to_cam is None or depth_slack <= 0:
+        closest = torch.cdist(flat, object_points).min(-1).values
+    else:
+        w2c = world_to_cam.to(flat).expand(num_frames, 4, 4)
+        hand_cam = flat @ w2c[:, :3, :3].transpose(1, 2) + w2c[:, None, :3, 3]
+        obj_cam = object_points @ w2c[:, :3, :3].transpose(1, 2) + w2c[:, None, :3, 3]
+        hand_ray = hand_cam[..., :2] / hand_cam[..., 2:].clamp_min(1e-3)  # (T, P, 2) normalised image coords
+        obj_ray = obj_cam[..., :2] / obj_cam[..., 2:].clamp_min(1e-3)
+        lateral = torch.cdist(hand_ray, obj_ray) * obj_cam[:, None, :, 2]  # (T, P, N) metres at object depth
+        depth_gap = (hand_cam[..., 2, None] - obj_cam[:, None, :, 2]).abs()
+        excess = (depth_gap - depth_slack).clamp_min(0.0)
+        closest = torch.sqrt(lateral.square() + excess.square()).min(-1).values
     return closest.reshape(num_frames, num_hands, num_points).min(-1).values
 
 
@@ -156,6 +181,19 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     return [(int(s), int(e) - 1) for s, e in zip(edges[::2], edges[1::2], strict=True)]
 
 
+def _image_plane(object_points: np.ndarray, hand_points: np.ndarray, world_to_cam: np.ndarray):
+    """World points -> (x/z, y/z) scaled by the object's median depth: lateral positions in metres
+    at the object's distance, blind to motion along the viewing rays. (T, N, 3), (T, 2, H, 3) -> (..., 2)."""
+    w2c = np.broadcast_to(world_to_cam, (object_points.shape[0], 4, 4))
+    R, t = w2c[:, :3, :3], w2c[:, :3, 3]
+    obj_cam = np.einsum("tij,tnj->tni", R, object_points) + t[:, None]
+    hand_cam = np.einsum("tij,thnj->thni", R, hand_points) + t[:, None, None]
+    depth = float(np.median(obj_cam[..., 2]))  # one scale for the video: image motion alone counts
+    obj_2d = obj_cam[..., :2] / np.maximum(obj_cam[..., 2:], 1e-3) * depth
+    hand_2d = hand_cam[..., :2] / np.maximum(hand_cam[..., 2:], 1e-3) * depth
+    return obj_2d, hand_2d
+
+
 # ---- labelling -------------------------------------------------------------------------------------
 def label_contacts(
     hand_points: torch.Tensor,
@@ -164,22 +202,29 @@ def label_contacts(
     ground_z: float = 0.0,
     params: ContactParams | None = None,
     is_static_obj: bool = False,
+    world_to_cam: torch.Tensor | None = None,
 ) -> ContactLabels:
     """Per-frame hand (and foot) contact labels from the stage 1-3 estimates (world frame).
 
     hand_points (T, 2, H, 3) left/right hand points; object_points (T, N, 3) object surface samples
     posed per frame; foot_points (T, 2, F, 3) or None. ``is_static_obj`` ignores object motion (tracking
-    noise on a static object is not a carry)."""
+    noise on a static object is not a carry). ``world_to_cam`` (4, 4) or (T, 4, 4): measure hand-object
+    distances depth-tolerantly (``ContactParams.depth_slack``, see ``hand_object_distance``)."""
     params = params or ContactParams()
     hand_points = hand_points.detach().float()
     object_points = object_points.detach().float().to(hand_points.device)
-    distance = hand_object_distance(hand_points, object_points).cpu().numpy()  # (T, 2)
+    camera = None if world_to_cam is None else torch.as_tensor(world_to_cam).to(hand_points)
+    distance = hand_object_distance(hand_points, object_points, camera, params.depth_slack).cpu().numpy()  # (T, 2)
     obj_np = object_points.cpu().numpy()
+    hands_np = hand_points.cpu().numpy()
+    if camera is not None and params.depth_slack > 0:
+        # motion as the image shows it (metres at the object's depth): a tracker's depth noise and stage 1's
+        # arm depth do not move anything on screen
+        obj_np, hands_np = _image_plane(obj_np, hands_np, camera.cpu().numpy())
     speed = _median3(point_speed(obj_np))
     moving = np.zeros_like(speed, dtype=bool) if is_static_obj else speed > params.motion_speed
 
     # velocity coupling: the hand moves like the object's nearest part does
-    hands_np = hand_points.cpu().numpy()
     hand_velocity = (
         np.gradient(hands_np.mean(axis=2), axis=0) if hands_np.shape[0] > 1 else np.zeros_like(hands_np[:, :, 0])
     )

@@ -117,7 +117,8 @@ def ground(foot_points: torch.Tensor, ground_z: torch.Tensor) -> torch.Tensor:
 def verts_tracking(pred_2d: torch.Tensor, target_2d: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared pixel distance between the object's projected vertices and the stage 3 projection.
 
-    pred_2d, target_2d (..., T, N, 2); valid (..., T) frames where stage 3 tracked the object."""
+    pred_2d, target_2d (..., T, N, 2); valid (..., T) frames where stage 3 tracked the object (bool) or a
+    weight per frame (float)."""
     error = (pred_2d - target_2d).square().sum(-1).mean(-1)
     if valid is None:
         return error.mean(-1)
@@ -130,12 +131,27 @@ def obj_smoothness(object_points: torch.Tensor, beta: float = 0.0) -> torch.Tens
     return _temporal(object_points, beta)
 
 
-def obj_precontact_reg(object_points: torch.Tensor, precontact: torch.Tensor) -> torch.Tensor:
+def obj_precontact_reg(
+    object_points: torch.Tensor,
+    precontact: torch.Tensor,
+    rest_points: torch.Tensor | None = None,
+    has_rest: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Object still before contact: mean squared frame-to-frame motion of surface samples (..., T, N, 3)
-    over consecutive frames that are both before the first contact (``precontact`` (..., T) bool)."""
+    over consecutive frames that are both before the first contact (``precontact`` (..., T) bool).
+
+    With the object's known resting pose (``rest_points`` (..., N, 3), the same samples posed at frame 0 by
+    the render config; ``has_rest`` (...) bool where known) the pre-contact frames are also pulled onto
+    it: mean squared distance of the samples to their resting place. Only the render knows where the object
+    stands; this anchors a tracker's depth error before the hands reach it."""
     both = precontact[..., 1:] & precontact[..., :-1]
     motion = _velocity(object_points).square().sum(-1).mean(-1)
-    return _masked_mean(motion, both, (-1,))
+    total = _masked_mean(motion, both, (-1,))
+    if rest_points is not None:
+        offset = (object_points - rest_points[..., None, :, :]).square().sum(-1).mean(-1)  # (..., T)
+        anchored = precontact if has_rest is None else precontact & has_rest[..., None]
+        total = total + _masked_mean(offset, anchored, (-1,))
+    return total
 
 
 # ---- depth ---------------------------------------------------------------------------------------
@@ -200,13 +216,15 @@ def contact(
     max_contact_dist: float = 0.15,
     contact_px: float = 20.0,
     huber_delta: float = 0.01,
+    object_facing: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Hands touch the object in contact frames.
 
     hand_points_cam (..., T, 2, H, 3): contact points of the left and right hand (camera frame);
     object_points_cam (..., T, N, 3) object surface samples; contact_mask (..., T, 2) bool; K (..., 3, 3).
-    A (frame, hand) whose closest 3D hand-object distance exceeds ``max_contact_dist`` is skipped (the
-    label is then more likely wrong than the geometry).
+    A (frame, hand) whose closest hand-object distance exceeds ``max_contact_dist`` is skipped (the
+    label is then more likely wrong than the geometry): 3D distance, or with ``depth_only`` the image-plane
+    distance in metres at the object's depth (the depth gap is what depth_only is there to close).
     Only the hand's contact patch should touch (not the back of the hand): per hand, the mean over its
     ``max(1, H // 8)`` best-matching points is taken.
     - default: squared closest 3D distance between hand points and object samples;
@@ -220,11 +238,22 @@ def contact(
     with torch.no_grad():
         dist = torch.cdist(hand_points_cam, objects.expand(*hand_points_cam.shape[:-2], -1, 3))  # (...,T,2,H,N)
         closest, nearest = dist.min(-1)
-        active = contact_mask & (closest.min(-1).values <= max_contact_dist)
+        gate = closest.min(-1).values  # (..., T, 2)
+        if depth_only:
+            # depth_only trusts the image and fixes depth: gate on the image-plane gap (metres at the object's
+            # depth), or a hand that stage 1 put 30 cm too deep would never be pulled onto the object
+            hand_ray = hand_points_cam[..., :2] / hand_points_cam[..., 2:].clamp_min(1e-3)
+            obj_depth = objects[..., 2].clamp_min(1e-3)
+            obj_ray = objects[..., :2] / obj_depth[..., None]
+            lateral = torch.cdist(hand_ray, obj_ray.expand(*hand_ray.shape[:-2], -1, 2)) * obj_depth[..., None, :]
+            gate = lateral.min(-1).values.min(-1).values
+        active = contact_mask & (gate <= max_contact_dist)
         if depth_only:
             hand_px = project(hand_points_cam, K)  # (..., T, 2, H, 2)
             obj_px = project(object_points_cam, K)[..., :, None, :, :]  # (..., T, 1, N, 2)
             near = torch.cdist(hand_px, obj_px.expand(*hand_px.shape[:-2], -1, 2)) <= contact_px
+            if object_facing is not None:  # partners on the surface the camera sees
+                near = near & object_facing[..., :, None, None, :]
             nearest = torch.where(near, dist, big).argmin(-1)
             has_partner = near.any(-1)  # (..., T, 2, H)
     partner = objects.expand(*hand_points_cam.shape[:-2], -1, 3).gather(

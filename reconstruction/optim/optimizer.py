@@ -53,6 +53,9 @@ DEPTH_OBJECT_SAMPLES = 256  # object samples compared with depth points (per fra
 DEPTH_BODY_POINTS = 300  # body points compared with depth points (per frame)
 PENETRATION_SAMPLES = 512  # object samples defining the approximate SDF
 PENETRATION_CANDIDATES = 32  # sparse body points per frame tested for penetration (besides the hands)
+# verts_tracking weight of frames stage 2 has no object mask for: stage 3 still holds a pose there (held or
+# predicted) that is better than none, but the contact and smoothness terms should win over it.
+UNTRACKED_FRAME_WEIGHT = 0.25
 HUMAN_TERMS = {
     "keypoint_tracking", "human_smoothness", "human_pose_reg", "human_foot_contact", "ground", "contact",
     "contact_smoothness", "penetration", "depth_pointcloud",
@@ -84,6 +87,7 @@ class VideoInputs:
     object_poses_cam: torch.Tensor  # (T, 4, 4) stage 3, object -> camera
     contact: torch.Tensor  # (T, 2) bool, left/right hand
     object_tracked: torch.Tensor | None = None  # (T,) bool frames stage 3 trusts (default all)
+    object_pose_first_world: torch.Tensor | None = None  # (4, 4) known frame-0 object pose (render config)
     depth: torch.Tensor | None = None  # (T, H, W) metres, 0 = unknown
     object_masks: torch.Tensor | None = None  # (T, H, W) bool
     human_masks: torch.Tensor | None = None  # (T, H, W) bool
@@ -152,10 +156,11 @@ class _Batch:
         self.kp_target, self.kp_conf = kp[..., :2], kp[..., 2].clamp(0.0, 1.0)
         self.hand_mask = torch.arange(len(ALL_KEYPOINTS), device=device) >= NUM_BODY
         self.contact = stack(lambda v: v.contact.bool(), "contact")  # (B, T, 2)
-        self.tracked = stack(
+        tracked = stack(
             lambda v: v.object_tracked.bool() if v.object_tracked is not None else torch.ones(T, dtype=torch.bool),
             "object_tracked",
         )
+        self.tracked_weight = torch.where(tracked, 1.0, UNTRACKED_FRAME_WEIGHT)  # (B, T) verts_tracking weights
         any_contact = self.contact.any(-1)  # (B, T)
         first = torch.where(
             any_contact.any(-1), any_contact.float().argmax(-1), torch.full_like(any_contact[:, 0], T, dtype=torch.long)
@@ -178,6 +183,11 @@ class _Batch:
         if len({t.shape[0] for t in track}) != 1:
             raise OptimizerInputError("object meshes of one batch need at least 256 vertices or the same count")
         self.obj_samples = torch.stack(samples)  # (B, N, 3)
+        # known frame-0 poses (render config): where the object rests until a hand reaches it
+        rest = [v.object_pose_first_world for v in videos]
+        self.has_rest_pose = torch.tensor([r is not None for r in rest], device=device)
+        rest_pose = torch.stack([torch.eye(4) if r is None else torch.as_tensor(r, dtype=dtype).cpu() for r in rest])
+        self.rest_pose = rest_pose.to(device)  # (B, 4, 4) world
         self.obj_normals = torch.stack(normals)
         self.obj_track_verts = torch.stack(track)  # (B, Nv, 3)
         pose_cam = stack(lambda v: v.object_poses_cam, "object_poses_cam")
@@ -221,9 +231,16 @@ class _Batch:
             [any(m in names[j].lower() for m in ARM_MARKERS) for j in opt_joints], device=device
         )
 
-        # depth observations, per instance, in the world frame
+        # depth observations, per instance, in the world frame. A depth backend that knows only the
+        # background (``static``: the render's frame-0 depth with human and object pixels unknown) gives no
+        # point on the human or the object: depth_pointcloud is then inactive (exactly 0), said in the log
+        # and in ``inactive_terms`` (loss history, stage info). The background alone constrains nothing
+        # here: the pixels where a body or object point could lie behind the wall are the unknown ones.
         self.depth_obj = self.depth_human = None
-        if all(v.depth is not None for v in videos):
+        self.inactive_terms: dict[str, str] = {}
+        if any(v.depth is None for v in videos):
+            self.inactive_terms["depth_pointcloud"] = "no depth cache"
+        else:
             count = 0
             for spec in config.opt_stage_specs.values():
                 if "depth_pointcloud" in spec.loss_cfg:
@@ -235,7 +252,9 @@ class _Batch:
                 if bool(depth_obj[1].any()) or bool(depth_human[1].any()):
                     self.depth_obj, self.depth_human = depth_obj, depth_human
                 else:
-                    logger.info("no depth on the object or the human in any frame: depth_pointcloud is 0")
+                    reason = "no depth on the object or the human in any frame (background-only depth)"
+                    self.inactive_terms["depth_pointcloud"] = reason
+                    logger.warning("%s: depth_pointcloud is inactive (0)", reason)
 
     def _depth_points(self, videos: list[VideoInputs], mask_attr: str, count: int, device: torch.device):
         points, valid = [], []
@@ -384,7 +403,12 @@ class HOIOptimizer:
                     obj_R=obj["R"][b].detach().cpu(),
                     obj_t=obj["t"][b].detach().cpu(),
                     obj_pose_cam=(batch.world_to_cam[b] @ pose_world).detach().cpu(),
-                    history={"stages": history[b], "seconds": round(seconds, 3), "batch_size": len(videos)},
+                    history={
+                        "stages": history[b],
+                        "seconds": round(seconds, 3),
+                        "batch_size": len(videos),
+                        "inactive_terms": self._inactive(batch),
+                    },  # fmt: skip
                     eval_data={n: float(eval_cfg[n].weight * v[b]) for n, v in eval_values.items()},
                     seconds=seconds / len(videos),
                     init_losses={t: float(v[b]) for t, v in (init_losses or {}).items()},
@@ -393,6 +417,11 @@ class HOIOptimizer:
             )
         logger.info("optimised %d video(s), %d frames, in %.1f s", len(videos), batch.num_frames, seconds)
         return results
+
+    def _inactive(self, batch: _Batch) -> dict[str, str]:
+        """Configured terms that measure nothing on this batch, with the reason."""
+        used = {t for spec in self.config.opt_stage_specs.values() for t in spec.loss_cfg}
+        return {t: why for t, why in batch.inactive_terms.items() if t in used}
 
     @torch.no_grad()
     def evaluate(self, video: VideoInputs, eval_cfg: dict[str, LossTermConfig]) -> dict[str, float]:
@@ -593,7 +622,7 @@ def _t_reg(var_name: str) -> Callable[[_TermContext, LossTermConfig], torch.Tens
 def _t_verts_tracking(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
     verts = geometry.transform(ctx.batch.obj_track_verts[:, None], ctx.obj["R"], ctx.obj["t"])
     pred = losses.project(ctx.to_cam(verts), ctx.batch.K)
-    return losses.verts_tracking(pred, ctx.batch.obj_track_target, ctx.batch.tracked)
+    return losses.verts_tracking(pred, ctx.batch.obj_track_target, ctx.batch.tracked_weight)
 
 
 def _t_obj_smoothness(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
@@ -601,7 +630,10 @@ def _t_obj_smoothness(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
 
 
 def _t_obj_precontact_reg(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
-    return losses.obj_precontact_reg(ctx.object_points(subset=128), ctx.batch.precontact)
+    batch = ctx.batch
+    samples = batch.obj_samples[:, :128]
+    rest = geometry.apply_homogeneous(samples, batch.rest_pose)  # (B, 128, 3)
+    return losses.obj_precontact_reg(ctx.object_points(subset=128), batch.precontact, rest, batch.has_rest_pose)
 
 
 def _t_depth_pointcloud(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
@@ -640,15 +672,21 @@ def _hand_points_near_object(ctx: _TermContext, count: int) -> torch.Tensor:
 
 
 def _t_contact(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
+    object_cam = ctx.to_cam(ctx.object_points(subset=CONTACT_SAMPLES))
+    normals_cam = ctx.batch.obj_normals[:, None, :CONTACT_SAMPLES] @ (
+        ctx.batch.world_to_cam[..., :3, :3] @ ctx.obj["R"]
+    ).transpose(-1, -2)
+    facing = ((normals_cam * object_cam).sum(-1) < 0).detach()  # (B, T, N) normal towards the camera
     return losses.contact(
         ctx.to_cam(_hand_points_near_object(ctx, CONTACT_POINTS_PER_HAND)),
-        ctx.to_cam(ctx.object_points(subset=CONTACT_SAMPLES)),
+        object_cam,
         _contact_mask(ctx, cfg),
         ctx.batch.K,
         depth_only=cfg.depth_only,
         max_contact_dist=cfg.max_contact_dist,
         contact_px=cfg.contact_px,
         huber_delta=cfg.huber_delta,
+        object_facing=facing,
     )
 
 

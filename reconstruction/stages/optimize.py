@@ -2,8 +2,9 @@
 
 Reads the stage 1-3 caches (formats in HELPERS.md), labels contacts geometrically, runs the multi-stage
 optimiser, smooths with a Savitzky-Golay filter (window 11, order 2) and writes, per video:
-``layout.raw_hoi_data`` (contract section 5), ``layout.loss_history``, ``layout.contact_labels`` and,
-for synthetic scenes with ground truth, ``layout.metrics``. ``run_many`` optimises several videos of the
+``layout.raw_hoi_data`` (contract section 5), ``layout.loss_history`` and ``layout.contact_labels``; for
+synthetic scenes with ground truth it also evaluates into ``layout.metrics`` (not a stage output: the
+evaluation owns and may rewrite that file). ``run_many`` optimises several videos of the
 same length in one batch (``--batch_videos``).
 """
 
@@ -125,6 +126,7 @@ def load_video(layout: Layout, vid: VideoId, config: ReconConfig) -> LoadedVideo
         object_poses_cam=torch.as_tensor(object_poses, dtype=torch.float32),
         contact=torch.zeros(num_frames, 2, dtype=torch.bool),
         object_tracked=torch.as_tensor(obj_masks.reshape(num_frames, -1).any(1)),
+        object_pose_first_world=torch.as_tensor(first_object_pose_world(render_config), dtype=torch.float32),
         depth=depth,
         object_masks=torch.as_tensor(obj_masks),
         human_masks=torch.as_tensor(human_masks),
@@ -138,6 +140,15 @@ def load_video(layout: Layout, vid: VideoId, config: ReconConfig) -> LoadedVideo
         body_model=str(hmr.get("body_model", config.human_model.body_model)),
         fps=float(hmr["fps"]) if "fps" in hmr else None,
     )
+
+
+def first_object_pose_world(render_config: RenderConfig) -> np.ndarray:
+    """The object's frame-0 pose in the render world (4, 4), as the render config gives it (the mesh is
+    loaded already scaled by ``obj_scale``)."""
+    pose = np.eye(4)
+    pose[:3, :3] = np.asarray(render_config.obj_R, dtype=np.float64).reshape(3, 3)
+    pose[:3, 3] = np.asarray(render_config.obj_t, dtype=np.float64).reshape(3)
+    return pose
 
 
 # ---- contact labels ---------------------------------------------------------------------------------
@@ -162,7 +173,15 @@ def initial_contact_labels(body: Any, video: VideoInputs, config: ReconConfig, i
     ground = float(torch.quantile(feet[..., 2].amin((1, 2)), 0.1))
     params = ContactParams.from_config(config.section("optimization").get("contact_labelling"))
     static = is_static_obj or config.pipeline.is_static_obj
-    return label_contacts(hands, object_points, feet, ground_z=ground, params=params, is_static_obj=static)
+    return label_contacts(
+        hands,
+        object_points,
+        feet,
+        ground_z=ground,
+        params=params,
+        is_static_obj=static,
+        world_to_cam=video.world_to_cam,
+    )
 
 
 # ---- smoothing and export ----------------------------------------------------------------------------
@@ -177,14 +196,19 @@ def savgol(values: np.ndarray, window: int, order: int) -> np.ndarray:
     return savgol_filter(values, window, order, axis=0, mode="interp")
 
 
-def smooth_result(result: OptimizationResult, window: int, order: int) -> OptimizationResult:
-    """Smooth poses, translation, object rotation (re-orthonormalised) and translation."""
+def smooth_result(
+    result: OptimizationResult, window: int, order: int, object_window: int | None = None
+) -> OptimizationResult:
+    """Smooth poses, translation, object rotation (re-orthonormalised) and translation. ``object_window``
+    (default ``window``) for the object: a carried object accelerates faster than the body, and window 11
+    at 30 fps lags it by centimetres."""
     T = result.body_pose.shape[0]
+    object_window = window if object_window is None else object_window
     pose = savgol(result.body_pose.reshape(T, -1).numpy(), window, order).reshape(result.body_pose.shape)
     trans = savgol(result.body_trans.numpy(), window, order)
-    rot = savgol(result.obj_R.reshape(T, 9).numpy(), window, order).reshape(T, 3, 3)
+    rot = savgol(result.obj_R.reshape(T, 9).numpy(), object_window, order).reshape(T, 3, 3)
     rot = roma.special_procrustes(torch.as_tensor(rot, dtype=torch.float32))
-    obj_t = torch.as_tensor(savgol(result.obj_t.numpy(), window, order), dtype=torch.float32)
+    obj_t = torch.as_tensor(savgol(result.obj_t.numpy(), object_window, order), dtype=torch.float32)
     return replace(
         result,
         body_pose=torch.as_tensor(pose, dtype=torch.float32),
@@ -199,6 +223,29 @@ def object_pose_world(result: OptimizationResult) -> torch.Tensor:
     pose[:, :3, :3] = result.obj_R
     pose[:, :3, 3] = result.obj_t
     return pose
+
+
+# MANO's hand joint order (index, middle, pinky, ring, thumb; each proximal to distal) in anny bone names:
+# finger1 is the thumb, finger2..5 index..pinky (MakeHuman skeleton). anny's four metacarpals have no MANO
+# counterpart and stay in ``poses`` only.
+MANO_ORDER_ANNY_FINGERS = ("finger2", "finger3", "finger5", "finger4", "finger1")
+
+
+def contract_hand_joints(body: Any, side: str) -> list[int]:
+    """The 15 joints (MANO order) whose axis-angles make the contract's (T, 45) ``<side>_hand_pose``.
+
+    SMPL-X style models list exactly those 15 joints; anny's 19 hand joints are mapped by name (the values
+    are anny's local rotations in anny's bone frames, not MANO's; ``poses`` keeps the full model pose)."""
+    joints = list(body.left_hand_joints if side == "left" else body.right_hand_joints)
+    if len(joints) == 15:
+        return joints
+    suffix = ".L" if side == "left" else ".R"
+    names = list(body.joint_names)
+    wanted = [f"{finger}-{k}{suffix}" for finger in MANO_ORDER_ANNY_FINGERS for k in (1, 2, 3)]
+    missing = [n for n in wanted if n not in names]
+    if missing:
+        raise StageInputError(f"body model {body.name}: no MANO-style hand joints ({', '.join(missing[:3])} missing)")
+    return [names.index(n) for n in wanted]
 
 
 def build_hoi_data(
@@ -221,8 +268,10 @@ def build_hoi_data(
     human_data: dict[str, Any] = {
         "poses": pose.reshape(T, -1),
         "trans": result.body_trans.numpy().astype(np.float32),
-        "left_hand_pose": pose[:, body.left_hand_joints].reshape(T, -1),
-        "right_hand_pose": pose[:, body.right_hand_joints].reshape(T, -1),
+        # contract: (T, 45) MANO-style (15 joints x axis-angle); see contract_hand_joints for the mapping
+        "left_hand_pose": pose[:, contract_hand_joints(body, "left")].reshape(T, -1),
+        "right_hand_pose": pose[:, contract_hand_joints(body, "right")].reshape(T, -1),
+        "hand_pose_joint_names": [body.joint_names[j] for j in contract_hand_joints(body, "right")],
         "betas": result.body_shape.numpy().astype(np.float32),
         "shape": result.body_shape.numpy().astype(np.float32),
         "body_model": loaded.body_model,
@@ -320,7 +369,7 @@ def _finish(entry, result: OptimizationResult, body, config: ReconConfig, optimi
     ctx, item, labels = entry
     ctx.check_cancelled()
     pp = config.post_processing
-    smoothed = smooth_result(result, pp.savgol_window, pp.savgol_order)
+    smoothed = smooth_result(result, pp.savgol_window, pp.savgol_order, pp.savgol_window_object)
     # eval_data: the configured metrics evaluated on the exported (smoothed) trajectories
     final_inputs = replace(
         item.video,
@@ -340,8 +389,10 @@ def _finish(entry, result: OptimizationResult, body, config: ReconConfig, optimi
     if layout.ground_truth(vid).exists():  # synthetic scene: accuracy of every stage against the truth
         from reconstruction.eval.evaluate import evaluate_and_save
 
+        # metrics.json belongs to the evaluation (``python -m reconstruction.eval`` and the worker rewrite
+        # it), not to the reconstruction: it is not a stage output, so re-evaluating never makes stage 4
+        # (or stage 5, which hashes stage 4's outputs) look stale. The figures also go into the manifest.
         report = evaluate_and_save(layout, vid, device=str(ctx.device))
-        files.append(layout.metrics(vid))
         for stage_name, figures in report.get("stages", {}).items():
             metrics.update({f"gt/{stage_name}/{k}": float(v) for k, v in figures.items()})
     ctx.progress(1.0, "optimisation done")
@@ -354,6 +405,7 @@ def _finish(entry, result: OptimizationResult, body, config: ReconConfig, optimi
             "contact_hand": labels.contact_hand,
             "contact_frame": labels.contact_frame,
             "optimizer_seconds": result.seconds,
+            "inactive_terms": result.history.get("inactive_terms", {}),
             "final_losses": result.final_losses,
         },
     )
