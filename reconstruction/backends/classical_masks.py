@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from reconstruction.backends import pose_anchors
+
 logger = logging.getLogger(__name__)
 
 
@@ -41,6 +43,9 @@ class ClassicalMaskConfig:
     use_selfie: bool = True
     kernel_px: int = 3  # morphological clean-up kernel
     min_blob_frac: float = 2e-4  # drop blobs smaller than this fraction of the image
+    size_gate: float = 1.25  # object pixels lie within this times its frame-0 radius of its centre (0: off)
+    snap_still: bool = True  # frames where the object has not moved yet reuse the frame-0 mask
+    still_colour_threshold: float = 8.0  # Lab distance: a frame-0 object pixel covered by something else
 
     @classmethod
     def from_section(cls, section: dict[str, Any]) -> ClassicalMaskConfig:
@@ -168,6 +173,24 @@ def warp_with_flow(mask: np.ndarray, flow_to_prev: np.ndarray, grid: tuple[np.nd
     return warped > 0.5
 
 
+def gate_to_size(mask: np.ndarray, seed: np.ndarray, radius: float, steps: int = 3) -> np.ndarray:
+    """Keep the part of ``mask`` within ``radius`` of a centre that starts at ``seed``'s centroid and moves
+    to the centroid of the kept pixels (mean shift): a rigid object's mask cannot outgrow its size, so a
+    same-coloured region beside it (dark clothes next to a black handle) is cut off."""
+    ys, xs = np.nonzero(seed)
+    cy, cx = ys.mean(), xs.mean()
+    ys, xs = np.nonzero(mask)
+    keep = np.zeros(len(ys), dtype=bool)
+    for _ in range(steps):
+        keep = (ys - cy) ** 2 + (xs - cx) ** 2 <= radius**2
+        if not keep.any():
+            break
+        cy, cx = ys[keep].mean(), xs[keep].mean()
+    out = np.zeros_like(mask)
+    out[ys[keep], xs[keep]] = True
+    return out
+
+
 # ---- the tracker ----------------------------------------------------------------------------------
 @dataclass
 class MaskTrack:
@@ -225,6 +248,11 @@ def track_masks(
     object_masks[0], human_masks[0] = first_object, first_human
     # The object prior: its visible mask plus the part a hand hides, carried along by the flow.
     object_prior = first_object.copy()
+    # While the object has not moved since frame 0 its mask is the frame-0 one minus what now covers it.
+    still = config.snap_still
+    ys0, xs0 = np.nonzero(first_object)
+    object_radius = float(np.hypot(ys0 - ys0.mean(), xs0 - xs0.mean()).max()) + 1.0 if len(ys0) else 0.0
+    anchor_config = pose_anchors.AnchorConfig(colour_threshold=config.still_colour_threshold)
     for t in range(1, num_frames):
         flow = flow_engine.calc(gray[t], gray[t - 1], None)
         carried_object = warp_with_flow(object_masks[t - 1], flow, grid)
@@ -251,11 +279,23 @@ def track_masks(
             obj, cv2.dilate(carried_object.astype(np.uint8), search).astype(bool) | object_prior
         )
 
+        if config.size_gate > 0 and obj.any():
+            obj = gate_to_size(obj, carried_object if carried_object.any() else obj, object_radius * config.size_gate)
+
         human = foreground & ~obj
         if person_prob is not None:
             # The segmenter's mask is coarse (256x144 model): trust it alone only where it is sure.
             human |= ~background_known & (person_prob[t] > config.selfie_union_threshold) & ~obj
         human = clean_mask(human, config.kernel_px, min_blob) & ~obj
+        if still:
+            verdict = pose_anchors.unchanged_frames(lab[[0, t]], 0, first_object, np.stack([first_human, human]),
+                                                    anchor_config)[1]  # fmt: skip
+            still = verdict != 0
+            if still:
+                changed = np.linalg.norm(lab[t] - lab[0], axis=-1) > config.still_colour_threshold
+                covered = first_object & changed
+                obj = first_object & ~covered
+                human = (human | covered) & ~obj
 
         object_masks[t], human_masks[t] = obj, human
         # Learn new shades only from pixels the background difference confirms (known background):
