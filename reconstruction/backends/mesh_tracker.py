@@ -710,7 +710,7 @@ def fit_rest_pose(
     silhouettes = render_crop(poses.float(), *mesh, K, size).full_silhouette(size).reshape(len(candidates), -1)
     reference = silhouettes[candidates.index(best)]
     overlap = (silhouettes & reference).sum(1) / (silhouettes | reference).sum(1).clamp(min=1)
-    same = [c for c, iou in zip(candidates, overlap.tolist(), strict=True) if iou >= 0.9]
+    same = [c for c, iou in zip(candidates, overlap.tolist(), strict=True) if iou >= 0.97]
     cost, _, rot, cen = min(same, key=lambda c: c[1])
     rot, cen, _ = solve_rest_pose(
         rot, cen, centroid, mesh, evidence, frame_ids, K, size, config, generator, normal, config.rest_iterations

@@ -4,9 +4,10 @@ A hand-held object is still for part of most clips: before the hand picks it up 
 frame-0 pose, and after it is put down it rests on the surface it came from. Tracking through those
 frames only adds drift. This module finds them from the pixels alone:
 
-- ``unchanged_frames``: per frame, whether the object's pixels (a reference mask grown by a thin ring,
-  minus the human mask of that frame) still look like the reference frame. An object that moved by a
-  pixel changes its outline pixels and the ring; one hidden by the hand is judged on what stays visible.
+- ``unchanged_frames``: per frame, whether the object's outline band (a few pixels either side of a
+  reference mask's outline, minus the human mask of that frame) still looks like the reference frame.
+  An object that moved by a pixel or two changes that band; one hidden by the hand is judged on what
+  stays visible, and with too little visible there is no verdict.
 - ``static_prefix`` / ``rest_suffix``: the leading frames unchanged against frame 0 and the trailing
   frames unchanged against the last frame.
 - ``fit_support_plane``: the plane under the object at frame 0 (RANSAC on the first-frame depth around
@@ -25,9 +26,9 @@ import numpy as np
 @dataclass(frozen=True)
 class AnchorConfig:
     colour_threshold: float = 8.0  # Lab distance above which a pixel counts as changed
-    changed_max: float = 0.4  # a frame whose object pixels changed more than this has moved
+    changed_max: float = 0.25  # a frame whose object pixels changed more than this has moved
     visible_min: float = 0.25  # fewer visible reference pixels than this fraction: no verdict
-    ring_px: int = 2  # ring around the reference mask (an outward move changes it)
+    ring_px: int = 2  # half width of the outline band that is compared
     human_margin_px: int = 2  # human-mask edges bleed colour (video compression): skip them
     plane_band_frac: float = 1.0  # plane points come from this many object sizes around the object
     plane_inlier_m: float = 0.01
@@ -52,7 +53,10 @@ def unchanged_frames(
     lab: np.ndarray, reference: int, reference_mask: np.ndarray, human_masks: np.ndarray, config: AnchorConfig
 ) -> np.ndarray:
     """(T,) int8 verdicts against frame ``reference``: 1 unchanged, 0 moved, -1 too little visible."""
-    region = cv2.dilate(reference_mask.astype(np.uint8), _disk(config.ring_px)).astype(bool)
+    # The outline band, both sides: a move of a pixel or two changes it wherever the object goes, even
+    # for a uniformly coloured object whose interior looks the same after the move.
+    mask = reference_mask.astype(np.uint8)
+    region = cv2.dilate(mask, _disk(config.ring_px)).astype(bool) & ~cv2.erode(mask, _disk(config.ring_px)).astype(bool)
     if not region.any():
         return np.full(len(lab), -1, dtype=np.int8)
     ys, xs = np.nonzero(region)
@@ -72,11 +76,10 @@ def unchanged_frames(
 
 
 def _run_length(verdicts: np.ndarray) -> int:
-    """Frames from the start up to the last unchanged one before the first moved one (>= 1)."""
-    moved = np.flatnonzero(verdicts == 0)
-    stop = int(moved[0]) if len(moved) else len(verdicts)
-    unchanged = np.flatnonzero(verdicts[:stop] == 1)
-    return max(int(unchanged[-1]) + 1 if len(unchanged) else 1, 1)
+    """Leading frames judged unchanged (>= 1): a frame with no verdict ends the run too, since a hand
+    covering the object is also the hand that is about to move it."""
+    ends = np.flatnonzero(verdicts != 1)
+    return max(int(ends[0]) if len(ends) else len(verdicts), 1)
 
 
 def static_prefix(
