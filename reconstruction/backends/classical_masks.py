@@ -10,6 +10,10 @@ How a frame is split:
    alive while a hand covers it, so the object reappears when the hand moves on.
 4. Human = the non-object foreground united with the selfie segmentation where the background is
    unknown; morphological clean-up, small blobs dropped.
+5. Object shape: the object mask is kept inside the frame-0 mask's ellipse (grown by ``size_gate``,
+   mean-shift centred), its outline pixels re-decided by the nearest local colour (object interior,
+   human interior, known background), and until the object first moves (``pose_anchors`` still test
+   on its outline band) it is the frame-0 mask minus the pixels that changed.
 
 Everything per pixel is vectorised (numpy/OpenCV); only the flow tracking walks frame by frame.
 """
