@@ -700,13 +700,15 @@ def fit_rest_pose(
         raise ValueError("the camera ray runs along the support plane")
     centre = ray * (height - offset) / denominator
     candidates = []
+    # The turns are told apart on the last two frames (the hand is gone by then); all refine the winner.
+    candidate_ids = frame_ids[-2:]
     for k in range(config.rest_yaw_candidates):
         angle = 2 * np.pi * k / config.rest_yaw_candidates
         angle = angle - 2 * np.pi if angle > np.pi else angle
         start = roma.rotvec_to_rotmat(normal * angle) @ rotation0
         rot, cen, cost = solve_rest_pose(
-            start, centre, centroid, mesh, evidence, frame_ids, K, size, config, generator, normal,
-            max(config.rest_iterations // 3, 1),
+            start, centre, centroid, mesh, evidence, candidate_ids, K, size, config, generator, normal,
+            max(config.rest_iterations // 4, 1),
         )  # fmt: skip
         candidates.append((cost, abs(angle), rot, cen))
     best = min(candidates, key=lambda c: c[0])
