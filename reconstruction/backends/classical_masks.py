@@ -10,6 +10,10 @@ How a frame is split:
    alive while a hand covers it, so the object reappears when the hand moves on.
 4. Human = the non-object foreground united with the selfie segmentation where the background is
    unknown; morphological clean-up, small blobs dropped.
+5. Object shape: the object mask is kept inside the frame-0 mask's ellipse (grown by ``size_gate``,
+   mean-shift centred), its outline pixels re-decided by the nearest local colour (object interior,
+   human interior, known background), and until the object first moves (``pose_anchors`` still test
+   on its outline band) it is the frame-0 mask minus the pixels that changed.
 
 Everything per pixel is vectorised (numpy/OpenCV); only the flow tracking walks frame by frame.
 """
@@ -23,6 +27,8 @@ from typing import Any
 import cv2
 import numpy as np
 from scipy import ndimage
+
+from reconstruction.backends import pose_anchors
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +47,10 @@ class ClassicalMaskConfig:
     use_selfie: bool = True
     kernel_px: int = 3  # morphological clean-up kernel
     min_blob_frac: float = 2e-4  # drop blobs smaller than this fraction of the image
+    size_gate: float = 1.3  # object pixels lie within its frame-0 ellipse grown this much (0: off)
+    refine_boundary: bool = True  # outline pixels go to the nearest local colour (object/human/background)
+    snap_still: bool = True  # frames where the object has not moved yet reuse the frame-0 mask
+    still_colour_threshold: float = 8.0  # Lab distance: a frame-0 object pixel covered by something else
 
     @classmethod
     def from_section(cls, section: dict[str, Any]) -> ClassicalMaskConfig:
@@ -168,6 +178,77 @@ def warp_with_flow(mask: np.ndarray, flow_to_prev: np.ndarray, grid: tuple[np.nd
     return warped > 0.5
 
 
+@dataclass(frozen=True)
+class ShapeGate:
+    """The frame-0 object mask's extent as an ellipse: inverse covariance of its pixel coordinates (y, x)
+    and the largest squared Mahalanobis radius of its pixels."""
+
+    inverse_covariance: np.ndarray
+    radius2: float
+
+    @classmethod
+    def from_mask(cls, mask: np.ndarray) -> ShapeGate | None:
+        ys, xs = np.nonzero(mask)
+        if len(ys) < 3:
+            return None
+        points = np.stack([ys, xs], axis=1).astype(np.float64)
+        centred = points - points.mean(0)
+        # +1 px^2: a one-pixel-wide mask still has a usable ellipse.
+        inverse = np.linalg.inv(np.cov(centred.T) + np.eye(2))
+        return cls(inverse, float(np.einsum("ni,ij,nj->n", centred, inverse, centred).max()))
+
+
+def gate_to_size(mask: np.ndarray, seed: np.ndarray, gate: ShapeGate, scale: float, steps: int = 3) -> np.ndarray:
+    """Keep the part of ``mask`` inside the frame-0 ellipse grown by ``scale``, centred first on ``seed``'s
+    centroid, then on the centroid of the kept pixels (mean shift): a rigid object's mask cannot outgrow
+    its shape, so a same-coloured region beside it (a sleeve next to a bottle) is cut off."""
+    ys, xs = np.nonzero(seed)
+    centre = np.array([ys.mean(), xs.mean()])
+    points = np.stack(np.nonzero(mask), axis=1).astype(np.float64)
+    keep = np.zeros(len(points), dtype=bool)
+    for _ in range(steps):
+        offset = points - centre
+        keep = np.einsum("ni,ij,nj->n", offset, gate.inverse_covariance, offset) <= gate.radius2 * scale**2
+        if not keep.any():
+            break
+        centre = points[keep].mean(0)
+    out = np.zeros_like(mask)
+    kept = points[keep].astype(np.int64)
+    out[kept[:, 0], kept[:, 1]] = True
+    return out
+
+
+def _local_mean(lab: np.ndarray, mask: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised convolution: the mean Lab colour of ``mask`` pixels near each pixel, and its support."""
+    weight = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigma)
+    total = cv2.GaussianBlur(lab * mask[..., None].astype(np.float32), (0, 0), sigma)
+    return total / np.maximum(weight, 1e-6)[..., None], weight
+
+
+def refine_boundary(
+    lab: np.ndarray, obj: np.ndarray, human: np.ndarray, background_lab: np.ndarray, background_known: np.ndarray,
+    band_px: int = 2, sigma: float = 3.0,
+) -> np.ndarray:  # fmt: skip
+    """Re-decide the object's outline pixels by nearest local colour: object interior nearby, human
+    interior nearby, or the known background at that pixel. Compressed video blends colours over a
+    pixel or two at every edge, which a global threshold turns into a halo (or a bite) on a small object."""
+    inner = cv2.erode(obj.astype(np.uint8), _disk(band_px)).astype(bool)
+    band = cv2.dilate(obj.astype(np.uint8), _disk(band_px)).astype(bool) & ~inner
+    if not inner.any() or not band.any():
+        return obj
+    object_mean, object_support = _local_mean(lab, inner, sigma)
+    human_core = cv2.erode(human.astype(np.uint8), _disk(1)).astype(bool)
+    human_mean, human_support = _local_mean(lab, human_core, sigma)
+    far = np.float32(1e6)
+    d_object = np.where(object_support > 1e-3, np.linalg.norm(lab - object_mean, axis=-1), far)
+    d_human = np.where(human_support > 1e-3, np.linalg.norm(lab - human_mean, axis=-1), far)
+    d_background = np.where(background_known, np.linalg.norm(lab - background_lab, axis=-1), far)
+    decided = band & (np.minimum(d_human, d_background) < far)  # only where a rival colour is known
+    out = obj.copy()
+    out[decided] = (d_object < np.minimum(d_human, d_background))[decided]
+    return out | inner
+
+
 # ---- the tracker ----------------------------------------------------------------------------------
 @dataclass
 class MaskTrack:
@@ -225,6 +306,10 @@ def track_masks(
     object_masks[0], human_masks[0] = first_object, first_human
     # The object prior: its visible mask plus the part a hand hides, carried along by the flow.
     object_prior = first_object.copy()
+    # While the object has not moved since frame 0 its mask is the frame-0 one minus what now covers it.
+    still = config.snap_still
+    shape_gate = ShapeGate.from_mask(first_object)
+    anchor_config = pose_anchors.AnchorConfig(colour_threshold=config.still_colour_threshold)
     for t in range(1, num_frames):
         flow = flow_engine.calc(gray[t], gray[t - 1], None)
         carried_object = warp_with_flow(object_masks[t - 1], flow, grid)
@@ -251,11 +336,26 @@ def track_masks(
             obj, cv2.dilate(carried_object.astype(np.uint8), search).astype(bool) | object_prior
         )
 
+        if shape_gate is not None and config.size_gate > 0 and obj.any():
+            obj = gate_to_size(obj, carried_object if carried_object.any() else obj, shape_gate, config.size_gate)
+
+        if config.refine_boundary and obj.any():
+            obj = refine_boundary(lab[t], obj, human_masks[t - 1] & ~obj, background_lab, background_known)
         human = foreground & ~obj
         if person_prob is not None:
             # The segmenter's mask is coarse (256x144 model): trust it alone only where it is sure.
             human |= ~background_known & (person_prob[t] > config.selfie_union_threshold) & ~obj
         human = clean_mask(human, config.kernel_px, min_blob) & ~obj
+        if still:
+            verdict = pose_anchors.unchanged_frames(lab[[0, t]], 0, first_object, np.stack([first_human, human]),
+                                                    anchor_config)[1]  # fmt: skip
+            still = verdict == 1
+            if still:
+                changed = np.linalg.norm(lab[t] - lab[0], axis=-1) > config.still_colour_threshold
+                # What now covers the object is left to the human decision above: claiming it for the
+                # human here would hide a real move from the next frame's (and stage 3's) still test.
+                obj = first_object & ~changed
+                human = human & ~obj
 
         object_masks[t], human_masks[t] = obj, human
         # Learn new shades only from pixels the background difference confirms (known background):

@@ -17,6 +17,12 @@ with the pose being optimised:
 - depth: visible points against the per-frame depth where it is known inside the object mask;
 - smoothness: second differences of centroid (in pixels) and rotation over the window and the two
   frames solved before it.
+
+With ``Anchors`` (stage 3 finds them from the pixels, ``pose_anchors``): frames before the object first
+moves keep the frame-0 pose; the final still frames share one pose fitted on the support plane (3 DoF:
+slide and turn, several turns tried, all those frames' evidence summed); the held frames between are
+tracked with soft priors on the centroid depth and the rotation, interpolated between those two poses.
+At 3 m a pixel of silhouette error is centimetres of depth, so the anchors carry most of the accuracy.
 """
 
 from __future__ import annotations
@@ -57,6 +63,12 @@ class TrackerConfig:
     max_step_m: float = 0.01
     robust_px: float = 1.5  # Charbonnier knee for pixel residuals
     human_margin_px: int = 3  # outline evidence this close to the human mask is not trusted
+    depth_prior_m: float = 0.05  # scale of the soft depth prior while held (between rest anchors)
+    rotation_prior_rad: float = 0.35  # scale of the soft rotation prior while held
+    rest_iterations: int = 30  # Levenberg-Marquardt iterations of the on-plane resting pose
+    rest_yaw_candidates: int = 8  # turns about the plane normal tried as starts of the resting pose
+    rest_frames: int = 6  # at most this many frames of the final rest segment are fitted together
+    use_anchors: bool = True  # static start / final rest segments from image evidence (pose_anchors)
     seed: int = 0
 
     @classmethod
@@ -474,7 +486,7 @@ def _poses(rotations: torch.Tensor, centres: torch.Tensor, centroid: torch.Tenso
 def coarse_align(
     rotations: torch.Tensor, centres: torch.Tensor, centroid: torch.Tensor, mesh: tuple[torch.Tensor, torch.Tensor],
     object_masks: torch.Tensor, human_masks: torch.Tensor, K: np.ndarray, size: tuple[int, int],
-    min_pixels: int = 20,
+    min_pixels: int = 20, scale_depth: bool = True,
 ) -> torch.Tensor:  # fmt: skip
     """Move each frame's centre so the unoccluded predicted silhouette matches the mask's centroid and area.
 
@@ -499,7 +511,9 @@ def coarse_align(
     area_o, cx_o, cy_o = moments(observed)
     usable = (area_p >= min_pixels) & (area_o >= min_pixels)
     K_t = torch.as_tensor(K, dtype=centres.dtype, device=centres.device)
-    depth_ratio = torch.where(usable, (area_p / area_o.clamp(min=1)).sqrt().clamp(0.95, 1.05), torch.ones_like(area_p))
+    depth_ratio = torch.where(
+        usable & scale_depth, (area_p / area_o.clamp(min=1)).sqrt().clamp(0.95, 1.05), torch.ones_like(area_p)
+    )
     new_z = centres[:, 2] * depth_ratio
     centre_px = project(centres[:, None], K_t)[:, 0]
     target_u = centre_px[:, 0] + torch.where(usable, cx_o - cx_p, torch.zeros_like(cx_o))
@@ -513,8 +527,13 @@ def solve_window(
     rotations: torch.Tensor, centres: torch.Tensor, history: tuple[torch.Tensor, torch.Tensor], centroid: torch.Tensor,
     mesh: tuple[torch.Tensor, torch.Tensor], evidence: FrameEvidence, frames: slice, K: np.ndarray,
     size: tuple[int, int], config: TrackerConfig, generator: torch.Generator,
+    prior: HeldPrior | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Levenberg-Marquardt over the window's 6W pose residuals (left-multiplied, about the centroid)."""
+    """Levenberg-Marquardt over the window's 6W pose residuals (left-multiplied, about the centroid).
+
+    ``prior``: soft expected centroid depth and rotation of the window's frames (scales
+    ``config.depth_prior_m`` and ``config.rotation_prior_rad``): silhouette scale says little about
+    depth at a few metres, and a symmetric object's turn about its axis not at all."""
     K_t = torch.as_tensor(K, dtype=rotations.dtype, device=rotations.device)
     num = rotations.shape[0]
     for _ in range(config.coarse_steps):
@@ -527,12 +546,23 @@ def solve_window(
             evidence.human_masks[frames],
             K,
             size,
+            scale_depth=prior is None,
         )
     damping = torch.full((num,), 0.1, dtype=rotations.dtype, device=rotations.device)
     points = None
 
     def total(rot: torch.Tensor, cen: torch.Tensor, with_jacobian: bool) -> tuple[NormalEquations, tuple]:
         eq = data_terms(rot, cen, centroid, points, evidence, frames, K_t, size, config, with_jacobian)
+        if prior is not None:
+            residual = (cen[:, 2] - prior.depth) / config.depth_prior_m
+            eq.cost += residual**2
+            eq.gradient[:, 5] += residual / config.depth_prior_m
+            eq.hessian[:, 5, 5] += 1.0 / config.depth_prior_m**2
+            # Left-multiplied residual w: rotvec(exp(w) R R_p^T) ~ rotvec(R R_p^T) + w to first order.
+            turn = roma.rotmat_to_rotvec(rot @ prior.rotation.transpose(1, 2)) / config.rotation_prior_rad
+            eq.cost += (turn**2).sum(1)
+            eq.gradient[:, :3] += turn / config.rotation_prior_rad
+            eq.hessian[:, :3, :3] += torch.eye(3, dtype=rot.dtype, device=rot.device) / config.rotation_prior_rad**2
         smooth = smoothness_terms(rot, cen, history[0], history[1], K_t, config)
         return eq, smooth
 
@@ -563,6 +593,205 @@ def solve_window(
     return rotations, centres
 
 
+# ---- the resting pose on the support plane ------------------------------------------------------------
+@dataclass
+class Anchors:
+    """Image evidence of when the object is still (see ``pose_anchors``)."""
+
+    static_prefix: int  # frames 0..static_prefix-1 show the object at the frame-0 pose
+    rest_suffix: int  # the last rest_suffix frames show it still, where it was put down
+    plane_normal: np.ndarray | None = None  # support plane at frame 0 (camera frame), None: unknown
+    plane_offset: float = 0.0
+
+
+@dataclass
+class HeldPrior:
+    """Soft expectations while the object is held: centroid depth (T,) and rotation (T,3,3)."""
+
+    depth: torch.Tensor
+    rotation: torch.Tensor
+
+
+def _plane_basis(normal: torch.Tensor) -> torch.Tensor:
+    """(6,3) step basis: turn about the normal (through the centroid), slide along the plane."""
+    helper = torch.zeros_like(normal)
+    helper[int(torch.argmin(normal.abs()))] = 1.0
+    e1 = torch.linalg.cross(normal, helper)
+    e1 = e1 / e1.norm()
+    e2 = torch.linalg.cross(normal, e1)
+    basis = torch.zeros(6, 3, dtype=normal.dtype, device=normal.device)
+    basis[:3, 0], basis[3:, 1], basis[3:, 2] = normal, e1, e2
+    return basis
+
+
+def solve_rest_pose(
+    rotation: torch.Tensor, centre: torch.Tensor, centroid: torch.Tensor, mesh: tuple[torch.Tensor, torch.Tensor],
+    evidence: FrameEvidence, frame_ids: torch.Tensor, K: np.ndarray, size: tuple[int, int], config: TrackerConfig,
+    generator: torch.Generator, normal: torch.Tensor, iterations: int,
+) -> tuple[torch.Tensor, torch.Tensor, float]:  # fmt: skip
+    """One pose shared by the frames ``frame_ids``, moved only on the support plane (3 DoF): the
+    image terms of all those frames summed (averaging out mask noise), depth fixed by the plane."""
+    K_t = torch.as_tensor(K, dtype=rotation.dtype, device=rotation.device)
+    num = len(frame_ids)
+    basis = _plane_basis(normal)
+    slide = basis[3:, 1:]  # (3,2) in-plane directions
+
+    def expand(rot: torch.Tensor, cen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return rot.expand(num, 3, 3), cen.expand(num, 3)
+
+    for _ in range(config.coarse_steps):
+        moved = coarse_align(
+            *expand(rotation, centre), centroid, mesh, evidence.object_masks[frame_ids, 0] > 0.5,
+            evidence.human_masks[frame_ids], K, size, scale_depth=False,
+        ).mean(0)  # fmt: skip
+        # Keep the move on the plane: pixel shifts are along the plane at the object's distance.
+        centre = centre + slide @ (slide.T @ (moved - centre))
+    damping, points, cost = 0.1, None, float("inf")
+    for iteration in range(iterations):
+        rot, cen = expand(rotation, centre)
+        if iteration % config.visibility_refresh == 0 or points is None:
+            points = visible_points(_poses(rot, cen, centroid).float(), *mesh, K, size, config, generator)
+            points = VisiblePoints(*(p.to(rotation.dtype) if p.is_floating_point() else p for p in (
+                points.contour, points.contour_valid, points.interior, points.interior_valid)))  # fmt: skip
+        eq = data_terms(rot, cen, centroid, points, evidence, frame_ids, K_t, size, config, True)
+        hessian = basis.T @ eq.hessian.sum(0) @ basis
+        gradient = basis.T @ eq.gradient.sum(0)
+        cost = float(eq.cost.sum())
+        # Ridge on top of Levenberg damping: a direction the images do not see (a bottle's turn about
+        # its axis) must not wander with the mask noise.
+        ridge = 1e-3 * hessian.diagonal().max() + 1e-9
+        reduced = -torch.linalg.solve(hessian + damping * torch.diag(hessian.diagonal()) + ridge * torch.eye(3,
+                                      dtype=hessian.dtype, device=hessian.device), gradient)  # fmt: skip
+        step = basis @ reduced
+        step = torch.cat(
+            [_cap_norm(step[None, :3], config.max_step_rad)[0], _cap_norm(step[None, 3:], config.max_step_m)[0]]
+        )
+        new_rotation = roma.rotvec_to_rotmat(step[:3]) @ rotation
+        new_centre = centre + step[3:]
+        new_cost = float(data_terms(*expand(new_rotation, new_centre), centroid, points, evidence, frame_ids, K_t,
+                                    size, config, False).cost.sum())  # fmt: skip
+        if new_cost < cost:
+            rotation, centre, cost, damping = new_rotation, new_centre, new_cost, max(damping / 3, 1e-6)
+        else:
+            damping *= 4
+        if float(step.abs().max()) < 1e-7 or damping > 1e6:
+            break
+    return rotation, centre, cost
+
+
+def fit_rest_pose(
+    rotation0: torch.Tensor, centre0: torch.Tensor, centroid: torch.Tensor, mesh: tuple[torch.Tensor, torch.Tensor],
+    evidence: FrameEvidence, frame_ids: torch.Tensor, K: np.ndarray, size: tuple[int, int], config: TrackerConfig,
+    generator: torch.Generator, normal: torch.Tensor, offset: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The resting pose of the final still frames: the frame-0 pose turned about the plane normal and
+    slid along the plane (an object put down stands on the same face). Starts: several turns, the
+    centroid on the ray through the mask's centre at its frame-0 height above the plane."""
+    dtype = rotation0.dtype
+    K_t = torch.as_tensor(K, dtype=dtype, device=rotation0.device)
+    height = float(centre0 @ normal + offset)
+    masks = evidence.object_masks[frame_ids, 0]
+    best_frame = int(masks.sum((1, 2)).argmax())
+    ys, xs = torch.nonzero(masks[best_frame] > 0.5, as_tuple=True)
+    pixel = torch.stack([xs.to(dtype).mean() + 0.5, ys.to(dtype).mean() + 0.5])
+    ray = torch.linalg.solve(K_t, torch.cat([pixel, torch.ones(1, dtype=dtype, device=pixel.device)]))
+    denominator = float(ray @ normal)
+    if abs(denominator) < 1e-6:
+        raise ValueError("the camera ray runs along the support plane")
+    centre = ray * (height - offset) / denominator
+    candidates = []
+    # The turns are told apart on the last two frames (the hand is gone by then); all refine the winner.
+    candidate_ids = frame_ids[-2:]
+    for k in range(config.rest_yaw_candidates):
+        angle = 2 * np.pi * k / config.rest_yaw_candidates
+        angle = angle - 2 * np.pi if angle > np.pi else angle
+        start = roma.rotvec_to_rotmat(normal * angle) @ rotation0
+        rot, cen, cost = solve_rest_pose(
+            start, centre, centroid, mesh, evidence, candidate_ids, K, size, config, generator, normal,
+            max(config.rest_iterations // 4, 1),
+        )  # fmt: skip
+        candidates.append((cost, abs(angle), rot, cen))
+    best = min(candidates, key=lambda c: c[0])
+    # A symmetric object looks the same at several turns (a bottle at any): of the candidates whose
+    # silhouette is the best one's, keep the smallest turn rather than whichever mask noise favours.
+    poses = _poses(torch.stack([c[2] for c in candidates]), torch.stack([c[3] for c in candidates]), centroid)
+    silhouettes = render_crop(poses.float(), *mesh, K, size).full_silhouette(size).reshape(len(candidates), -1)
+    reference = silhouettes[candidates.index(best)]
+    overlap = (silhouettes & reference).sum(1) / (silhouettes | reference).sum(1).clamp(min=1)
+    same = [c for c, iou in zip(candidates, overlap.tolist(), strict=True) if iou >= 0.97]
+    cost, _, rot, cen = min(same, key=lambda c: c[1])
+    rot, cen, _ = solve_rest_pose(
+        rot, cen, centroid, mesh, evidence, frame_ids, K, size, config, generator, normal, config.rest_iterations
+    )
+    return rot, cen
+
+
+# ---- tracking ------------------------------------------------------------------------------------
+def _track_frames(
+    rotations: torch.Tensor, centres: torch.Tensor, contour_px: np.ndarray, begin: int, end: int,
+    centroid: torch.Tensor, mesh: tuple[torch.Tensor, torch.Tensor], evidence: FrameEvidence, K: np.ndarray,
+    size: tuple[int, int], config: TrackerConfig, generator: torch.Generator, prior: HeldPrior | None,
+    report: Callable[[int], None],
+) -> None:  # fmt: skip
+    """Track frames begin..end-1 in windows, each warm-started from the frames solved before it."""
+    dtype, device = rotations.dtype, rotations.device
+    start = begin
+    while start < end:
+        stop = min(start + config.window, end)
+        frames = slice(start, stop)
+        steps = torch.arange(1, stop - start + 1, device=device, dtype=dtype)[:, None]
+        # Warm start: constant velocity from the last two solved frames (rotation and centroid).
+        if start >= 2:
+            rel = roma.rotmat_to_rotvec(rotations[start - 1] @ rotations[start - 2].T)
+            vel = centres[start - 1] - centres[start - 2]
+        else:
+            rel = vel = torch.zeros(3, dtype=dtype, device=device)
+        window_rot = roma.rotvec_to_rotmat(steps * rel) @ rotations[start - 1]
+        window_centre = centres[start - 1] + steps * vel
+        if prior is not None:
+            window_centre = window_centre * (prior.depth[frames] / window_centre[:, 2].clamp(min=1e-3))[:, None]
+        history = (rotations[max(start - 2, 0) : start], centres[max(start - 2, 0) : start])
+        window_rot, window_centre = solve_window(
+            window_rot, window_centre, history, centroid, mesh, evidence, frames, K, size, config, generator,
+            None if prior is None else HeldPrior(prior.depth[frames], prior.rotation[frames]),
+        )  # fmt: skip
+        # A frame whose object left the viewing frustum's plausible depths has lost track: hold the
+        # last good pose instead of letting the next window extrapolate from nonsense.
+        lost = (
+            (window_centre[:, 2] < MIN_DEPTH_M)
+            | (window_centre[:, 2] > MAX_DEPTH_M)
+            | ~torch.isfinite(window_centre).all(1)
+        )
+        if bool(lost.any()):
+            logger.warning(
+                "object track lost in %d frame(s) of %d-%d: holding the last pose", int(lost.sum()), start, stop - 1
+            )
+            hold_rot, hold_centre = rotations[start - 1], centres[start - 1]
+            for index in range(len(lost)):
+                if lost[index]:
+                    window_rot[index], window_centre[index] = hold_rot, hold_centre
+                hold_rot, hold_centre = window_rot[index], window_centre[index]
+        rotations[frames], centres[frames] = window_rot, window_centre
+        contour_px[frames] = contour_rms(window_rot, window_centre, centroid, mesh, evidence, frames, K, size, config,
+                                         generator)  # fmt: skip
+        report(stop)
+        start = stop
+
+
+def contour_rms(
+    rotations: torch.Tensor, centres: torch.Tensor, centroid: torch.Tensor, mesh: tuple[torch.Tensor, torch.Tensor],
+    evidence: FrameEvidence, frames: slice | torch.Tensor, K: np.ndarray, size: tuple[int, int],
+    config: TrackerConfig, generator: torch.Generator,
+) -> np.ndarray:  # fmt: skip
+    """RMS signed distance (px) of the model outline to the mask outline, per frame."""
+    dtype = rotations.dtype
+    points = visible_points(_poses(rotations, centres, centroid).float(), *mesh, K, size, config, generator)
+    cam = (points.contour.to(dtype) - centroid) @ rotations.transpose(1, 2) + centres[:, None]
+    signed = sample_image(evidence.signed_distance[frames], project(cam, torch.as_tensor(K, dtype=dtype)), size)
+    valid = points.contour_valid.to(dtype)
+    return ((signed**2 * valid).sum(1) / valid.sum(1).clamp(min=1)).sqrt().cpu().numpy()
+
+
 def track_object(
     vertices: np.ndarray,
     faces: np.ndarray,
@@ -575,8 +804,13 @@ def track_object(
     device: str = "cpu",
     progress: Callable[[float, str], None] | None = None,
     check_cancelled: Callable[[], None] | None = None,
+    anchors: Anchors | None = None,
 ) -> TrackResult:
-    """Track the mesh through T frames from ``initial_pose`` (object->camera at frame 0, kept as is)."""
+    """Track the mesh through T frames from ``initial_pose`` (object->camera at frame 0, kept as is).
+
+    With ``anchors``: the static start keeps the frame-0 pose, the final rest segment gets one pose fitted
+    on the support plane, and the frames between are tracked with a soft depth prior interpolated between
+    those two (the held object's depth is barely observable in its silhouette)."""
     num_frames, height, width = object_masks.shape
     size = (height, width)
     dtype = torch.float64  # the normal equations need it; the image work is cheap either way
@@ -595,50 +829,55 @@ def track_object(
     centres[0] = pose0[:3, :3] @ centroid + pose0[:3, 3]
     contour_px = np.zeros(num_frames)
 
-    start = 1
-    while start < num_frames:
-        stop = min(start + config.window, num_frames)
-        frames = slice(start, stop)
-        steps = torch.arange(1, stop - start + 1, device=device, dtype=dtype)[:, None]
-        # Warm start: constant velocity from the last two solved frames (rotation and centroid).
-        if start >= 2:
-            rel = roma.rotmat_to_rotvec(rotations[start - 1] @ rotations[start - 2].T)
-            vel = centres[start - 1] - centres[start - 2]
-        else:
-            rel = vel = torch.zeros(3, dtype=dtype, device=device)
-        window_rot = roma.rotvec_to_rotmat(steps * rel) @ rotations[start - 1]
-        window_centre = centres[start - 1] + steps * vel
-        history = (rotations[max(start - 2, 0) : start], centres[max(start - 2, 0) : start])
-        window_rot, window_centre = solve_window(
-            window_rot, window_centre, history, centroid, mesh, evidence, frames, K, size, config, generator
+    prefix, rest_start = 1, num_frames
+    if anchors is not None and config.use_anchors:
+        prefix = int(min(max(anchors.static_prefix, 1), num_frames))
+        rotations[:prefix], centres[:prefix] = rotations[0], centres[0]
+        suffix = int(anchors.rest_suffix) if anchors.plane_normal is not None else 0
+        if 0 < suffix and num_frames - suffix >= prefix:
+            rest_start = num_frames - suffix
+            ids = torch.arange(rest_start, num_frames, device=device)
+            ids = ids[torch.linspace(0, len(ids) - 1, min(config.rest_frames, len(ids))).round().long()]
+            normal = torch.as_tensor(anchors.plane_normal, dtype=dtype, device=device)
+            try:
+                rest_rot, rest_centre = fit_rest_pose(
+                    rotations[0], centres[0], centroid, mesh, evidence, ids, K, size, config, generator, normal,
+                    float(anchors.plane_offset),
+                )  # fmt: skip
+                rotations[rest_start:], centres[rest_start:] = rest_rot, rest_centre
+            except ValueError as exc:
+                logger.warning("resting pose not fitted (%s): tracking the last frames instead", exc)
+                rest_start = num_frames
+        if prefix > 1 or rest_start < num_frames:
+            logger.info("object still in frames 0-%d and %d-%d", prefix - 1, rest_start, num_frames - 1)
+
+    prior = None
+    if rest_start < num_frames and rest_start > prefix:
+        # Linear in time between the last still frame and the first resting one (rotation: slerp).
+        t = torch.arange(num_frames, dtype=dtype, device=device)
+        weight = ((t - (prefix - 1)) / (rest_start - (prefix - 1))).clamp(0, 1)
+        turn = roma.rotmat_to_rotvec(rotations[rest_start] @ rotations[prefix - 1].T)
+        prior = HeldPrior(
+            depth=(1 - weight) * centres[prefix - 1, 2] + weight * centres[rest_start, 2],
+            rotation=roma.rotvec_to_rotmat(weight[:, None] * turn) @ rotations[prefix - 1],
         )
-        # A frame whose object left the viewing frustum's plausible depths has lost track: hold the
-        # last good pose instead of letting the next window extrapolate from nonsense.
-        lost = (
-            (window_centre[:, 2] < MIN_DEPTH_M)
-            | (window_centre[:, 2] > MAX_DEPTH_M)
-            | ~torch.isfinite(window_centre).all(1)
-        )
-        if bool(lost.any()):
-            logger.warning(
-                "object track lost in %d frame(s) of %d-%d: holding the last pose", int(lost.sum()), start, stop - 1
-            )
-            hold_rot, hold_centre = rotations[start - 1], centres[start - 1]
-            for index in range(len(lost)):
-                if lost[index]:
-                    window_rot[index], window_centre[index] = hold_rot, hold_centre
-                hold_rot, hold_centre = window_rot[index], window_centre[index]
-        rotations[frames], centres[frames] = window_rot, window_centre
-        points = visible_points(_poses(window_rot, window_centre, centroid).float(), *mesh, K, size, config, generator)
-        cam = (points.contour.to(dtype) - centroid) @ window_rot.transpose(1, 2) + window_centre[:, None]
-        signed = sample_image(evidence.signed_distance[frames], project(cam, torch.as_tensor(K, dtype=dtype)), size)
-        valid = points.contour_valid.to(dtype)
-        contour_px[frames] = ((signed**2 * valid).sum(1) / valid.sum(1).clamp(min=1)).sqrt().cpu().numpy()
+
+    def report(stop: int) -> None:
         if progress is not None:
             progress(stop / num_frames, f"object pose frame {stop}/{num_frames}")
         if check_cancelled is not None:
             check_cancelled()
-        start = stop
+
+    _track_frames(
+        rotations, centres, contour_px, prefix, rest_start, centroid, mesh, evidence, K, size, config, generator,
+        prior, report,
+    )  # fmt: skip
+    if rest_start < num_frames:
+        frames = slice(rest_start, num_frames)
+        contour_px[frames] = contour_rms(
+            rotations[frames], centres[frames], centroid, mesh, evidence, frames, K, size, config, generator
+        )
+    report(num_frames)
 
     poses = _poses(roma.special_procrustes(rotations), centres, centroid).cpu()
     poses[0] = torch.as_tensor(initial_pose, dtype=torch.float64)

@@ -4,6 +4,8 @@ Config section ``object_pose`` (typed config): ``backend``: ``mesh_tracker`` (de
 (FoundationPose outputs at ``import_dir``; default: the stage-3 cache path itself), ``iterations``
 (Levenberg-Marquardt iterations per window); a dict config may also give ``mesh_tracker``
 (TrackerConfig overrides). The reference's ``obj_pose_tracking`` keys are accepted and have no effect.
+The tracker pins still segments found in the video (``mesh_tracker.use_anchors``, default on): the
+start before the object moves, and the final rest on the plane fitted to the first-frame depth.
 ``is_static_obj`` (``ctx.is_static_obj`` or ``pipeline.is_static_obj``) writes the frame-0 pose of the
 render config for every frame. Output: ``layout.object_poses`` = pickled float64 (T,4,4), validated
 before it is written.
@@ -47,6 +49,37 @@ def render_silhouettes(
         [Mesh(verts @ rot.transpose(1, 2) + trans[:, None], faces, instance_id=2)], K, np.eye(4), size, device=device
     )
     return (out.instance == 2).cpu().numpy()
+
+
+def still_anchors(
+    layout, vid, object_masks: np.ndarray, human_masks: np.ndarray, vertices: np.ndarray, initial_pose: np.ndarray,
+    K: np.ndarray,
+):  # fmt: skip
+    """When the object is still (static start, final rest) and the plane it stands on, from the video
+    pixels and the first-frame depth (``pose_anchors``); None when the video does not match the masks."""
+    from reconstruction.backends import pose_anchors
+    from reconstruction.backends.mesh_tracker import Anchors
+
+    frames, _ = scene_inputs.load_frames(layout.video(vid))
+    if frames.shape[:3] != object_masks.shape:
+        logger.warning("%s: video %s does not match the masks %s: no still segments", vid, frames.shape[:3],
+                       object_masks.shape)  # fmt: skip
+        return None
+    lab = pose_anchors.rgb_to_lab(frames)
+    prefix = pose_anchors.static_prefix(lab, object_masks[0], human_masks)
+    suffix = pose_anchors.rest_suffix(lab, object_masks[-1] & ~human_masks[-1], human_masks)
+    plane = None
+    depth_path = layout.depth_gt(vid)
+    if suffix > 0 and depth_path.exists():
+        depth = scene_inputs.load_depth_png(depth_path, object_masks.shape[1:])
+        points = vertices @ initial_pose[:3, :3].T + initial_pose[:3, 3]
+        plane = pose_anchors.fit_support_plane(depth, K, object_masks[0], human_masks[0], points)
+    logger.info("%s: still at the start for %d frame(s), at rest at the end for %d, support plane %s",
+                vid, prefix, suffix, "found" if plane is not None else "none")  # fmt: skip
+    return Anchors(
+        static_prefix=prefix, rest_suffix=suffix,
+        plane_normal=None if plane is None else plane.normal, plane_offset=0.0 if plane is None else plane.offset,
+    )  # fmt: skip
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -98,11 +131,18 @@ def run(ctx: StageContext) -> StageResult:
                 tracker_config = mesh_tracker.TrackerConfig.from_section(section)
             except (TypeError, ValueError) as exc:
                 raise StageInputError(str(exc)) from exc
+            anchors = None
+            if tracker_config.use_anchors:
+                anchors = still_anchors(layout, vid, object_masks, human_masks, mesh.vertices, initial_pose, K)
             result = mesh_tracker.track_object(
                 mesh.vertices, mesh.faces, K, initial_pose, object_masks, human_masks, depth,
                 tracker_config, ctx.device, progress=lambda f, msg: ctx.progress(0.05 + 0.9 * f, msg),
-                check_cancelled=ctx.check_cancelled,
+                check_cancelled=ctx.check_cancelled, anchors=anchors,
             )  # fmt: skip
+            if anchors is not None:
+                info["static_prefix_frames"] = anchors.static_prefix
+                info["rest_suffix_frames"] = anchors.rest_suffix
+                info["support_plane"] = anchors.plane_normal is not None
             poses = result.poses
             metrics["contour_rms_px_median"] = float(np.median(result.contour_px[1:])) if num_frames > 1 else 0.0
             metrics["contour_rms_px_max"] = float(result.contour_px.max())
