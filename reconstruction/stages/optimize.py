@@ -59,28 +59,16 @@ def _require(path: Path, what: str) -> Path:
 
 
 def load_masks(path: Path, num_frames: int, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Stage 2 masks cache -> object masks, human masks, each (T, H, W) bool."""
-    _require(path, "masks cache")
-    try:
-        masks = np.load(path, allow_pickle=True)["masks"].item()
-    except Exception as exc:  # noqa: BLE001
-        raise StageInputError(f"{path}: not a masks cache (npz with a pickled 'masks' dict): {exc}") from exc
-    obj = np.zeros((num_frames, *image_size), dtype=bool)
-    human = np.zeros((num_frames, *image_size), dtype=bool)
-    for frame, entry in masks.items():
-        if 0 <= int(frame) < num_frames:
-            obj[int(frame)] = np.asarray(entry[0], dtype=bool)
-            human[int(frame)] = np.asarray(entry[1], dtype=bool)
+    """Stage 2 masks cache -> object masks, human masks, each (T, H, W) bool (validated by scene_inputs)."""
+    obj, human = scene_inputs.masks_to_tensors(scene_inputs.load_masks_cache(path, image_size))
+    if obj.shape[0] != num_frames:
+        raise StageInputError(f"{path}: masks of {obj.shape[0]} frames for a video of {num_frames}")
     return obj, human
 
 
-def load_depth(path: Path, num_frames: int) -> torch.Tensor | None:
-    if not path.exists():
-        return None
-    depth = torch.load(path, map_location="cpu", weights_only=True)
-    if len(depth) != num_frames:
-        raise StageInputError(f"{path}: {len(depth)} depth maps for {num_frames} frames")
-    return torch.stack([torch.as_tensor(d, dtype=torch.float32) for d in depth])
+def load_depth(path: Path, num_frames: int, image_size: tuple[int, int]) -> torch.Tensor | None:
+    """Stage 2 depth cache -> (T, H, W) metres, or None when stage 2 wrote none; NaN/Inf refused."""
+    return scene_inputs.load_depth_cache(path, num_frames, image_size) if path.exists() else None
 
 
 def load_video(layout: Layout, vid: VideoId, config: ReconConfig) -> LoadedVideo:
@@ -111,7 +99,7 @@ def load_video(layout: Layout, vid: VideoId, config: ReconConfig) -> LoadedVideo
     mesh_path = layout.mesh(vid)
     mesh = scene_inputs.load_object_mesh(mesh_path, render_config.obj_scale)
     obj_masks, human_masks = load_masks(layout.masks_cache(vid), num_frames, image_size)
-    depth = load_depth(layout.depth_cache(vid), num_frames)
+    depth = load_depth(layout.depth_cache(vid), num_frames, image_size)
     video = VideoInputs(
         name=str(vid),
         K=torch.as_tensor(K, dtype=torch.float32),
