@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reconstruction.eval.metrics import add_s, rotation_error_deg  # noqa: E402
+from reconstruction.eval.metrics import add_s, rotation_error_deg, symmetric_rotation_error_deg  # noqa: E402
 from reconstruction.layout import Layout, VideoId  # noqa: E402
 from reconstruction.render_config import load_pickle  # noqa: E402
 from reconstruction.stages import object_pose, preprocess  # noqa: E402
@@ -71,7 +71,13 @@ def evaluate(layout: Layout, vid: VideoId, truth_masks: Path) -> dict[str, float
     gt = load_ground_truth(layout.ground_truth(vid))
     poses = load_pickle(layout.object_poses(vid))
     trans_err = np.linalg.norm(poses[:, :3, 3] - gt.object_poses_cam[:, :3, 3], axis=1)
-    rot_err = rotation_error_deg(poses[:, :3, :3], gt.object_poses_cam[:, :3, :3])
+    raw_rot_err = rotation_error_deg(poses[:, :3, :3], gt.object_poses_cam[:, :3, :3])
+    axis = gt.extra.get("object_symmetry_axis")  # a turn about it changes no pixel: measured modulo it
+    rot_err = (
+        raw_rot_err
+        if axis is None
+        else symmetric_rotation_error_deg(poses[:, :3, :3], gt.object_poses_cam[:, :3, :3], axis)
+    )
     # ADD-S: symmetric objects (bottle, mug body) have rotations no image can tell apart.
     import trimesh
 
@@ -84,6 +90,7 @@ def evaluate(layout: Layout, vid: VideoId, truth_masks: Path) -> dict[str, float
         "rotation_deg_median": float(np.median(rot_err)),
         "translation_cm_max": float(trans_err.max() * 100),
         "rotation_deg_max": float(rot_err.max()),
+        "rotation_deg_median_ignoring_symmetry": float(np.median(raw_rot_err)),
         "add_s_cm": float(add_s(poses, gt.object_poses_cam, model_points) * 100),
         "stage2_s": stage2.seconds,
         "stage3_s": stage3.seconds,

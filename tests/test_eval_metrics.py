@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import roma
 import torch
 
 from reconstruction.eval import metrics
@@ -193,3 +194,28 @@ def test_mask_iou_hand_computed():
     assert iou[0] == pytest.approx(0.4)
     assert iou[1] == pytest.approx(1.0)
     assert np.isnan(iou[2])
+
+
+def test_rotation_error_modulo_a_continuous_symmetry_axis():
+    """A turn about the symmetry axis costs nothing; a tilt of the axis costs its angle, whatever turn
+    comes with it; no axis means the plain geodesic error."""
+
+    def rot(axis, degrees):
+        rotvec = torch.tensor(axis, dtype=torch.float64) / np.linalg.norm(axis) * math.radians(degrees)
+        return roma.rotvec_to_rotmat(rotvec)
+
+    z, x = (0.0, 0.0, 1.0), (1.0, 0.0, 0.0)
+    base = rot((0.3, -0.2, 0.9), 40.0).numpy()
+    turned = base @ rot(z, 123.0).numpy()  # model-frame turn about the symmetry axis
+    tilted = base @ rot(x, 7.0).numpy() @ rot(z, -60.0).numpy()
+    assert metrics.symmetric_rotation_error_deg(turned, base, z) == pytest.approx(0.0, abs=1e-6)
+    assert metrics.symmetric_rotation_error_deg(tilted, base, z) == pytest.approx(7.0, abs=1e-6)
+    assert metrics.symmetric_rotation_error_deg(base, tilted, (0, 0, 2)) == pytest.approx(7.0, abs=1e-6)
+    poses = np.stack([np.eye(4)] * 2)
+    poses[:, :3, :3] = [turned, tilted]
+    gt = np.stack([np.eye(4)] * 2)
+    gt[:, :3, :3] = base
+    assert metrics.object_rotation_error(poses, gt, z) == pytest.approx(3.5, abs=1e-6)
+    assert metrics.object_rotation_error(poses, gt) == pytest.approx(
+        float(metrics.rotation_error_deg(poses[:, :3, :3], gt[:, :3, :3]).mean())
+    )

@@ -94,7 +94,10 @@ def object_metrics(pred_poses_cam: np.ndarray, gt: GroundTruth, model_points: np
     gt_poses = gt.object_poses_cam
     return {
         "object_translation_error_m": metrics.object_translation_error(pred_poses_cam, gt_poses),
-        "object_rotation_error_deg": metrics.object_rotation_error(pred_poses_cam, gt_poses),
+        # modulo a symmetry that no image can resolve (e.g. a bottle's turn about its axis); ADD-S likewise
+        "object_rotation_error_deg": metrics.object_rotation_error(
+            pred_poses_cam, gt_poses, gt.extra.get("object_symmetry_axis")
+        ),
         "object_add_m": metrics.add(pred_poses_cam, gt_poses, model_points),
         "object_add_s_m": metrics.add_s(pred_poses_cam, gt_poses, model_points),
         "object_accel_jitter_m_per_frame2": metrics.acceleration_jitter(pred_poses_cam[:, :3, 3]),

@@ -93,9 +93,26 @@ def rotation_error_deg(pred_rot: Any, gt_rot: Any) -> np.ndarray:
     return np.degrees(np.arctan2(sin, cos))
 
 
-def object_rotation_error(pred_poses: Any, gt_poses: Any) -> float:
-    """Mean geodesic rotation error (deg) of (T,4,4) or (T,3,3) object poses."""
+def symmetric_rotation_error_deg(pred_rot: Any, gt_rot: Any, symmetry_axis: Any) -> np.ndarray:
+    """Rotation error (deg) of an object with a continuous rotational symmetry about ``symmetry_axis``
+    (model frame): the angle between the axis as each rotation places it, i.e. the geodesic error minimised
+    over all turns about the axis (turns that change no pixel do not count)."""
+    a, b = as_numpy(pred_rot), as_numpy(gt_rot)
+    _check_same_shape(a, b, "symmetric_rotation_error_deg")
+    axis = np.asarray(symmetry_axis, dtype=np.float64)
+    axis = axis / np.linalg.norm(axis)
+    pred_axis, gt_axis = a @ axis, b @ axis
+    cos = (pred_axis * gt_axis).sum(-1)
+    sin = np.linalg.norm(np.cross(pred_axis, gt_axis), axis=-1)
+    return np.degrees(np.arctan2(sin, cos))
+
+
+def object_rotation_error(pred_poses: Any, gt_poses: Any, symmetry_axis: Any = None) -> float:
+    """Mean rotation error (deg) of (T,4,4) or (T,3,3) object poses; modulo the object's continuous
+    rotational symmetry when ``symmetry_axis`` (model frame) is given."""
     pred, gt = as_numpy(pred_poses), as_numpy(gt_poses)
+    if symmetry_axis is not None:
+        return float(symmetric_rotation_error_deg(pred[..., :3, :3], gt[..., :3, :3], symmetry_axis).mean())
     return float(rotation_error_deg(pred[..., :3, :3], gt[..., :3, :3]).mean())
 
 

@@ -61,6 +61,9 @@ class ObjectSpec:
     # than they are deep: the object then stands a quarter turn round on the table (model +x away from
     # the person) and its narrower side is between the hands.
     across_hands: tuple[GraspSite, GraspSite] | None = None
+    # Model-frame axis of a continuous rotational symmetry of shape AND appearance (a turn about it changes
+    # no pixel): no image can tell such turns apart, so the evaluation measures rotation modulo it.
+    symmetry_axis: tuple[float, float, float] | None = None
 
     @property
     def base_height(self) -> float:
@@ -136,7 +139,8 @@ def make_object(category: str, rng: np.random.Generator | None = None) -> Object
             "cylinder", (neck_r, neck_h), _translation(0, 0, 2 * half_h + 0.024 + neck_h), colour((0.9, 0.15, 0.1))
         )
         left, right = _side_grasps(radius, half_h)
-        return ObjectSpec("bottle", [body, shoulder, neck], one_hand=right, two_hands=(left, right), two_handed_default=False)  # fmt: skip
+        return ObjectSpec("bottle", [body, shoulder, neck], one_hand=right, two_hands=(left, right),
+                          two_handed_default=False, symmetry_axis=(0.0, 0.0, 1.0))  # fmt: skip
 
     if category == "drill":
         s = jitter()

@@ -136,6 +136,9 @@ def write_video_files(layout: Layout, vid: VideoId, scene: Scene, rendered: Rend
         extra={
             "ik": scene.ik_report,
             "scene_data": [{**table, "path": os.path.relpath(table_path, layout.ground_truth(vid).parent)}],
+            "object_symmetry_axis": (
+                list(scene.object_spec.symmetry_axis) if scene.object_spec.symmetry_axis is not None else None
+            ),
         },
     )
     save_ground_truth(layout.ground_truth(vid), gt)
