@@ -14,6 +14,10 @@ For every (category, variant, index) it generates a synthetic video with ground 
   max penetration, body jitter relative to stage 1; seconds per stage;
 - per variant: stage 5 pass rate (``normal``) or reject rate (bad variants) and which checks rejected.
 
+``--oracle_stage3`` measures stage 4 alone: the ground-truth object poses (optionally spoiled along the viewing
+rays by ``--oracle_depth_error`` / ``--oracle_depth_noise`` metres) are written into the stage-3 cache and stage 3
+imports them (``object_pose.backend: import``).
+
 The ground truth stores no per-frame masks, so the generator's instance maps are kept beside it
 (``<results_dir>/benchmark/gt_masks/<video>.npz``); with ``--reuse`` an existing video is kept and its
 instance maps are re-rendered from the (deterministic) scene when missing.
