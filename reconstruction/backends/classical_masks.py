@@ -4,7 +4,10 @@ How a frame is split:
 1. Foreground = CIE Lab colour difference against a background model. The model is frame 0 with the
    first-frame human/object masks cut out; those holes are filled as later frames reveal background.
 2. Where the background is still unknown, a three-class colour model (background / object / human
-   Lab histograms learned on frame 0) and MediaPipe selfie segmentation decide.
+   Lab histograms learned on frame 0) and MediaPipe selfie segmentation decide; but on the spot the
+   object stood on at frame 0, a colour matching the known background around it (normalised
+   convolution, ``fill_sigma_px``) is background, whatever the histograms say (a revealed table spot
+   whose wood shares bins with skin was called human until the end of the video).
 3. Object vs human inside the foreground: the colour model plus a spatial prior, the previous object
    mask carried to this frame by dense optical flow (DIS). The prior keeps the object's occluded part
    alive while a hand covers it, so the object reappears when the hand moves on.
