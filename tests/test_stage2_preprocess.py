@@ -347,3 +347,38 @@ def test_stage2_with_moge_backend_writes_an_aligned_depth_cache(tmp_path, monkey
 def test_unknown_backend_is_refused(scene, tmp_path):
     layout, vid, _ = _copy_scene(scene, tmp_path)
     _run_expecting(layout, vid, "preprocess.mask_backend", {"preprocess": {"mask_backend": "magic"}})
+
+
+def _revealed_spot_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[slice, slice]]:
+    """A brown-shirted person beside a blue block on a small brown table in front of a many-coloured
+    wall; the block is lifted off at frame 2, revealing table whose colour the class histograms call
+    human (the shirt is all that colour, the background mostly other colours)."""
+    height, width, frames = 60, 80, 6
+    table, shirt, block = (130, 80, 40), (134, 82, 42), (30, 60, 200)
+    tiles = np.random.default_rng(0).integers(0, 256, (height // 4, width // 4, 3), dtype=np.uint8)
+    wall = np.repeat(np.repeat(tiles, 4, axis=0), 4, axis=1)
+    video = np.repeat(wall[None], frames, axis=0)
+    video[:, 30:50, 40:70] = table
+    video[:, 5:40, 5:20] = shirt  # the person, standing still
+    spot = (slice(36, 46), slice(50, 60))
+    video[:2, spot[0], spot[1]] = block
+    video[2:, 8:18, 50:60] = block  # lifted onto the wall, clear of its spot
+    first_object = np.zeros((height, width), dtype=bool)
+    first_object[spot] = True
+    first_human = np.zeros_like(first_object)
+    first_human[5:40, 5:20] = True
+    return video, first_object, first_human, spot
+
+
+def test_revealed_object_spot_becomes_background_not_human():
+    from reconstruction.backends.classical_masks import ClassicalMaskConfig, track_masks
+
+    video, first_object, first_human, spot = _revealed_spot_scene()
+    inner = (slice(spot[0].start + 2, spot[0].stop - 2), slice(spot[1].start + 2, spot[1].stop - 2))
+    track = track_masks(video, first_object, first_human, ClassicalMaskConfig(use_selfie=False))
+    assert not track.human_masks[-1][inner].any()
+    assert not track.object_masks[-1][inner].any()
+    assert track.human_masks[-1][10:35, 8:17].all()  # the person is still found
+    # Without the guess from the surrounding table, the spot's colour reads as the person's.
+    without = track_masks(video, first_object, first_human, ClassicalMaskConfig(use_selfie=False, fill_sigma_px=0))
+    assert without.human_masks[-1][inner].mean() > 0.5

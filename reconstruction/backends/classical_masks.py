@@ -4,7 +4,10 @@ How a frame is split:
 1. Foreground = CIE Lab colour difference against a background model. The model is frame 0 with the
    first-frame human/object masks cut out; those holes are filled as later frames reveal background.
 2. Where the background is still unknown, a three-class colour model (background / object / human
-   Lab histograms learned on frame 0) and MediaPipe selfie segmentation decide.
+   Lab histograms learned on frame 0) and MediaPipe selfie segmentation decide; but on the spot the
+   object stood on at frame 0, a colour matching the known background around it (normalised
+   convolution, ``fill_sigma_px``) is background, whatever the histograms say (a revealed table spot
+   whose wood shares bins with skin was called human until the end of the video).
 3. Object vs human inside the foreground: the colour model plus a spatial prior, the previous object
    mask carried to this frame by dense optical flow (DIS). The prior keeps the object's occluded part
    alive while a hand covers it, so the object reappears when the hand moves on.
@@ -51,6 +54,7 @@ class ClassicalMaskConfig:
     refine_boundary: bool = True  # outline pixels go to the nearest local colour (object/human/background)
     snap_still: bool = True  # frames where the object has not moved yet reuse the frame-0 mask
     still_colour_threshold: float = 8.0  # Lab distance: a frame-0 object pixel covered by something else
+    fill_sigma_px: float = 4.0  # unknown background guessed from known background this near (0: off)
 
     @classmethod
     def from_section(cls, section: dict[str, Any]) -> ClassicalMaskConfig:
@@ -249,6 +253,19 @@ def refine_boundary(
     return out | inner
 
 
+def background_guess(
+    background_lab: np.ndarray, background_known: np.ndarray, spot: np.ndarray, sigma: float,
+    min_support: float = 0.05,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The background under ``spot`` (where the object stood at frame 0) guessed as the mean colour of
+    the known background around it (normalised convolution), and where that guess has support.
+
+    Only the object's spot: it is small, so its surroundings predict it; the person's frame-0 region is
+    large, and a person the colour of the wall beside them must not be guessed away."""
+    guess, support = _local_mean(background_lab, background_known, sigma)
+    return guess, spot & ~background_known & (support > min_support)
+
+
 # ---- the tracker ----------------------------------------------------------------------------------
 @dataclass
 class MaskTrack:
@@ -310,6 +327,10 @@ def track_masks(
     still = config.snap_still
     shape_gate = ShapeGate.from_mask(first_object)
     anchor_config = pose_anchors.AnchorConfig(colour_threshold=config.still_colour_threshold)
+    object_spot = cv2.dilate(first_object.astype(np.uint8), _disk(2)).astype(bool) & ~first_human
+    fill_guess = None
+    if config.fill_sigma_px > 0:
+        fill_guess = background_guess(background_lab, background_known, object_spot, config.fill_sigma_px)
     for t in range(1, num_frames):
         flow = flow_engine.calc(gray[t], gray[t - 1], None)
         carried_object = warp_with_flow(object_masks[t - 1], flow, grid)
@@ -320,6 +341,11 @@ def track_masks(
         # Unknown background: the colour model says foreground, or the person segmenter does.
         log_obj, log_hum = object_colours.table[bins[t]], human_colours.table[bins[t]]
         fg_colour = np.maximum(log_obj, log_hum) > log_bg[bins[t]]
+        if fill_guess is not None:
+            # The spot the object stood on, once revealed, matches the table around it, although the
+            # class histograms may call its colour human (skin and wood share bins): background wins.
+            like_surroundings = np.linalg.norm((lab[t] - fill_guess[0]) * chroma_weights, axis=-1)
+            fg_colour &= ~(fill_guess[1] & (like_surroundings < config.diff_threshold))
         if person_prob is not None:
             fg_colour |= person_prob[t] > config.selfie_threshold
         foreground = np.where(background_known, fg_known, fg_colour)
@@ -372,6 +398,8 @@ def track_masks(
         if revealed.any():
             background_lab[revealed] = lab[t][revealed]
             background_known |= revealed
+            if config.fill_sigma_px > 0:
+                fill_guess = background_guess(background_lab, background_known, object_spot, config.fill_sigma_px)
         if progress is not None:
             progress(t / max(num_frames - 1, 1), f"masks frame {t + 1}/{num_frames}")
     return MaskTrack(object_masks=object_masks, human_masks=human_masks, background_known=background_known)
