@@ -10,6 +10,7 @@ import torch
 
 from reconstruction import fileio
 from reconstruction.config import load_config
+from reconstruction.optim.centering import uncenter
 from reconstruction.render_config import load_pickle
 from reconstruction.stages import filtering
 from reconstruction.stages.base import StageContext
@@ -72,7 +73,15 @@ def test_accepts_a_good_result_then_flips_to_invalid_and_back(tmp_path, body):
     assert checks["object_mask"]["value"] < 0.05  # the ground-truth pose reproduces the mask
     assert checks["filter_object_motion"]["data"]["state"] == "dynamic"
     assert layout.valid_hoi_data(vid).exists() and (layout.valid_mesh_dir(vid) / "model.obj").exists()
-    assert load_pickle(layout.valid_hoi_data(vid))["obj_data"]["obj_t"].shape == (10, 3)
+    exported = load_pickle(layout.valid_hoi_data(vid))
+    assert exported["obj_data"]["obj_t"].shape == (10, 3)
+    # post_processing.center_at_object: the export is centred on the object's frame-0 position (the raw
+    # result stays in the render world) and uncentres back to it exactly
+    raw = load_pickle(layout.raw_hoi_data(vid))
+    assert np.allclose(exported["obj_data"]["obj_t"][0, :2], 0.0, atol=1e-5)
+    assert np.allclose(exported["obj_data"]["obj_t"][:, 2], raw["obj_data"]["obj_t"][:, 2])
+    assert np.allclose(uncenter(exported)["obj_data"]["obj_t"], raw["obj_data"]["obj_t"], atol=1e-5)
+    assert np.allclose(uncenter(exported)["human_data"]["trans"], raw["human_data"]["trans"], atol=1e-5)
     assert result.info["verdict"] == "valid" and not layout.invalid_marker(vid).exists()
 
     # the same video judged with a static-object config: rejected, package removed

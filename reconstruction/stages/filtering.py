@@ -25,6 +25,7 @@ import torch
 from reconstruction import fileio
 from reconstruction.config import ReconConfig, load_config
 from reconstruction.layout import Layout, VideoId
+from reconstruction.optim.centering import center_at_object
 from reconstruction.render_config import load_pickle, load_render_config
 from reconstruction.stages.base import StageContext, StageInputError, StageResult
 
@@ -462,6 +463,8 @@ def run(ctx: StageContext) -> StageResult:
     files = [fileio.write_json(layout.filter_report(vid), report)]
     if valid:
         hoi = truncate_hoi_data(inputs.hoi_data, truncate) if truncate is not None else inputs.hoi_data
+        if config.post_processing.center_at_object:  # the export only: stage 4's raw result stays in the render world
+            hoi = center_at_object(hoi)
         files.append(write_valid_package(layout, vid, hoi, mesh_path))
         if layout.invalid_marker(vid).exists():
             layout.invalid_marker(vid).unlink()
