@@ -500,18 +500,12 @@ class HOIOptimizer:
         graph, weighted_out = None, None
         side_stream = torch.cuda.Stream(self.device) if use_graph else None
         for it in range(spec.niter):
+            if use_graph and it == GRAPH_WARMUP_ITERS:
+                graph, weighted_out = self._capture(iteration, optimizer, side_stream, stage_name)
+                use_graph = graph is not None  # a failed capture leaves the stage eager
             if graph is not None:
                 graph.replay()
                 weighted = weighted_out
-            elif use_graph and it == GRAPH_WARMUP_ITERS:
-                graph, weighted_out = self._capture(iteration, optimizer, side_stream, stage_name)
-                if graph is None:
-                    use_graph = False
-                    optimizer.zero_grad(set_to_none=True)
-                    weighted = iteration()
-                else:
-                    graph.replay()
-                    weighted = weighted_out
             elif use_graph:  # warm-up on a side stream, as CUDA graph capture requires
                 side_stream.wait_stream(torch.cuda.current_stream(self.device))
                 with torch.cuda.stream(side_stream):
@@ -586,8 +580,10 @@ class _TermContext:
         samples = self.batch.obj_samples if subset is None else self.batch.obj_samples[:, :subset]
         return geometry.transform(samples[:, None], self.obj["R"], self.obj["t"])  # (B, T, N, 3)
 
-    def object_normals(self) -> torch.Tensor:
-        return self.batch.obj_normals[:, None] @ self.obj["R"].transpose(-1, -2)
+    def object_normals(self, subset: int | None = None) -> torch.Tensor:
+        """World-frame outward normals of ``object_points(subset)`` (B, T, N, 3)."""
+        normals = self.batch.obj_normals if subset is None else self.batch.obj_normals[:, :subset]
+        return normals[:, None] @ self.obj["R"].transpose(-1, -2)
 
 
 def _t_keypoint_tracking(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
@@ -673,9 +669,8 @@ def _hand_points_near_object(ctx: _TermContext, count: int) -> torch.Tensor:
 
 def _t_contact(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
     object_cam = ctx.to_cam(ctx.object_points(subset=CONTACT_SAMPLES))
-    normals_cam = ctx.batch.obj_normals[:, None, :CONTACT_SAMPLES] @ (
-        ctx.batch.world_to_cam[..., :3, :3] @ ctx.obj["R"]
-    ).transpose(-1, -2)
+    camera_rotation = ctx.batch.world_to_cam[..., :3, :3]  # (B, T, 3, 3)
+    normals_cam = ctx.object_normals(subset=CONTACT_SAMPLES) @ camera_rotation.transpose(-1, -2)
     facing = ((normals_cam * object_cam).sum(-1) < 0).detach()  # (B, T, N) normal towards the camera
     return losses.contact(
         ctx.to_cam(_hand_points_near_object(ctx, CONTACT_POINTS_PER_HAND)),
@@ -705,11 +700,8 @@ def _t_penetration(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
     centre = ctx.obj["t"][:, :, None, :]
     near = (body_points - centre).detach().norm(dim=-1).topk(PENETRATION_CANDIDATES, dim=-1, largest=False).indices
     candidates = torch.cat([hands, body_points.gather(2, near[..., None].expand(-1, -1, -1, 3))], dim=2)
-    samples = ctx.batch.obj_samples[:, :PENETRATION_SAMPLES]
-    normals = ctx.batch.obj_normals[:, :PENETRATION_SAMPLES]
-    surface = geometry.transform(samples[:, None], ctx.obj["R"], ctx.obj["t"])
-    surface_normals = normals[:, None] @ ctx.obj["R"].transpose(-1, -2)
-    return losses.penetration(candidates, surface, surface_normals)
+    surface = ctx.object_points(subset=PENETRATION_SAMPLES)
+    return losses.penetration(candidates, surface, ctx.object_normals(subset=PENETRATION_SAMPLES))
 
 
 TERM_FUNCTIONS: dict[str, Callable[[_TermContext, LossTermConfig], torch.Tensor]] = {
