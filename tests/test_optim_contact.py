@@ -56,6 +56,23 @@ def test_carry_detected_by_velocity_coupling_when_distance_is_noisy():
     assert not labels.hands[:, 1].any()
 
 
+def test_grip_held_through_the_carry_when_the_hand_depth_jumps():
+    hands, obj = _pick_and_place()
+    hands = hands.clone()
+    hands[:, 1] = hands[:, 0] * torch.tensor([-1.0, 1.0, 1.0])  # the right hand mirrors the left: a two-hand carry
+    # stage 1's left arm drifts away in depth mid-carry (5-25 cm beyond the box), not moving with it
+    hands[14:22, 0, :, 1] += torch.linspace(0.1, 0.3, 8)[:, None]
+    labels = contact.label_contacts(hands, obj)
+    assert labels.hands[11:26, 1].all()
+    assert labels.hands[10:27, 0].all(), "the grip taken before the jump holds while the object moves"
+    held = contact.hold_while_moving(
+        np.array([1, 0, 0, 0, 0], dtype=bool), np.array([1, 1, 1, 0, 1], dtype=bool), np.ones(5, dtype=bool)
+    )
+    assert held.tolist() == [True, True, True, False, False], "released once the object stops"
+    far = contact.hold_while_moving(np.array([1, 0, 0], dtype=bool), np.ones(3, dtype=bool), np.array([1, 0, 1], bool))
+    assert far.tolist() == [True, False, False], "a hand that leaves the object's reach lets go"
+
+
 def test_static_object_and_cleaning():
     hands, obj = _pick_and_place()
     obj = obj[:1].expand_as(obj).clone()  # never moves

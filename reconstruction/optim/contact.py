@@ -7,7 +7,8 @@ Signals per frame, all in the metric world:
 - hand-object velocity coupling: while the object moves, the hand that moves with it is the one holding it.
 
 A hand is in contact when it comes within ``near_dist`` (stays until beyond ``far_dist``: hysteresis), or
-when the object moves, the hand is within ``coupling_dist`` and moves with it. Gaps up to ``max_gap``
+when the object moves, the hand is within ``coupling_dist`` and moves with it, or when it held the object
+as the motion went on and stays within ``coupling_dist`` (a grip is not let go mid-carry). Gaps up to ``max_gap``
 frames are closed and intervals shorter than ``min_interval`` frames dropped. Feet are in contact with the
 ground when their lowest point is within ``foot_height`` of the ground.
 """
@@ -181,6 +182,17 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     return [(int(s), int(e) - 1) for s, e in zip(edges[::2], edges[1::2], strict=True)]
 
 
+def hold_while_moving(contact: np.ndarray, moving: np.ndarray, within_reach: np.ndarray) -> np.ndarray:
+    """(T,) bool -> (T,) bool: a hand in contact stays in contact through the following frames while the
+    object keeps moving and the hand stays ``within_reach`` (stage 1's arm depth can jump mid-carry; an object
+    does not carry on moving by itself once the hand that held it lets go)."""
+    held = contact.copy()
+    for t in range(1, held.shape[0]):
+        if not held[t] and held[t - 1] and moving[t] and within_reach[t]:
+            held[t] = True
+    return held
+
+
 def _image_plane(object_points: np.ndarray, hand_points: np.ndarray, world_to_cam: np.ndarray):
     """World points -> (x/z, y/z) scaled by the object's median depth: lateral positions in metres
     at the object's distance, blind to motion along the viewing rays. (T, N, 3), (T, 2, H, 3) -> (..., 2)."""
@@ -236,7 +248,7 @@ def label_contacts(
     for h in range(2):
         near = hysteresis(distance[:, h], params.near_dist, params.far_dist)
         carried = moving & coupled[:, h] & (distance[:, h] <= params.coupling_dist)
-        hands[:, h] = near | carried
+        hands[:, h] = hold_while_moving(near | carried, moving, distance[:, h] <= params.coupling_dist)
     # the object moves but no hand qualifies (tracking errors): the closer hand is holding it
     orphan = moving & ~hands.any(axis=1)
     closer = distance.argmin(axis=1)
