@@ -1,7 +1,7 @@
 """Stage 4 optimiser speed: one video and batches of videos, default iteration counts.
 
 Usage: python benchmarks/optimize_bench.py [--device cpu|cuda] [--frames 120] [--batch_videos 1 4 16]
-       [--init_iters 400] [--contact_iters 200] [--no_compile] [--compile_dynamic true|none|false]
+       [--init_iters 400] [--contact_iters 200] [--refine_iters 100] [--no_compile] [--compile_dynamic true|none|false]
        [--no_cuda_graph] [--cold_frames 120x1 90x1 120x16] [--threads N] [--no_depth] [--json out.json]
 
 Workload (the default manip_anny config's terms): anny body (subset skinning), 75 2D keypoints, smoothness,
@@ -112,6 +112,7 @@ def main() -> None:
     parser.add_argument("--batch_videos", type=int, nargs="+", default=[1])
     parser.add_argument("--init_iters", type=int, default=400)
     parser.add_argument("--contact_iters", type=int, default=200)
+    parser.add_argument("--refine_iters", type=int, default=100)
     parser.add_argument("--no_compile", action="store_true", help="no torch.compile (CUDA; the CPU never compiles)")
     parser.add_argument(
         "--cold_frames",
@@ -133,8 +134,8 @@ def main() -> None:
     base = load_config().merge({"optimization": {"compile": not args.no_compile, "cuda_graph": not args.no_cuda_graph}})
 
     def config(init_iters: int, contact_iters: int):
-        return base.merge({"optimization": {"opt_stage_specs": {"init_opt": {"niter": init_iters},
-                                                                 "contact_opt": {"niter": contact_iters}}}})  # fmt: skip
+        iters = {"init_opt": init_iters, "contact_opt": contact_iters, "refine_opt": args.refine_iters}
+        return base.merge({"optimization": {"opt_stage_specs": {k: {"niter": n} for k, n in iters.items()}}})
 
     HOIOptimizer.compile_dynamic = {"false": False, "none": None, "true": True}[args.compile_dynamic]
     # Inputs are built on the CPU, as stage 4 loads its caches; the optimiser moves them to the device.
@@ -165,7 +166,7 @@ def main() -> None:
                      "seconds_per_video": round(seconds / count, 2), "videos_per_minute": round(60 * count / seconds, 2),
                      "peak_memory_mib": round(peak, 1), "peak_memory_mib_per_video": round(peak / count, 1),
                      "final_total_loss_video0": final})  # fmt: skip
-    iters = f"init {args.init_iters} + contact {args.contact_iters}"
+    iters = f"init {args.init_iters} + contact {args.contact_iters} + refine {args.refine_iters}"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"\nStage 4 optimiser, {args.frames} frames, {iters} iterations, device {name}, torch {torch.__version__}, "
           f"compile={not args.no_compile}, cuda_graph={not args.no_cuda_graph}, threads={torch.get_num_threads()}, depth={'no' if args.no_depth else 'yes'}\n")  # fmt: skip

@@ -36,6 +36,7 @@ def fast_config() -> dict:
     raw = copy.deepcopy(load_config(None).raw)
     raw["optimization"]["opt_stage_specs"]["init_opt"]["niter"] = 20
     raw["optimization"]["opt_stage_specs"]["contact_opt"]["niter"] = 10
+    raw["optimization"]["opt_stage_specs"]["refine_opt"]["niter"] = 5
     raw["object_pose"]["mesh_tracker"] = {"iterations": 6}
     return raw
 

@@ -100,13 +100,16 @@ def test_shipped_configs_load_and_round_trip(path):
 def test_default_config_is_manip_anny():
     config = load_config()
     assert config.human_model.body_model == "anny"
-    assert list(config.optimization.opt_stage_specs) == ["init_opt", "contact_opt"]
+    assert list(config.optimization.opt_stage_specs) == ["init_opt", "contact_opt", "refine_opt"]
     init = config.optimization.opt_stage_specs["init_opt"]
     assert init.niter == 400
     assert init.loss_cfg["depth_pointcloud"].num_gt_samples == 3000
     assert init.loss_cfg["depth_pointcloud"].trim_pct == pytest.approx(0.2)
     contact = config.optimization.opt_stage_specs["contact_opt"].loss_cfg["contact"]
     assert contact.depth_only is True and contact.max_contact_dist == pytest.approx(0.15)
+    refine = config.optimization.opt_stage_specs["refine_opt"]
+    assert refine.loss_cfg["contact"].depth_only is False and refine.niter == 100
+    assert config.post_processing.savgol_window == 1  # the smoothness terms smooth; savgol would break contact
     assert config.filtering.filter_object_motion == "dynamic_only"
     assert config.eval_metrics["keypoint_tracking"].threshold == pytest.approx(2.0)
     # paths feed the layout directly

@@ -20,14 +20,9 @@ def body():
     return load_body_model("anny")
 
 
-def _config(init_iters: int = 40, contact_iters: int = 20):
-    return load_config().merge(
-        {
-            "optimization": {
-                "opt_stage_specs": {"init_opt": {"niter": init_iters}, "contact_opt": {"niter": contact_iters}}
-            }
-        }
-    )
+def _config(init_iters: int = 40, contact_iters: int = 20, refine_iters: int = 10):
+    stages = {"init_opt": init_iters, "contact_opt": contact_iters, "refine_opt": refine_iters}
+    return load_config().merge({"optimization": {"opt_stage_specs": {k: {"niter": n} for k, n in stages.items()}}})
 
 
 def _keypoint_error(body, pose, trans, gt) -> float:
@@ -41,7 +36,7 @@ def test_stages_reduce_their_loss_and_record_history(body):
     config = _config(30, 15)
     result = HOIOptimizer(body, config.optimization).run([video], eval_cfg=config.eval_metrics)[0]
     stages = result.history["stages"]
-    assert [s["name"] for s in stages] == ["init_opt", "contact_opt"]
+    assert [s["name"] for s in stages] == ["init_opt", "contact_opt", "refine_opt"]
     for stage in stages:
         assert len(stage["total"]) == stage["niter"]
         assert stage["total"][-1] < stage["total"][0], stage["name"]

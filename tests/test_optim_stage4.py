@@ -24,7 +24,11 @@ def body():
 
 def _quick_config():
     return load_config().merge(
-        {"optimization": {"opt_stage_specs": {"init_opt": {"niter": 15}, "contact_opt": {"niter": 10}}}}
+        {
+            "optimization": {
+                "opt_stage_specs": {"init_opt": {"niter": 30}, "contact_opt": {"niter": 10}, "refine_opt": {"niter": 5}}
+            }
+        }
     )
 
 
@@ -55,8 +59,8 @@ def test_stage4_writes_hoi_data_history_and_contact_labels(tmp_path, body):
     assert "opt_stage_specs" in meta["optimization_config"]
     assert set(hoi["eval_data"]) == {"keypoint_tracking", "contact", "penetration"}
     history = json.loads(layout.loss_history(vid).read_text())
-    assert [s["name"] for s in history["stages"]] == ["init_opt", "contact_opt"]
-    assert len(history["stages"][0]["terms"]["keypoint_tracking"]) == 15
+    assert [s["name"] for s in history["stages"]] == ["init_opt", "contact_opt", "refine_opt"]
+    assert len(history["stages"][0]["terms"]["keypoint_tracking"]) == 30
     labels = json.loads(layout.contact_labels(vid).read_text())
     assert labels["intervals"] and labels["intervals"][0]["hand"] == "right"
     assert progress and progress[-1] == 1.0

@@ -347,7 +347,9 @@ def test_reference_results_dir_runs_through_the_cli(smplx_body, scene, reference
             "human_model": {"body_model": "smplx"},
             "human_pose": {"backend": "import"},
             "object_pose": {"backend": "import"},
-            "optimization": {"opt_stage_specs": {"init_opt": {"niter": 15}, "contact_opt": {"niter": 10}}},
+            "optimization": {
+                "opt_stage_specs": {"init_opt": {"niter": 15}, "contact_opt": {"niter": 10}, "refine_opt": {"niter": 5}}
+            },
         }
     )
     config_path = tmp_path / "grail_import.yaml"
@@ -397,7 +399,9 @@ def test_nan_in_reused_depth_cache_is_named_by_stage_4(smplx_body, scene, refere
             "human_model": {"body_model": "smplx"},
             "human_pose": {"backend": "import"},
             "object_pose": {"backend": "import"},
-            "optimization": {"opt_stage_specs": {"init_opt": {"niter": 2}, "contact_opt": {"niter": 1}}},
+            "optimization": {
+                "opt_stage_specs": {"init_opt": {"niter": 2}, "contact_opt": {"niter": 1}, "refine_opt": {"niter": 1}}
+            },
         }
     )
     for stage in (human_pose, object_pose):

@@ -28,7 +28,11 @@ def body():
 
 def _quick_config():
     return load_config().merge(
-        {"optimization": {"opt_stage_specs": {"init_opt": {"niter": 8}, "contact_opt": {"niter": 6}}}}
+        {
+            "optimization": {
+                "opt_stage_specs": {"init_opt": {"niter": 8}, "contact_opt": {"niter": 6}, "refine_opt": {"niter": 3}}
+            }
+        }
     )
 
 
@@ -239,3 +243,27 @@ def test_depth_only_contact_partners_are_on_the_visible_surface():
     assert losses.contact(hand, samples, mask, K, depth_only=True).item() < 1e-6  # the back face "touches"
     pulled = losses.contact(hand, samples, mask, K, depth_only=True, object_facing=facing)
     assert pulled.item() == pytest.approx(0.01 * (0.12 - 0.005), rel=1e-3)  # Huber of the 12 cm gap
+
+
+def test_depth_only_partner_is_mid_depth_on_a_side_face_whatever_the_hand_depth():
+    # a hand gripping a box's side face (x = 0.15, the face spans z 2.8-3.2) shows on screen beside the box;
+    # stage 1 put it 40 cm too deep. The partner is the side face at the box's mean depth, not its far end.
+    depths = torch.linspace(2.8, 3.2, 9)
+    ys = torch.linspace(-0.1, 0.1, 5)
+    zz, yy = torch.meshgrid(depths, ys, indexing="ij")
+    side = torch.stack([torch.full_like(zz, 0.15), yy, zz], -1).reshape(-1, 3)
+    grid = torch.linspace(-0.15, 0.15, 7)
+    gx, gy = torch.meshgrid(grid, ys, indexing="ij")
+    front = torch.stack([gx, gy, torch.full_like(gx, 2.8)], -1).reshape(-1, 3)
+    samples = torch.cat([front, side])[None]  # (1, N, 3)
+    for stage1_depth in (3.4, 2.6):
+        hand = torch.tensor([0.16 * stage1_depth / 3.0, 0.0, stage1_depth]).expand(1, 2, 4, 3).clone()
+        hand.requires_grad_(True)
+        mask = torch.tensor([[True, False]])
+        cost = losses.contact(hand, samples, mask, K, depth_only=True, max_contact_dist=0.5, huber_delta=0.01)
+        # the samples' mean depth is 2.91 (front face at 2.8, side face 2.8-3.2): the side-face row at 2.9
+        gap = abs(stage1_depth - 2.9)
+        assert cost.item() == pytest.approx(0.01 * (gap - 0.005), abs=0.01 * 0.05)
+        cost.backward()
+        descent = -hand.grad[0, 0, :, 2].sum()  # how descent moves the hand's depth
+        assert descent.item() > 0 if stage1_depth < 2.9 else descent.item() < 0

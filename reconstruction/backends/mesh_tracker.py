@@ -787,7 +787,8 @@ def contour_rms(
     dtype = rotations.dtype
     points = visible_points(_poses(rotations, centres, centroid).float(), *mesh, K, size, config, generator)
     cam = (points.contour.to(dtype) - centroid) @ rotations.transpose(1, 2) + centres[:, None]
-    signed = sample_image(evidence.signed_distance[frames], project(cam, torch.as_tensor(K, dtype=dtype)), size)
+    K_t = torch.as_tensor(K, dtype=dtype, device=cam.device)
+    signed = sample_image(evidence.signed_distance[frames], project(cam, K_t), size)
     valid = points.contour_valid.to(dtype)
     return ((signed**2 * valid).sum(1) / valid.sum(1).clamp(min=1)).sqrt().cpu().numpy()
 
@@ -837,7 +838,8 @@ def track_object(
         if 0 < suffix and num_frames - suffix >= prefix:
             rest_start = num_frames - suffix
             ids = torch.arange(rest_start, num_frames, device=device)
-            ids = ids[torch.linspace(0, len(ids) - 1, min(config.rest_frames, len(ids))).round().long()]
+            picks = torch.linspace(0, len(ids) - 1, min(config.rest_frames, len(ids)), device=device)
+            ids = ids[picks.round().long()]
             normal = torch.as_tensor(anchors.plane_normal, dtype=dtype, device=device)
             try:
                 rest_rot, rest_centre = fit_rest_pose(

@@ -230,7 +230,8 @@ def contact(
     - default: squared closest 3D distance between hand points and object samples;
     - ``depth_only``: the image already places hand and object; only their view-space depth is pulled
       together. For each hand point, the object samples within ``contact_px`` pixels on screen are its
-      partners, the one nearest in 3D is chosen, and the Huber loss of their z difference is taken."""
+      partners (only those ``object_facing`` marks, when given), the one nearest to the hand point's viewing
+      ray at the object's mean depth is chosen, and the Huber loss of their z difference is taken."""
     # Partners are chosen without gradient (argmin over all pairs); the loss then differentiates only the
     # chosen pairs, so backward costs O(points), not O(pairs).
     big = torch.finfo(hand_points_cam.dtype).max
@@ -252,9 +253,15 @@ def contact(
             hand_px = project(hand_points_cam, K)  # (..., T, 2, H, 2)
             obj_px = project(object_points_cam, K)[..., :, None, :, :]  # (..., T, 1, N, 2)
             near = torch.cdist(hand_px, obj_px.expand(*hand_px.shape[:-2], -1, 2)) <= contact_px
-            if object_facing is not None:  # partners on the surface the camera sees
+            if object_facing is not None:  # partners on the surface the camera can see (front and sides)
                 near = near & object_facing[..., :, None, None, :]
-            nearest = torch.where(near, dist, big).argmin(-1)
+            # The partner is chosen as if the hand point sat on its viewing ray at the object's mean depth, not
+            # where stage 1 put it: a hand 30 cm too deep would otherwise pick the far end of a side face, and
+            # a hand grips an object about its middle (side faces, handles, a bottle's girth).
+            centre_depth = objects[..., 2].mean(-1, keepdim=True)[..., None]  # (..., T, 1, 1, 1)
+            probe = torch.cat([hand_ray * centre_depth, centre_depth.expand_as(hand_ray[..., :1])], dim=-1)
+            probe_dist = torch.cdist(probe, objects.expand(*probe.shape[:-2], -1, 3))
+            nearest = torch.where(near, probe_dist, big).argmin(-1)
             has_partner = near.any(-1)  # (..., T, 2, H)
     partner = objects.expand(*hand_points_cam.shape[:-2], -1, 3).gather(
         -2, nearest[..., None].expand(*nearest.shape, 3)

@@ -48,6 +48,7 @@ GRAPH_WARMUP_ITERS = 3  # eager iterations before an optimiser stage is captured
 CONTACT_POINTS_PER_HAND = 48  # of those, the ones nearest the object take part in contact / penetration
 RIGID_POINTS_PER_HAND = 32  # fixed evenly spread subset for contact_smoothness (same points every frame)
 BODY_POINTS = 600  # sparse body cover for depth and penetration
+BACK_FACE_COS = 0.5  # contact partners: surfaces facing the camera or up to 30 deg past grazing
 CONTACT_SAMPLES = 384  # object samples the contact term compares hands with
 DEPTH_OBJECT_SAMPLES = 256  # object samples compared with depth points (per frame)
 DEPTH_BODY_POINTS = 300  # body points compared with depth points (per frame)
@@ -671,7 +672,8 @@ def _t_contact(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
     object_cam = ctx.to_cam(ctx.object_points(subset=CONTACT_SAMPLES))
     camera_rotation = ctx.batch.world_to_cam[..., :3, :3]  # (B, T, 3, 3)
     normals_cam = ctx.object_normals(subset=CONTACT_SAMPLES) @ camera_rotation.transpose(-1, -2)
-    facing = ((normals_cam * object_cam).sum(-1) < 0).detach()  # (B, T, N) normal towards the camera
+    # partners on surfaces the camera sees or grazes (a hand grips a box's side face); not the back
+    facing = ((normals_cam * object_cam).sum(-1) < BACK_FACE_COS * object_cam.norm(dim=-1)).detach()  # (B, T, N)
     return losses.contact(
         ctx.to_cam(_hand_points_near_object(ctx, CONTACT_POINTS_PER_HAND)),
         object_cam,
