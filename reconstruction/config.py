@@ -27,11 +27,13 @@ import yaml
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "manip_anny.yaml"
 
-# Loss terms of the reference (grail/optimization/loss_terms.py) plus hoiweb's contact_smoothness.
+# Loss terms of the reference (grail/optimization/loss_terms.py) plus hoiweb's contact_smoothness and
+# obj_still_reg (the object held where stage 3 sees it still, touched or not).
 LOSS_NAMES: tuple[str, ...] = (
     "keypoint_tracking", "ground", "human_global_init_reg", "human_smoothness", "human_traj_reg",
     "human_pose_reg", "human_foot_contact", "verts_tracking", "obj_smoothness", "obj_traj_reg",
     "obj_rot_reg", "depth_pointcloud", "contact", "contact_smoothness", "penetration", "obj_precontact_reg",
+    "obj_still_reg",
 )  # fmt: skip
 
 # Residual variables on top of the stage 1-3 estimates.

@@ -22,7 +22,9 @@ def body():
 
 
 def test_every_stage_loss_traces_as_one_graph_with_depth(body):
-    _, video = make_scene(body, 6)
+    gt, video = make_scene(body, 6)
+    video.object_moving = torch.arange(6) >= gt["contact_from"]  # obj_still_reg holds the still start
+    video.object_pose_first_world = gt["obj_world"][0]
     height, width = video.image_size
     # depth known on the object and the human (as a MoGe-like backend gives): the depth term's full path
     video.depth = torch.full((6, height, width), 3.0)

@@ -99,6 +99,43 @@ def test_obj_precontact_reg():
     assert losses.obj_precontact_reg(pts, torch.tensor([False, False, True, True])).item() == 0.0
 
 
+def test_obj_still_reg_holds_the_still_start_at_rest_and_the_put_down_in_place():
+    rest = torch.tensor([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0]])
+    lifted = (torch.arange(6.0) >= 2)[:, None, None]  # frames 2-5: 3 cm up
+    pts = rest.repeat(6, 1, 1) + torch.tensor([0.0, 0.0, 0.03]) * lifted
+    still = torch.tensor([True, True, True, False, True, True])  # 0-2 still start (touched at 2), 4-5 put down
+    at_rest = torch.tensor([True, True, True, False, False, False])
+    # motion: only 1->2 of the consecutive still pairs (0-1, 1-2, 4-5) moves, by 3 cm; offset: frame 2 of 0-2
+    expected = 0.03**2 / 3 + 0.03**2 / 3
+    assert losses.obj_still_reg(pts, still, at_rest, rest, torch.tensor(True)).item() == pytest.approx(expected)
+    assert losses.obj_still_reg(pts, still, at_rest).item() == pytest.approx(0.03**2 / 3)  # no known rest pose
+    assert losses.obj_still_reg(pts, still, at_rest, rest, torch.tensor(False)).item() == pytest.approx(0.03**2 / 3)
+    # a carried object (no still frame) is free: zero value, zero gradient
+    moving = pts.clone().requires_grad_(True)
+    none = torch.zeros(6, dtype=torch.bool)
+    value = losses.obj_still_reg(moving, none, none, rest, torch.tensor(True))
+    value.backward()
+    assert value.item() == 0.0 and moving.grad.abs().sum().item() == 0.0
+
+
+def test_obj_still_reg_gradient_pulls_a_touched_still_object_back_and_leaves_moving_frames_alone():
+    rest = torch.zeros(1, 2, 3)  # (B=1, N=2, 3)
+    dragged = torch.zeros(1, 5, 2, 3)
+    dragged[:, 2:4, :, 2] = 0.02  # frames 2-3: the contact term dragged it 2 cm deeper
+    dragged[:, 4, :, 0] = 0.3  # frame 4: it moves (carried)
+    dragged.requires_grad_(True)
+    still = torch.tensor([[True, True, True, True, False]])
+    value = losses.obj_still_reg(dragged, still, still, rest, torch.tensor([True]))
+    assert value.shape == (1,)
+    value.sum().backward()
+    assert (dragged.grad[0, 2:4, :, 2] > 0).all()  # descent moves the dragged frames back to rest
+    assert dragged.grad[0, 4].abs().sum().item() == 0.0  # the moving frame is free
+    assert torch.equal(
+        losses.obj_precontact_reg(dragged, still, rest, torch.tensor([True])),
+        losses.obj_still_reg(dragged, still, still, rest, torch.tensor([True])),
+    )  # obj_precontact_reg is the same term over the pre-contact frames
+
+
 def test_depth_pointcloud_zero_known_trim_and_tol():
     grid = torch.stack(torch.meshgrid(torch.arange(4.0), torch.arange(4.0), indexing="ij"), -1).reshape(-1, 2)
     cloud = torch.cat([grid * 0.1, torch.full((16, 1), 2.0)], -1)[None]  # (T=1, 16, 3)

@@ -144,12 +144,30 @@ def obj_precontact_reg(
     the render config; ``has_rest`` (...) bool where known) the pre-contact frames are also pulled onto
     it: mean squared distance of the samples to their resting place. Only the render knows where the object
     stands; this anchors a tracker's depth error before the hands reach it."""
-    both = precontact[..., 1:] & precontact[..., :-1]
+    return obj_still_reg(object_points, precontact, precontact, rest_points, has_rest)
+
+
+def obj_still_reg(
+    object_points: torch.Tensor,
+    still: torch.Tensor,
+    at_rest: torch.Tensor,
+    rest_points: torch.Tensor | None = None,
+    has_rest: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """hoiweb: the object does not move in frames where it is seen still, touched or not.
+
+    object_points (..., T, N, 3) surface samples; ``still`` (..., T) bool frames where the object is still:
+    mean squared frame-to-frame motion of the samples over consecutive frames that are both still. ``at_rest``
+    (..., T) bool still frames where the object is known to stand at its resting pose (``rest_points``
+    (..., N, 3), ``has_rest`` (...) bool where known; the still start of a clip): mean squared distance of the
+    samples to their resting place, added. A hand that touches a still object must not drag it: the contact
+    term then moves the hand."""
+    both = still[..., 1:] & still[..., :-1]
     motion = _velocity(object_points).square().sum(-1).mean(-1)
     total = _masked_mean(motion, both, (-1,))
     if rest_points is not None:
         offset = (object_points - rest_points[..., None, :, :]).square().sum(-1).mean(-1)  # (..., T)
-        anchored = precontact if has_rest is None else precontact & has_rest[..., None]
+        anchored = at_rest if has_rest is None else at_rest & has_rest[..., None]
         total = total + _masked_mean(offset, anchored, (-1,))
     return total
 

@@ -62,8 +62,8 @@ HUMAN_TERMS = {
     "contact_smoothness", "penetration", "depth_pointcloud",
 }  # fmt: skip
 OBJECT_TERMS = {
-    "verts_tracking", "obj_smoothness", "obj_precontact_reg", "depth_pointcloud", "contact", "contact_smoothness",
-    "penetration",
+    "verts_tracking", "obj_smoothness", "obj_precontact_reg", "obj_still_reg", "depth_pointcloud", "contact",
+    "contact_smoothness", "penetration",
 }  # fmt: skip
 
 
@@ -89,6 +89,7 @@ class VideoInputs:
     contact: torch.Tensor  # (T, 2) bool, left/right hand
     object_tracked: torch.Tensor | None = None  # (T,) bool frames stage 3 trusts (default all)
     object_pose_first_world: torch.Tensor | None = None  # (4, 4) known frame-0 object pose (render config)
+    object_moving: torch.Tensor | None = None  # (T,) bool frames stage 3 shows the object move; None: unknown
     depth: torch.Tensor | None = None  # (T, H, W) metres, 0 = unknown
     object_masks: torch.Tensor | None = None  # (T, H, W) bool
     human_masks: torch.Tensor | None = None  # (T, H, W) bool
@@ -171,6 +172,7 @@ class _Batch:
         # the first contact frame of each hand's first interval ("duration: start")
         hand_first = torch.where(self.contact.any(1), self.contact.float().argmax(1), -1)  # (B, 2)
         self.contact_start = frames[None, :, None] == hand_first[:, None, :]
+        self._still_frames(videos, frames)
 
         # object: surface samples with normals, tracking vertices, world poses
         samples, normals, track = [], [], []
@@ -239,6 +241,8 @@ class _Batch:
         # here: the pixels where a body or object point could lie behind the wall are the unknown ones.
         self.depth_obj = self.depth_human = None
         self.inactive_terms: dict[str, str] = {}
+        if not self.object_motion_known:
+            self.inactive_terms["obj_still_reg"] = "no object motion labels"
         if any(v.depth is None for v in videos):
             self.inactive_terms["depth_pointcloud"] = "no depth cache"
         else:
@@ -256,6 +260,25 @@ class _Batch:
                     reason = "no depth on the object or the human in any frame (background-only depth)"
                     self.inactive_terms["depth_pointcloud"] = reason
                     logger.warning("%s: depth_pointcloud is inactive (0)", reason)
+
+    def _still_frames(self, videos: list[VideoInputs], frames: torch.Tensor) -> None:
+        """Frames where stage 3 shows the object still (obj_still_reg): ``still_start`` (B, T) before it first
+        moves (all frames when it never does), ``object_still`` (B, T) those plus the frames after it last
+        moves (put down). A pause between two motions stays free: a hand holds the object there."""
+        T = frames.shape[0]
+        rows = []
+        for v in videos:
+            row = torch.ones(T, dtype=torch.bool) if v.object_moving is None else torch.as_tensor(v.object_moving)
+            if tuple(row.shape) != (T,):
+                raise OptimizerInputError(f"{v.name}: object_moving {tuple(row.shape)} != ({T},)")
+            rows.append(row.bool().to(frames.device))
+        moving = torch.stack(rows)  # (B, T); unknown: moving throughout, so nothing is held
+        ever = moving.any(-1)
+        first = torch.where(ever, moving.float().argmax(-1), T)
+        last = torch.where(ever, T - 1 - moving.flip(-1).float().argmax(-1), T)
+        self.still_start = frames[None] < first[:, None]  # (B, T)
+        self.object_still = self.still_start | (frames[None] > last[:, None])
+        self.object_motion_known = any(v.object_moving is not None for v in videos)
 
     def _depth_points(self, videos: list[VideoInputs], mask_attr: str, count: int, device: torch.device):
         points, valid = [], []
@@ -626,11 +649,23 @@ def _t_obj_smoothness(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
     return losses.obj_smoothness(ctx.object_points(subset=128), 0.0 if cfg.beta is None else cfg.beta)
 
 
+def _rest_points(batch: _Batch, subset: int) -> torch.Tensor:
+    """The first ``subset`` object samples at the known resting pose (B, subset, 3) (render config)."""
+    return geometry.apply_homogeneous(batch.obj_samples[:, :subset], batch.rest_pose)
+
+
 def _t_obj_precontact_reg(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
     batch = ctx.batch
-    samples = batch.obj_samples[:, :128]
-    rest = geometry.apply_homogeneous(samples, batch.rest_pose)  # (B, 128, 3)
+    rest = _rest_points(batch, 128)
     return losses.obj_precontact_reg(ctx.object_points(subset=128), batch.precontact, rest, batch.has_rest_pose)
+
+
+def _t_obj_still_reg(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
+    batch = ctx.batch
+    return losses.obj_still_reg(
+        ctx.object_points(subset=128), batch.object_still, batch.still_start, _rest_points(batch, 128),
+        batch.has_rest_pose,
+    )  # fmt: skip
 
 
 def _t_depth_pointcloud(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
@@ -719,6 +754,7 @@ TERM_FUNCTIONS: dict[str, Callable[[_TermContext, LossTermConfig], torch.Tensor]
     "verts_tracking": _t_verts_tracking,
     "obj_smoothness": _t_obj_smoothness,
     "obj_precontact_reg": _t_obj_precontact_reg,
+    "obj_still_reg": _t_obj_still_reg,
     "depth_pointcloud": _t_depth_pointcloud,
     "contact": _t_contact,
     "contact_smoothness": _t_contact_smoothness,

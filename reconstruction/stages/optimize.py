@@ -334,6 +334,7 @@ def run_many(contexts: list[StageContext]) -> list[StageResult]:
             )
         labels = initial_contact_labels(body, item.video, config, ctx.is_static_obj)
         item.video.contact = torch.as_tensor(labels.hands)
+        item.video.object_moving = torch.as_tensor(labels.object_moving)  # obj_still_reg: still start and end
         loaded.append((ctx, item, labels))
 
     groups: dict[tuple, list[int]] = {}
