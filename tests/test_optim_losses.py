@@ -227,3 +227,23 @@ def test_signed_distance_and_penetration():
 def test_huber():
     r = torch.tensor([0.0, 0.005, -0.02])
     assert torch.allclose(losses.huber(r, 0.01), torch.tensor([0.0, 0.5 * 0.005**2, 0.5e-4 + 0.01 * 0.01]))
+
+
+def test_contact_3d_measures_to_the_tangent_plane_between_sparse_samples():
+    # a face at z = 2 sampled every 5 cm; the hand point lies on the face halfway between two samples
+    grid = torch.stack(torch.meshgrid(torch.linspace(-0.1, 0.1, 5), torch.linspace(-0.1, 0.1, 5), indexing="ij"), -1)
+    obj = torch.cat([grid.reshape(-1, 2), torch.full((25, 1), 2.0)], -1)[None]  # (T=1, 25, 3)
+    normals = torch.tensor([0.0, 0.0, -1.0]).expand(1, 25, 3)
+    both = torch.tensor([[True, True]])
+
+    def cost(point: list[float], radius: float = 0.035) -> float:
+        hands = torch.tensor(point).expand(1, 2, 1, 3)
+        return losses.contact(hands, obj, both, K, object_normals_cam=normals, sample_radius=radius).item()
+
+    assert losses.contact(torch.tensor([0.025, 0.0, 2.0]).expand(1, 2, 1, 3), obj, both, K).item() == pytest.approx(
+        0.025**2
+    )  # to the nearest sample: a touching hand looks 2.5 cm off
+    assert cost([0.025, 0.0, 2.0]) == pytest.approx(0.0, abs=1e-12)  # on the face: touching
+    assert cost([0.025, 0.0, 1.99]) == pytest.approx(0.01**2, rel=1e-4)  # 1 cm in front of the face
+    assert cost([0.2, 0.0, 2.0]) == pytest.approx((0.1 - 0.035) ** 2, rel=1e-4)  # beside the face, off its edge
+    assert cost([0.025, 0.0, 2.0], radius=0.0) == pytest.approx(0.025**2, rel=1e-4)

@@ -29,6 +29,12 @@ def sample_surface(
     return points, normals
 
 
+def surface_area(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Total area of a triangle mesh (scalar tensor)."""
+    tri = vertices[faces]
+    return torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]).norm(dim=-1).sum() / 2
+
+
 def outward_normals(points: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
     """Flip normals that point towards the centroid (meshes with inconsistent winding)."""
     centre = points.mean(dim=0, keepdim=True)

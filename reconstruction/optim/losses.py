@@ -235,6 +235,8 @@ def contact(
     contact_px: float = 20.0,
     huber_delta: float = 0.01,
     object_facing: torch.Tensor | None = None,
+    object_normals_cam: torch.Tensor | None = None,
+    sample_radius: torch.Tensor | float = 0.0,
 ) -> torch.Tensor:
     """Hands touch the object in contact frames.
 
@@ -245,7 +247,10 @@ def contact(
     distance in metres at the object's depth (the depth gap is what depth_only is there to close).
     Only the hand's contact patch should touch (not the back of the hand): per hand, the mean over its
     ``max(1, H // 8)`` best-matching points is taken.
-    - default: squared closest 3D distance between hand points and object samples;
+    - default: squared closest 3D distance between hand points and object samples; with the samples' unit
+      normals (``object_normals_cam`` (..., T, N, 3)) the distance to the nearest sample's tangent plane, plus
+      the sideways offset beyond ``sample_radius`` (m, scalar or (...)): a hand flat on a face between two
+      sparse samples touches it;
     - ``depth_only``: the image already places hand and object; only their view-space depth is pulled
       together. For each hand point, the object samples within ``contact_px`` pixels on screen are its
       partners (only those ``object_facing`` marks, when given), the one nearest to the hand point's viewing
@@ -286,7 +291,16 @@ def contact(
     )  # (..., T, 2, H, 3)
     patch = max(1, hand_points_cam.shape[-2] // 8)
     if not depth_only:
-        per_point = (hand_points_cam - partner).square().sum(-1)
+        offset = hand_points_cam - partner
+        per_point = offset.square().sum(-1)
+        if object_normals_cam is not None:
+            normals = object_normals_cam[..., :, None, :, :].expand(*hand_points_cam.shape[:-2], -1, 3)
+            normal = normals.gather(-2, nearest[..., None].expand(*nearest.shape, 3))
+            along = (offset * normal).sum(-1)
+            radius = torch.as_tensor(sample_radius, dtype=offset.dtype, device=offset.device)
+            radius = radius.reshape(*radius.shape, *([1] * (offset.dim() - 1 - radius.dim())))
+            sideways = (per_point - along.square()).clamp_min(0.0).sqrt()
+            per_point = along.square() + (sideways - radius).clamp_min(0.0).square()
         best = per_point.gather(-1, per_point.detach().topk(patch, dim=-1, largest=False).indices)
         return _masked_mean(best.mean(-1), active, (-2, -1))
     z_gap = hand_points_cam[..., 2] - partner[..., 2]

@@ -186,6 +186,10 @@ class _Batch:
         if len({t.shape[0] for t in track}) != 1:
             raise OptimizerInputError("object meshes of one batch need at least 256 vertices or the same count")
         self.obj_samples = torch.stack(samples)  # (B, N, 3)
+        # mean spacing of the contact term's samples: sqrt(surface area / samples)
+        areas = torch.stack([geometry.surface_area(torch.as_tensor(v.object_vertices, dtype=dtype),
+                                                   torch.as_tensor(v.object_faces, dtype=torch.long)) for v in videos])  # fmt: skip
+        self.contact_sample_radius = (areas / CONTACT_SAMPLES).sqrt().to(device)  # (B,)
         # known frame-0 poses (render config): where the object rests until a hand reaches it
         rest = [v.object_pose_first_world for v in videos]
         self.has_rest_pose = torch.tensor([r is not None for r in rest], device=device)
@@ -719,6 +723,8 @@ def _t_contact(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
         contact_px=cfg.contact_px,
         huber_delta=cfg.huber_delta,
         object_facing=facing,
+        object_normals_cam=normals_cam,
+        sample_radius=ctx.batch.contact_sample_radius,
     )
 
 
