@@ -247,3 +247,23 @@ def test_contact_3d_measures_to_the_tangent_plane_between_sparse_samples():
     assert cost([0.025, 0.0, 1.99]) == pytest.approx(0.01**2, rel=1e-4)  # 1 cm in front of the face
     assert cost([0.2, 0.0, 2.0]) == pytest.approx((0.1 - 0.035) ** 2, rel=1e-4)  # beside the face, off its edge
     assert cost([0.025, 0.0, 2.0], radius=0.0) == pytest.approx(0.025**2, rel=1e-4)
+
+
+def test_contact_3d_gradient_is_finite_on_a_sample():
+    # a hand point exactly on a sample: the sideways offset is 0, where sqrt's gradient is infinite
+    obj = torch.tensor([[[0.0, 0.0, 2.0], [0.05, 0.0, 2.0]]])
+    normals = torch.tensor([0.0, 0.0, -1.0]).expand(1, 2, 3)
+    hands = torch.tensor([0.0, 0.0, 2.0]).expand(1, 2, 1, 3).clone().requires_grad_(True)
+    both = torch.tensor([[True, True]])
+    losses.contact(hands, obj, both, K, object_normals_cam=normals, sample_radius=0.01).backward()
+    assert torch.isfinite(hands.grad).all()
+
+
+def test_diverged_stage_is_an_error_naming_the_variable():
+    from reconstruction.optim.optimizer import OptimizerDivergedError, _check_finite
+
+    var = {"human_pose_res": torch.zeros(2, 3), "obj_t_res": torch.tensor([[0.0, float("nan"), 0.0]])}
+    history = {"contact": torch.tensor([[0.1], [float("nan")]]), "total": torch.tensor([[0.2], [float("nan")]])}
+    with pytest.raises(OptimizerDivergedError, match="refine_opt: non-finite obj_t_res .*contact"):
+        _check_finite(var, history, "refine_opt")
+    _check_finite({"human_pose_res": torch.zeros(2, 3)}, history, "refine_opt")  # finite variables pass

@@ -299,7 +299,7 @@ def contact(
             along = (offset * normal).sum(-1)
             radius = torch.as_tensor(sample_radius, dtype=offset.dtype, device=offset.device)
             radius = radius.reshape(*radius.shape, *([1] * (offset.dim() - 1 - radius.dim())))
-            sideways = (per_point - along.square()).clamp_min(0.0).sqrt()
+            sideways = (per_point - along.square()).clamp_min(1e-12).sqrt()  # not 0: sqrt's gradient there is inf
             per_point = along.square() + (sideways - radius).clamp_min(0.0).square()
         best = per_point.gather(-1, per_point.detach().topk(patch, dim=-1, largest=False).indices)
         return _masked_mean(best.mean(-1), active, (-2, -1))

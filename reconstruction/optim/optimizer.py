@@ -71,6 +71,22 @@ class OptimizerInputError(ValueError):
     """Inputs that cannot be optimised together (shapes, lengths); the message names the video."""
 
 
+class OptimizerDivergedError(RuntimeError):
+    """An optimiser stage produced non-finite values (a loss term's gradient blew up)."""
+
+
+def _check_finite(var: dict[str, torch.Tensor], terms_hist: dict[str, torch.Tensor], stage_name: str) -> None:
+    """Raise when a stage left non-finite variables (one device sync per stage, not per iteration): a NaN
+    pose must fail the stage, not reach hoi_data.pkl."""
+    bad_vars = [name for name, value in var.items() if not bool(torch.isfinite(value).all())]
+    if bad_vars:
+        bad_terms = [t for t, values in terms_hist.items() if t != "total" and not bool(torch.isfinite(values).all())]
+        raise OptimizerDivergedError(
+            f"{stage_name}: non-finite {', '.join(bad_vars)} after optimisation"
+            + (f" (non-finite loss terms: {', '.join(bad_terms)})" if bad_terms else "")
+        )
+
+
 @dataclass
 class VideoInputs:
     """One video's stage 1-3 estimates and observations (world frame unless named *_cam)."""
@@ -395,6 +411,7 @@ class HOIOptimizer:
         for stage_name, spec in stages.items():
             stage_start = time.perf_counter()
             terms_hist = self._run_stage(batch, var, stage_name, spec, done, total_iters, progress, should_cancel)
+            _check_finite(var, terms_hist, stage_name)
             done += spec.niter
             seconds = time.perf_counter() - stage_start
             for b in range(len(videos)):
