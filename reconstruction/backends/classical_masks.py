@@ -13,10 +13,20 @@ How a frame is split:
    alive while a hand covers it, so the object reappears when the hand moves on.
 4. Human = the non-object foreground united with the selfie segmentation where the background is
    unknown; morphological clean-up, small blobs dropped.
+   Rigid carry (``rigid_carry``): where the object has enough pixels whose colour is surely its own
+   (object vs human log-odds above ``sure_margin``) in the last frame and in this one, the mask is
+   carried by one 2-D rigid motion fitted to those (trimmed ICP) instead of the dense flow, which on
+   black-on-black follows the static trousers. Sure pixels are then decided by colour; ambiguous ones
+   by shape: object iff inside the carried mask or the frame-0 mask under the composed motions (no
+   pull from mere nearness, which let an ambiguous region grow into the object frame after frame).
+   Ambiguous gaps between object parts narrower than ~2 ``gap_close_px`` join it. A hidden object has
+   no sure pixels, so no shape is carried onto what covers it.
 5. Object shape: the object mask is kept inside the frame-0 mask's ellipse (grown by ``size_gate``,
    mean-shift centred), its outline pixels re-decided by the nearest local colour (object interior,
    human interior, known background), and until the object first moves (``pose_anchors`` still test
-   on its outline band) it is the frame-0 mask minus the pixels that changed.
+   on its outline band) it is the frame-0 mask minus the pixels that changed. With the rigid carry, a
+   turning object (a drill seen end-on, then from the side) also keeps the pixels near its carried
+   shape and its sure pixels within the mesh's projected radius (``object_radius_px``).
 
 Everything per pixel is vectorised (numpy/OpenCV); only the flow tracking walks frame by frame.
 """
@@ -59,6 +69,7 @@ class ClassicalMaskConfig:
     sure_margin: float = 2.0  # log-odds object vs human above which a pixel's colour is surely the object's
     rigid_min_pixels: int = 20  # fewer sure pixels (before or now) than this: carry by the dense flow
     reach_scale: float = 1.2  # the mesh's projected radius at frame 0 grown this much (depth changes)
+    gap_close_px: int = 5  # ambiguous gaps narrower than about twice this between object parts join it
 
     @classmethod
     def from_section(cls, section: dict[str, Any]) -> ClassicalMaskConfig:
@@ -473,6 +484,7 @@ def track_masks(
             object_vote = np.where(np.abs(margin) > config.sure_margin, margin > 0, carried_shape)
         near_prior = cv2.dilate((object_prior | carried_object).astype(np.uint8), search).astype(bool)
         obj = foreground & near_prior & object_vote
+        voted = obj
         obj = clean_mask(obj, config.kernel_px, min_blob)
         obj = keep_components_touching(
             obj, cv2.dilate(carried_object.astype(np.uint8), search).astype(bool) | object_prior
@@ -488,9 +500,15 @@ def track_masks(
                 if object_radius_px is not None and carried_shape.any():
                     ys, xs = np.nonzero(carried_shape)
                     reach = np.hypot(grid[1] - ys.mean(), grid[0] - xs.mean()) <= object_radius_px * config.reach_scale
-                    gated |= obj & reach & (margin > config.sure_margin)
+                    # From before the clean-up: a sure band cut off by ambiguous ones is a small blob.
+                    gated |= voted & reach & (margin > config.sure_margin)
             obj = gated
 
+        if motion is not None and config.gap_close_px > 0 and obj.any():
+            # A rigid object's parts stay joined: an ambiguous-colour gap between sure parts (a black
+            # band across a yellow handle, over black trousers) is the object's.
+            closed = cv2.morphologyEx(obj.astype(np.uint8), cv2.MORPH_CLOSE, _disk(config.gap_close_px)).astype(bool)
+            obj |= closed & foreground & (np.abs(margin) <= config.sure_margin)
         if config.refine_boundary and obj.any():
             obj = refine_boundary(lab[t], obj, human_masks[t - 1] & ~obj, background_lab, background_known)
         human = foreground & ~obj
