@@ -19,7 +19,7 @@ How a frame is split:
    black-on-black follows the static trousers. Sure pixels are then decided by colour; ambiguous ones
    by shape: object iff inside the carried mask or the frame-0 mask under the composed motions (no
    pull from mere nearness, which let an ambiguous region grow into the object frame after frame).
-   Ambiguous gaps between object parts narrower than ~2 ``gap_close_px`` join it. A hidden object has
+   Ambiguous bands up to 2 ``gap_close_px`` wide between object parts (across a bar) join it. A hidden object has
    no sure pixels, so no shape is carried onto what covers it.
 5. Object shape: the object mask is kept inside the frame-0 mask's ellipse (grown by ``size_gate``,
    mean-shift centred), its outline pixels re-decided by the nearest local colour (object interior,
@@ -69,7 +69,7 @@ class ClassicalMaskConfig:
     sure_margin: float = 2.0  # log-odds object vs human above which a pixel's colour is surely the object's
     rigid_min_pixels: int = 20  # fewer sure pixels (before or now) than this: carry by the dense flow
     reach_scale: float = 1.2  # the mesh's projected radius at frame 0 grown this much (depth changes)
-    gap_close_px: int = 5  # ambiguous gaps narrower than about twice this between object parts join it
+    gap_close_px: int = 5  # ambiguous bands up to twice this across the object (between its parts) join it
 
     @classmethod
     def from_section(cls, section: dict[str, Any]) -> ClassicalMaskConfig:
@@ -342,6 +342,16 @@ def rigid_motion(
     return motion
 
 
+def between(mask: np.ndarray, reach: int) -> np.ndarray:
+    """Pixels with ``mask`` pixels within ``reach`` on both sides, vertically or horizontally: a band
+    across a thin bar (a closing would need the bar wider than its disk)."""
+    m = mask.astype(np.uint8)
+    column, row = np.ones((reach + 1, 1), np.uint8), np.ones((1, reach + 1), np.uint8)
+    below, above = cv2.dilate(m, column, anchor=(0, 0)), cv2.dilate(m, column, anchor=(0, reach))
+    right, left = cv2.dilate(m, row, anchor=(0, 0)), cv2.dilate(m, row, anchor=(reach, 0))
+    return ((below & above) | (right & left)).astype(bool)
+
+
 def _compose(second: np.ndarray, first: np.ndarray) -> np.ndarray:
     """The 2x3 motion ``first`` then ``second``."""
     return second @ np.vstack([first, [0.0, 0.0, 1.0]])
@@ -507,8 +517,7 @@ def track_masks(
         if motion is not None and config.gap_close_px > 0 and obj.any():
             # A rigid object's parts stay joined: an ambiguous-colour gap between sure parts (a black
             # band across a yellow handle, over black trousers) is the object's.
-            closed = cv2.morphologyEx(obj.astype(np.uint8), cv2.MORPH_CLOSE, _disk(config.gap_close_px)).astype(bool)
-            obj |= closed & foreground & (np.abs(margin) <= config.sure_margin)
+            obj |= between(obj, 2 * config.gap_close_px) & foreground & (np.abs(margin) <= config.sure_margin)
         if config.refine_boundary and obj.any():
             obj = refine_boundary(lab[t], obj, human_masks[t - 1] & ~obj, background_lab, background_known)
         human = foreground & ~obj
