@@ -22,6 +22,8 @@ import torch
 
 from reconstruction import fileio
 from reconstruction.backends import depth_align
+from reconstruction.layout import Layout, VideoId
+from reconstruction.render_config import RenderConfig
 from reconstruction.stages import scene_inputs
 from reconstruction.stages.base import StageContext, StageInputError, StageResult
 
@@ -83,7 +85,7 @@ def compute_masks(
     return track.object_masks, track.human_masks
 
 
-def object_reach_px(layout, vid, render_config, K: np.ndarray) -> float | None:
+def object_reach_px(layout: Layout, vid: VideoId, render_config: RenderConfig, K: np.ndarray) -> float | None:
     """The object mesh's projected radius at its frame-0 pose (pixels), or None without a mesh: how far
     a turning object's pixels may lie from its centre (the classical backend's gate)."""
     from reconstruction.backends.classical_masks import projected_radius_px
