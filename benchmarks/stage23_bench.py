@@ -61,13 +61,24 @@ def generate(layout: Layout, vid: VideoId, category: str, frames: int, width: in
     return truth_masks
 
 
-def evaluate(layout: Layout, vid: VideoId, truth_masks: Path) -> dict[str, float]:
-    ctx = StageContext(video=vid, layout=layout, config={})
-    stage2 = preprocess.run(ctx)
-    stage3 = object_pose.run(ctx)
+def evaluate_masks(layout: Layout, vid: VideoId, truth_masks: Path) -> dict[str, float]:
+    """Stage 2 alone: object and human mask IoU medians (frames 1..T-1) and seconds."""
+    stage2 = preprocess.run(StageContext(video=vid, layout=layout, config={}))
     with np.load(truth_masks) as data:
         gt_object, gt_human = data["object"], data["human"]
     object_masks, human_masks = masks_to_tensors(load_masks_cache(layout.masks_cache(vid)))
+    object_iou, human_iou = mask_iou(object_masks, gt_object), mask_iou(human_masks, gt_human)
+    logger.info("%s object IoU per frame: %s", vid, " ".join(f"{v:.2f}" for v in object_iou))
+    return {
+        "object_iou_median": float(np.median(object_iou[1:])),
+        "human_iou_median": float(np.median(human_iou[1:])),
+        "stage2_s": stage2.seconds,
+    }
+
+
+def evaluate(layout: Layout, vid: VideoId, truth_masks: Path) -> dict[str, float]:
+    masks = evaluate_masks(layout, vid, truth_masks)
+    stage3 = object_pose.run(StageContext(video=vid, layout=layout, config={}))
     gt = load_ground_truth(layout.ground_truth(vid))
     poses = load_pickle(layout.object_poses(vid))
     trans_err = np.linalg.norm(poses[:, :3, 3] - gt.object_poses_cam[:, :3, 3], axis=1)
@@ -84,15 +95,15 @@ def evaluate(layout: Layout, vid: VideoId, truth_masks: Path) -> dict[str, float
     vertices = np.asarray(trimesh.load(gt.object_mesh_path, force="mesh", process=False).vertices)
     model_points = vertices[:: max(1, len(vertices) // 500)]  # bounded memory: T x N x N distances
     return {
-        "object_iou_median": float(np.median(mask_iou(object_masks, gt_object)[1:])),
-        "human_iou_median": float(np.median(mask_iou(human_masks, gt_human)[1:])),
+        "object_iou_median": masks["object_iou_median"],
+        "human_iou_median": masks["human_iou_median"],
         "translation_cm_median": float(np.median(trans_err) * 100),
         "rotation_deg_median": float(np.median(rot_err)),
         "translation_cm_max": float(trans_err.max() * 100),
         "rotation_deg_max": float(rot_err.max()),
         "rotation_deg_median_ignoring_symmetry": float(np.median(raw_rot_err)),
         "add_s_cm": float(add_s(poses, gt.object_poses_cam, model_points) * 100),
-        "stage2_s": stage2.seconds,
+        "stage2_s": masks["stage2_s"],
         "stage3_s": stage3.seconds,
     }
 
@@ -107,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--generate_only", action="store_true")
+    parser.add_argument("--stage2_only", action="store_true", help="masks only (IoU, stage 2 seconds), no stage 3")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -121,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("%s ready in %.1f s", vid, time.perf_counter() - start)
             if args.generate_only:
                 continue
-            result = evaluate(layout, vid, truth_masks)
+            result = (evaluate_masks if args.stage2_only else evaluate)(layout, vid, truth_masks)
             logger.info("%s: %s", vid, json.dumps({k: round(v, 3) for k, v in result.items()}))
             per_video.append(result)
         if per_video:
@@ -134,11 +146,10 @@ def main(argv: list[str] | None = None) -> int:
               "stage3 s"]  # fmt: skip
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
+    keys = ("object_iou_median", "human_iou_median", "translation_cm_median", "rotation_deg_median",
+            "translation_cm_max", "rotation_deg_max", "add_s_cm", "stage2_s", "stage3_s")  # fmt: skip
     for category, row in rows.items():
-        values = [row[k] for k in ("object_iou_median", "human_iou_median", "translation_cm_median",
-                                   "rotation_deg_median", "translation_cm_max", "rotation_deg_max",
-                                   "add_s_cm", "stage2_s", "stage3_s")]  # fmt: skip
-        print(f"| {category} | " + " | ".join(f"{v:.3g}" for v in values) + " |")
+        print(f"| {category} | " + " | ".join(f"{row[k]:.3g}" if k in row else "-" for k in keys) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

@@ -13,10 +13,20 @@ How a frame is split:
    alive while a hand covers it, so the object reappears when the hand moves on.
 4. Human = the non-object foreground united with the selfie segmentation where the background is
    unknown; morphological clean-up, small blobs dropped.
+   Rigid carry (``rigid_carry``): where the object has enough pixels whose colour is surely its own
+   (object vs human log-odds above ``sure_margin``) in the last frame and in this one, the mask is
+   carried by one 2-D rigid motion fitted to those (trimmed ICP) instead of the dense flow, which on
+   black-on-black follows the static trousers. Sure pixels are then decided by colour; ambiguous ones
+   by shape: object iff inside the carried mask or the frame-0 mask under the composed motions (no
+   pull from mere nearness, which let an ambiguous region grow into the object frame after frame).
+   Ambiguous bands up to 2 ``gap_close_px`` wide between object parts (across a bar) join it. A hidden object has
+   no sure pixels, so no shape is carried onto what covers it.
 5. Object shape: the object mask is kept inside the frame-0 mask's ellipse (grown by ``size_gate``,
    mean-shift centred), its outline pixels re-decided by the nearest local colour (object interior,
    human interior, known background), and until the object first moves (``pose_anchors`` still test
-   on its outline band) it is the frame-0 mask minus the pixels that changed.
+   on its outline band) it is the frame-0 mask minus the pixels that changed. With the rigid carry, a
+   turning object (a drill seen end-on, then from the side) also keeps the pixels near its carried
+   shape and its sure pixels within the mesh's projected radius (``object_radius_px``).
 
 Everything per pixel is vectorised (numpy/OpenCV); only the flow tracking walks frame by frame.
 """
@@ -55,6 +65,11 @@ class ClassicalMaskConfig:
     snap_still: bool = True  # frames where the object has not moved yet reuse the frame-0 mask
     still_colour_threshold: float = 8.0  # Lab distance: a frame-0 object pixel covered by something else
     fill_sigma_px: float = 4.0  # unknown background guessed from known background this near (0: off)
+    rigid_carry: bool = True  # carry the object mask by a 2-D rigid motion fitted to its sure-colour pixels
+    sure_margin: float = 2.0  # log-odds object vs human above which a pixel's colour is surely the object's
+    rigid_min_pixels: int = 20  # fewer sure pixels (before or now) than this: carry by the dense flow
+    reach_scale: float = 1.2  # the mesh's projected radius at frame 0 grown this much (depth changes)
+    gap_close_px: int = 5  # ambiguous bands up to twice this across the object (between its parts) join it
 
     @classmethod
     def from_section(cls, section: dict[str, Any]) -> ClassicalMaskConfig:
@@ -266,6 +281,96 @@ def background_guess(
     return guess, spot & ~background_known & (support > min_support)
 
 
+# ---- rigid carry ----------------------------------------------------------------------------------
+def _nearest_lookup(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distance to the nearest ``mask`` pixel and that pixel's (x, y), per image pixel."""
+    distance, labels = cv2.distanceTransformWithLabels(
+        (~mask).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL
+    )
+    ys, xs = np.nonzero(mask)
+    lookup = np.zeros((labels.max() + 1, 2), dtype=np.float32)
+    lookup[labels[ys, xs]] = np.stack([xs, ys], axis=1)
+    return distance, lookup[labels]
+
+
+def _rigid_fit(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """2x3 rotation+translation taking ``source`` (N,2) onto ``target`` (N,2), least squares (Kabsch)."""
+    source_mean, target_mean = source.mean(0), target.mean(0)
+    u, _, vt = np.linalg.svd((source - source_mean).T @ (target - target_mean))
+    d = np.sign(np.linalg.det(vt.T @ u.T))
+    rotation = vt.T @ np.diag([1.0, d]) @ u.T
+    return np.concatenate([rotation, (target_mean - rotation @ source_mean)[:, None]], axis=1)
+
+
+def _apply(motion: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return points @ motion[:, :2].T + motion[:, 2]
+
+
+def rigid_motion(
+    source: np.ndarray, target: np.ndarray, initial_shift: np.ndarray, max_distance: float, iterations: int = 10
+) -> np.ndarray | None:
+    """2-D rigid motion (2x3) carrying the ``source`` pixels (last frame's sure object pixels) onto the
+    ``target`` ones (this frame's), by trimmed ICP from source to target: the target may hold extra
+    pixels (a part the mask missed, a side turning into view), which must not drag the fit, and source
+    pixels now covered (by a hand) fall out as the outliers. None without a fit."""
+    # Work in the box around both sets (the distance transform is the cost), then shift back.
+    ys, xs = np.nonzero(source | target)
+    pad = int(np.ceil(max_distance)) + 2
+    y0, x0 = max(ys.min() - pad, 0), max(xs.min() - pad, 0)
+    y1, x1 = min(ys.max() + pad + 1, source.shape[0]), min(xs.max() + pad + 1, source.shape[1])
+    source, target = source[y0:y1, x0:x1], target[y0:y1, x0:x1]
+    height, width = source.shape
+    source_points = np.stack(np.nonzero(source)[::-1], axis=1).astype(np.float64)
+    target_distance, target_nearest = _nearest_lookup(target)
+    motion = np.array([[1.0, 0.0, initial_shift[0]], [0.0, 1.0, initial_shift[1]]])
+    limit = max_distance
+    for _ in range(iterations):
+        moved = _apply(motion, source_points)
+        cols = np.clip(np.rint(moved[:, 0]).astype(np.int64), 0, width - 1)
+        rows = np.clip(np.rint(moved[:, 1]).astype(np.int64), 0, height - 1)
+        distance = target_distance[rows, cols]
+        keep = distance <= min(limit, max(float(np.percentile(distance, 80)), 1.5))
+        if keep.sum() < 3:
+            return None
+        # The nearest target pixel plus the sub-pixel offset lost by rounding the moved point.
+        matched = target_nearest[rows, cols][keep] + moved[keep] - np.stack([cols, rows], axis=1)[keep]
+        motion = _rigid_fit(source_points[keep], matched)
+        limit = max(limit * 0.6, 3.0)
+    # Back to image coordinates: x_image = x_crop + offset on both sides.
+    offset = np.array([x0, y0], dtype=np.float64)
+    motion[:, 2] += offset - motion[:, :2] @ offset
+    return motion
+
+
+def between(mask: np.ndarray, reach: int) -> np.ndarray:
+    """Pixels with ``mask`` pixels within ``reach`` on both sides, vertically or horizontally: a band
+    across a thin bar (a closing would need the bar wider than its disk)."""
+    m = mask.astype(np.uint8)
+    column, row = np.ones((reach + 1, 1), np.uint8), np.ones((1, reach + 1), np.uint8)
+    below, above = cv2.dilate(m, column, anchor=(0, 0)), cv2.dilate(m, column, anchor=(0, reach))
+    right, left = cv2.dilate(m, row, anchor=(0, 0)), cv2.dilate(m, row, anchor=(reach, 0))
+    return ((below & above) | (right & left)).astype(bool)
+
+
+def _compose(second: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """The 2x3 motion ``first`` then ``second``."""
+    return second @ np.vstack([first, [0.0, 0.0, 1.0]])
+
+
+def warp_rigid(mask: np.ndarray, motion: np.ndarray) -> np.ndarray:
+    height, width = mask.shape
+    return cv2.warpAffine(mask.astype(np.float32), motion, (width, height), flags=cv2.INTER_LINEAR) > 0.5
+
+
+def projected_radius_px(vertices: np.ndarray, object_to_cam: np.ndarray, K: np.ndarray) -> float:
+    """How far (pixels) the object can reach from its centre in any orientation at its frame-0 depth:
+    the mesh's largest vertex distance from its centroid, seen at the centroid's depth."""
+    centroid = vertices.mean(0)
+    radius = float(np.linalg.norm(vertices - centroid, axis=1).max())
+    depth = float((object_to_cam[:3, :3] @ centroid + object_to_cam[:3, 3])[2])
+    return float(K[0, 0]) * radius / max(depth, 1e-6)
+
+
 # ---- the tracker ----------------------------------------------------------------------------------
 @dataclass
 class MaskTrack:
@@ -281,6 +386,7 @@ def track_masks(
     config: ClassicalMaskConfig = ClassicalMaskConfig(),
     segmenter: SelfieSegmenter | None = None,
     progress: Any = None,
+    object_radius_px: float | None = None,
 ) -> MaskTrack:
     """Track object and human masks through ``frames`` (T,H,W,3) uint8 from the frame-0 masks."""
     num_frames, height, width, _ = frames.shape
@@ -331,10 +437,12 @@ def track_masks(
     fill_guess = None
     if config.fill_sigma_px > 0:
         fill_guess = background_guess(background_lab, background_known, object_spot, config.fill_sigma_px)
+    # The last frame's object pixels whose colour is surely the object's: the rigid carry's anchor.
+    sure_previous = first_object & (object_colours.table[bins[0]] - human_colours.table[bins[0]] > config.sure_margin)
+    carry_reach = 2.0 * max(config.search_radius_frac * diagonal, 1.0)  # pixels: how far it may move per frame
+    template_motion: np.ndarray | None = np.eye(2, 3)  # frame 0 -> this frame, while every step had a fit
     for t in range(1, num_frames):
         flow = flow_engine.calc(gray[t], gray[t - 1], None)
-        carried_object = warp_with_flow(object_masks[t - 1], flow, grid)
-        object_prior = warp_with_flow(object_prior, flow, grid)
 
         difference = np.linalg.norm((lab[t] - background_lab) * chroma_weights, axis=-1)
         fg_known = difference > config.diff_threshold
@@ -350,21 +458,66 @@ def track_masks(
             fg_colour |= person_prob[t] > config.selfie_threshold
         foreground = np.where(background_known, fg_known, fg_colour)
 
+        sure_now = foreground & (log_obj - log_hum > config.sure_margin)
+        sure_now &= _distance_to(object_masks[t - 1] | object_prior) <= carry_reach  # (a big disk's dilation is slow)
+        motion = None
+        if (config.rigid_carry and sure_previous.sum() >= config.rigid_min_pixels
+                and sure_now.sum() >= config.rigid_min_pixels):  # fmt: skip
+            # Dense flow on black-on-black follows whatever is behind (static trousers); the object's
+            # sure-colour pixels move with the whole rigid object, its ambiguous parts included.
+            shift = -np.median(flow[sure_now], axis=0)
+            motion = rigid_motion(sure_previous, sure_now, shift, carry_reach)
+        if motion is not None:
+            carried_object = warp_rigid(object_masks[t - 1], motion)
+            object_prior = warp_rigid(object_prior, motion)
+            carried_shape = carried_object
+            if template_motion is not None:
+                # The frame-0 mask carried by all motions so far: ambiguous parts dropped once (a
+                # resampled edge, a frame where colour said human) come back.
+                template_motion = _compose(motion, template_motion)
+                carried_shape = carried_object | warp_rigid(first_object, template_motion)
+        else:
+            template_motion = None
+            carried_object = warp_with_flow(object_masks[t - 1], flow, grid)
+            object_prior = warp_with_flow(object_prior, flow, grid)
+
         # Colour decides where it is clear; shades neither model knows (a face turning into view)
         # go to whichever instance, carried by the flow, is nearer.
         carried_human = warp_with_flow(human_masks[t - 1], flow, grid)
         nearer_object = np.clip((_distance_to(carried_human) - _distance_to(carried_object)) / config.kernel_px, -1, 1)
-        object_score = log_obj - log_hum + config.prior_weight * carried_object + config.spatial_weight * nearer_object
+        margin = log_obj - log_hum
+        object_score = margin + config.prior_weight * carried_object + config.spatial_weight * nearer_object
+        object_vote = object_score > config.object_margin
+        if motion is not None:
+            # Colour decides where it is sure; where it is not (black drill parts over black trousers),
+            # the rigidly carried shape does: no pull from mere nearness, which let such parts grow.
+            object_vote = np.where(np.abs(margin) > config.sure_margin, margin > 0, carried_shape)
         near_prior = cv2.dilate((object_prior | carried_object).astype(np.uint8), search).astype(bool)
-        obj = foreground & near_prior & (object_score > config.object_margin)
+        obj = foreground & near_prior & object_vote
+        voted = obj
         obj = clean_mask(obj, config.kernel_px, min_blob)
         obj = keep_components_touching(
             obj, cv2.dilate(carried_object.astype(np.uint8), search).astype(bool) | object_prior
         )
 
         if shape_gate is not None and config.size_gate > 0 and obj.any():
-            obj = gate_to_size(obj, carried_object if carried_object.any() else obj, shape_gate, config.size_gate)
+            gated = gate_to_size(obj, carried_object if carried_object.any() else obj, shape_gate, config.size_gate)
+            if motion is not None:
+                # A turning object's outline leaves its frame-0 ellipse (a drill seen end-on, then from the
+                # side): the carried shape follows it, and sure-coloured pixels within the mesh's
+                # projected reach of that shape's centre are kept.
+                gated |= obj & cv2.dilate(carried_shape.astype(np.uint8), _disk(config.kernel_px)).astype(bool)
+                if object_radius_px is not None and carried_shape.any():
+                    ys, xs = np.nonzero(carried_shape)
+                    reach = np.hypot(grid[1] - ys.mean(), grid[0] - xs.mean()) <= object_radius_px * config.reach_scale
+                    # From before the clean-up: a sure band cut off by ambiguous ones is a small blob.
+                    gated |= voted & reach & (margin > config.sure_margin)
+            obj = gated
 
+        if motion is not None and config.gap_close_px > 0 and obj.any():
+            # A rigid object's parts stay joined: an ambiguous-colour gap between sure parts (a black
+            # band across a yellow handle, over black trousers) is the object's.
+            obj |= between(obj, 2 * config.gap_close_px) & foreground & (np.abs(margin) <= config.sure_margin)
         if config.refine_boundary and obj.any():
             obj = refine_boundary(lab[t], obj, human_masks[t - 1] & ~obj, background_lab, background_known)
         human = foreground & ~obj
@@ -384,6 +537,7 @@ def track_masks(
                 human = human & ~obj
 
         object_masks[t], human_masks[t] = obj, human
+        sure_previous = obj & (log_obj - log_hum > config.sure_margin)
         # Learn new shades only from pixels the background difference confirms (known background):
         # learning from colour-decided pixels would let a mistake teach itself (drift).
         confident = _disk(2)

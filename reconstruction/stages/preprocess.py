@@ -22,6 +22,8 @@ import torch
 
 from reconstruction import fileio
 from reconstruction.backends import depth_align
+from reconstruction.layout import Layout, VideoId
+from reconstruction.render_config import RenderConfig
 from reconstruction.stages import scene_inputs
 from reconstruction.stages.base import StageContext, StageInputError, StageResult
 
@@ -58,6 +60,7 @@ def compute_masks(
     frames: np.ndarray,
     first_object: np.ndarray,
     first_human: np.ndarray,
+    object_radius_px: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     if backend == "sam2":
         from reconstruction.backends import sam2_masks
@@ -77,9 +80,21 @@ def compute_masks(
         ctx.models["selfie_segmenter"] = segmenter
     track = classical_masks.track_masks(
         frames, first_object, first_human, mask_config, segmenter=segmenter,
-        progress=lambda f, msg: ctx.progress(0.1 + 0.6 * f, msg),
+        progress=lambda f, msg: ctx.progress(0.1 + 0.6 * f, msg), object_radius_px=object_radius_px,
     )  # fmt: skip
     return track.object_masks, track.human_masks
+
+
+def object_reach_px(layout: Layout, vid: VideoId, render_config: RenderConfig, K: np.ndarray) -> float | None:
+    """The object mesh's projected radius at its frame-0 pose (pixels), or None without a mesh: how far
+    a turning object's pixels may lie from its centre (the classical backend's gate)."""
+    from reconstruction.backends.classical_masks import projected_radius_px
+
+    if not layout.mesh(vid).exists():
+        logger.info("stage 2 %s: no object mesh, the object's reach is not known", vid)
+        return None
+    mesh = scene_inputs.load_object_mesh(layout.mesh(vid), render_config.obj_scale)
+    return projected_radius_px(mesh.vertices, render_config.object_to_cam(), K)
 
 
 def compute_depth(
@@ -126,7 +141,8 @@ def run(ctx: StageContext) -> StageResult:
     ctx.progress(0.1, f"loaded {len(frames)} frames")
     ctx.check_cancelled()
 
-    object_masks, human_masks = compute_masks(ctx, mask_backend, section, frames, first_object, first_human)
+    reach = object_reach_px(layout, vid, render_config, K) if mask_backend == "classical" else None
+    object_masks, human_masks = compute_masks(ctx, mask_backend, section, frames, first_object, first_human, reach)
     ctx.check_cancelled()
     ctx.progress(0.75, "depth")
     alignment = compute_depth(ctx, depth_backend, section, frames, gt_depth, object_masks | human_masks, K)
