@@ -49,6 +49,7 @@ CONTACT_POINTS_PER_HAND = 48  # of those, the ones nearest the object take part 
 RIGID_POINTS_PER_HAND = 32  # fixed evenly spread subset for contact_smoothness (same points every frame)
 BODY_POINTS = 600  # sparse body cover for depth and penetration
 BACK_FACE_COS = 0.5  # contact partners: surfaces facing the camera or up to 30 deg past grazing
+NEAR_SURFACE_SAMPLES = 128  # object samples that rank hand points by their distance to the surface
 CONTACT_SAMPLES = 384  # object samples the contact term compares hands with
 DEPTH_OBJECT_SAMPLES = 256  # object samples compared with depth points (per frame)
 DEPTH_BODY_POINTS = 300  # body points compared with depth points (per frame)
@@ -716,11 +717,16 @@ def _contact_mask(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
 
 
 def _hand_points_near_object(ctx: _TermContext, count: int) -> torch.Tensor:
-    """Per frame and hand, the ``count`` hand vertices closest to the object's centre (B, T, 2, count, 3):
-    a dense patch where the hand can touch, instead of a sparse cover of the whole hand."""
+    """Per frame and hand, the ``count`` hand vertices closest to the object's surface (B, T, 2, count, 3):
+    a dense patch where the hand can touch, instead of a sparse cover of the whole hand. (Closest to the
+    surface, not to the object's origin: a mesh's origin is often its base, and a hand gripping a bottle's
+    neck then offered its lowest points, not those inside the bottle.)"""
     hands = ctx.human["hands"]
-    centre = ctx.obj["t"][:, :, None, None, :]
-    near = (hands - centre).detach().norm(dim=-1).topk(count, dim=-1, largest=False).indices
+    batch, frames, num_hands, num_points, _ = hands.shape
+    with torch.no_grad():
+        surface = ctx.object_points(subset=NEAR_SURFACE_SAMPLES)  # (B, T, N, 3)
+        gap = torch.cdist(hands.reshape(batch, frames, num_hands * num_points, 3), surface).min(-1).values
+        near = gap.reshape(batch, frames, num_hands, num_points).topk(count, dim=-1, largest=False).indices
     return hands.gather(3, near[..., None].expand(*near.shape, 3))
 
 
