@@ -21,7 +21,9 @@ with the pose being optimised:
 With ``Anchors`` (stage 3 finds them from the pixels, ``pose_anchors``): frames before the object first
 moves keep the frame-0 pose; the final still frames share one pose fitted on the support plane (3 DoF:
 slide and turn, several turns tried, all those frames' evidence summed); the held frames between are
-tracked with soft priors on the centroid depth and the rotation, interpolated between those two poses.
+tracked with soft priors on the centroid depth and the rotation, interpolated between those two poses,
+once forward from the start and once backward from the rest; each frame takes the two passes'
+inverse-variance blend (drift grows with the frames since a pass's anchor and with its outline misfit).
 At 3 m a pixel of silhouette error is centimetres of depth, so the anchors carry most of the accuracy.
 """
 
@@ -63,12 +65,21 @@ class TrackerConfig:
     max_step_m: float = 0.01
     robust_px: float = 1.5  # Charbonnier knee for pixel residuals
     human_margin_px: int = 3  # outline evidence this close to the human mask is not trusted
-    depth_prior_m: float = 0.05  # scale of the soft depth prior while held (between rest anchors)
+    # Scale of the soft depth prior while held (between rest anchors). A carried object is brought
+    # 10-15 cm towards the body and lifted, off the line between the two still depths; with the carry
+    # tracked from both anchors (two_way) the prior only has to stop silhouette-scale drift.
+    depth_prior_m: float = 0.1
     rotation_prior_rad: float = 0.35  # scale of the soft rotation prior while held
     rest_iterations: int = 30  # Levenberg-Marquardt iterations of the on-plane resting pose
-    rest_yaw_candidates: int = 8  # turns about the plane normal tried as starts of the resting pose
+    # Turns about the plane normal tried as starts of the resting pose. Each start is refined for
+    # rest_iterations // 4 steps of at most max_step_rad (7 x 0.04 rad = 16 deg) before the costs are
+    # compared, so with starts 45 deg apart a true turn of 16-29 deg from both neighbours was reached by
+    # none, and on noisy masks a mirror turn won (a box put down turned by 26 deg rested 88 deg off);
+    # 22.5 deg apart, every turn is within 11.25 deg of a start.
+    rest_yaw_candidates: int = 16
     rest_frames: int = 6  # at most this many frames of the final rest segment are fitted together
     use_anchors: bool = True  # static start / final rest segments from image evidence (pose_anchors)
+    two_way: bool = True  # held frames between two still segments: tracked from both ends, combined
     seed: int = 0
 
     @classmethod
@@ -778,6 +789,55 @@ def _track_frames(
         start = stop
 
 
+def _reversed_evidence(evidence: FrameEvidence) -> FrameEvidence:
+    """The same evidence with the frames in reverse order."""
+    return FrameEvidence(**{
+        f.name: None if getattr(evidence, f.name) is None else torch.flip(getattr(evidence, f.name), [0])
+        for f in fields(FrameEvidence)
+    })  # fmt: skip
+
+
+def _track_two_way(
+    rotations: torch.Tensor, centres: torch.Tensor, contour_px: np.ndarray, begin: int, end: int,
+    centroid: torch.Tensor, mesh: tuple[torch.Tensor, torch.Tensor], evidence: FrameEvidence, K: np.ndarray,
+    size: tuple[int, int], config: TrackerConfig, generator: torch.Generator, prior: HeldPrior,
+    report: Callable[[int], None],
+) -> None:  # fmt: skip
+    """Held frames begin..end-1 between two known poses (frame begin-1 and frame end): tracked forward
+    from the first and backward from the second, then combined per frame.
+
+    A one-way track only meets the far anchor through the soft prior, and its drift grows with every
+    frame since its anchor (a fast turn or a hand-bloated mask late in the carry can lose it outright).
+    Each pass's drift variance is taken to grow linearly with the frames since its anchor and to scale
+    with its own outline misfit, so the frames near either still segment take that side's track and a
+    pass that lost the object (a large contour RMS) gives way to the other."""
+    num_frames = rotations.shape[0]
+    rot_b, cen_b = torch.flip(rotations, [0]).clone(), torch.flip(centres, [0]).clone()
+    contour_b = np.zeros(num_frames)
+    _track_frames(
+        rotations, centres, contour_px, begin, end, centroid, mesh, evidence, K, size, config, generator, prior,
+        lambda stop: report(begin + (stop - begin) // 2),
+    )  # fmt: skip
+    backward_prior = HeldPrior(torch.flip(prior.depth, [0]), torch.flip(prior.rotation, [0]))
+    _track_frames(
+        rot_b, cen_b, contour_b, num_frames - end, num_frames - begin, centroid, mesh, _reversed_evidence(evidence),
+        K, size, config, generator, backward_prior,
+        lambda stop: report((begin + end) // 2 + (stop - (num_frames - end)) // 2),
+    )  # fmt: skip
+    rot_b, cen_b, contour_b = torch.flip(rot_b, [0]), torch.flip(cen_b, [0]), contour_b[::-1]
+    held = torch.arange(begin, end, device=rotations.device)
+    t = held.to(rotations.dtype)
+    misfit = torch.as_tensor(np.stack([contour_px[begin:end], contour_b[begin:end]]), dtype=t.dtype, device=t.device)
+    variance = torch.stack([t - (begin - 1), end - t]) * (misfit**2 + config.robust_px**2)
+    backward_weight = variance[0] / variance.sum(0)  # inverse-variance weight of the backward pass
+    turn = roma.rotmat_to_rotvec(rot_b[held] @ rotations[held].transpose(1, 2))
+    rotations[held] = roma.rotvec_to_rotmat(backward_weight[:, None] * turn) @ rotations[held]
+    centres[held] = centres[held] + backward_weight[:, None] * (cen_b[held] - centres[held])
+    contour_px[begin:end] = contour_rms(
+        rotations[held], centres[held], centroid, mesh, evidence, slice(begin, end), K, size, config, generator
+    )
+
+
 def contour_rms(
     rotations: torch.Tensor, centres: torch.Tensor, centroid: torch.Tensor, mesh: tuple[torch.Tensor, torch.Tensor],
     evidence: FrameEvidence, frames: slice | torch.Tensor, K: np.ndarray, size: tuple[int, int],
@@ -870,10 +930,16 @@ def track_object(
         if check_cancelled is not None:
             check_cancelled()
 
-    _track_frames(
-        rotations, centres, contour_px, prefix, rest_start, centroid, mesh, evidence, K, size, config, generator,
-        prior, report,
-    )  # fmt: skip
+    if prior is not None and config.two_way:
+        _track_two_way(
+            rotations, centres, contour_px, prefix, rest_start, centroid, mesh, evidence, K, size, config, generator,
+            prior, report,
+        )  # fmt: skip
+    else:
+        _track_frames(
+            rotations, centres, contour_px, prefix, rest_start, centroid, mesh, evidence, K, size, config, generator,
+            prior, report,
+        )  # fmt: skip
     if rest_start < num_frames:
         frames = slice(rest_start, num_frames)
         contour_px[frames] = contour_rms(

@@ -5,7 +5,8 @@ Config section ``object_pose`` (typed config): ``backend``: ``mesh_tracker`` (de
 (Levenberg-Marquardt iterations per window); a dict config may also give ``mesh_tracker``
 (TrackerConfig overrides). The reference's ``obj_pose_tracking`` keys are accepted and have no effect.
 The tracker pins still segments found in the video (``mesh_tracker.use_anchors``, default on): the
-start before the object moves, and the final rest on the plane fitted to the first-frame depth.
+start before the object moves, and the final rest on the plane fitted to the first-frame depth; the
+held frames between are tracked from both of them (``mesh_tracker.two_way``, default on).
 ``is_static_obj`` (``ctx.is_static_obj`` or ``pipeline.is_static_obj``) writes the frame-0 pose of the
 render config for every frame. Output: ``layout.object_poses`` = pickled float64 (T,4,4), validated
 before it is written.
