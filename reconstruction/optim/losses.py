@@ -205,7 +205,7 @@ def depth_pointcloud(
     # nearest neighbours without gradient; then only the matched pairs are differentiated
     with torch.no_grad():
         # invalid points are moved far away instead of masking the (N, M) matrix
-        far = torch.tensor(1e6, dtype=pred_points.dtype, device=pred_points.device)
+        far = pred_points.new_full((), 1e6)  # a fill, not a host-to-device copy: CUDA graphs capture it
         distance = torch.cdist(
             torch.where(pred_valid[..., None], pred_points, far),
             torch.where(depth_valid[..., None], depth_points, -far),
@@ -297,7 +297,10 @@ def contact(
             normals = object_normals_cam[..., :, None, :, :].expand(*hand_points_cam.shape[:-2], -1, 3)
             normal = normals.gather(-2, nearest[..., None].expand(*nearest.shape, 3))
             along = (offset * normal).sum(-1)
-            radius = torch.as_tensor(sample_radius, dtype=offset.dtype, device=offset.device)
+            if isinstance(sample_radius, torch.Tensor):
+                radius = sample_radius.to(offset.dtype)
+            else:  # new_full fills on the device; as_tensor would copy from the host (not capturable)
+                radius = offset.new_full((), float(sample_radius))
             radius = radius.reshape(*radius.shape, *([1] * (offset.dim() - 1 - radius.dim())))
             sideways = (per_point - along.square()).clamp_min(1e-12).sqrt()  # not 0: sqrt's gradient there is inf
             per_point = along.square() + (sideways - radius).clamp_min(0.0).square()
