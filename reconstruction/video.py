@@ -104,9 +104,7 @@ class VideoWriter:
             stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
             stream.height, stream.width = size
             stream.pix_fmt = "yuv420p"
-            # one encoder thread: the same frames give the same bytes (a seed's files are byte-identical; a
-            # same-seed comparison failed once under heavy load with x264's automatic threading)
-            stream.options = {"crf": str(self.crf), "preset": self.preset, "threads": "1"}
+            stream.options = {"crf": str(self.crf), "preset": self.preset}
             self._stream = stream
         elif size != self._size:
             raise ValueError(f"{self.path}: frame size changed from {self._size} to {size}")
