@@ -192,21 +192,20 @@ class _Batch:
         self._still_frames(videos, frames)
 
         # object: surface samples with normals, tracking vertices, world poses
-        samples, normals, track = [], [], []
+        samples, normals, track, areas = [], [], [], []
         for v in videos:
             verts = torch.as_tensor(v.object_vertices, dtype=dtype, device=device)
             faces = torch.as_tensor(v.object_faces, dtype=torch.long, device=device)
             pts, nrm = geometry.sample_surface(verts, faces, config.object_surface_samples, seed=config.seed)
             samples.append(pts)
+            areas.append(geometry.surface_area(verts, faces))
             normals.append(geometry.outward_normals(pts, nrm))
             track.append(verts[geometry.subsample_indices(verts.shape[0], 256).to(device)])
         if len({t.shape[0] for t in track}) != 1:
             raise OptimizerInputError("object meshes of one batch need at least 256 vertices or the same count")
         self.obj_samples = torch.stack(samples)  # (B, N, 3)
         # mean spacing of the contact term's samples: sqrt(surface area / samples)
-        areas = torch.stack([geometry.surface_area(torch.as_tensor(v.object_vertices, dtype=dtype),
-                                                   torch.as_tensor(v.object_faces, dtype=torch.long)) for v in videos])  # fmt: skip
-        self.contact_sample_radius = (areas / CONTACT_SAMPLES).sqrt().to(device)  # (B,)
+        self.contact_sample_radius = (torch.stack(areas) / CONTACT_SAMPLES).sqrt()  # (B,)
         # known frame-0 poses (render config): where the object rests until a hand reaches it
         rest = [v.object_pose_first_world for v in videos]
         self.has_rest_pose = torch.tensor([r is not None for r in rest], device=device)
@@ -612,6 +611,7 @@ class _TermContext:
     var: dict[str, torch.Tensor]
     human: dict[str, torch.Tensor] | None = None
     obj: dict[str, torch.Tensor] | None = None
+    hand_patches: dict[int, torch.Tensor] = field(default_factory=dict)  # _hand_points_near_object, per count
 
     def to_cam(self, points_world: torch.Tensor) -> torch.Tensor:
         """(B, T, ..., N, 3) world points -> camera frame with the per-frame extrinsics."""
@@ -721,13 +721,16 @@ def _hand_points_near_object(ctx: _TermContext, count: int) -> torch.Tensor:
     a dense patch where the hand can touch, instead of a sparse cover of the whole hand. (Closest to the
     surface, not to the object's origin: a mesh's origin is often its base, and a hand gripping a bottle's
     neck then offered its lowest points, not those inside the bottle.)"""
+    if count in ctx.hand_patches:  # contact and penetration share one iteration's patch
+        return ctx.hand_patches[count]
     hands = ctx.human["hands"]
     batch, frames, num_hands, num_points, _ = hands.shape
     with torch.no_grad():
         surface = ctx.object_points(subset=NEAR_SURFACE_SAMPLES)  # (B, T, N, 3)
         gap = torch.cdist(hands.reshape(batch, frames, num_hands * num_points, 3), surface).min(-1).values
         near = gap.reshape(batch, frames, num_hands, num_points).topk(count, dim=-1, largest=False).indices
-    return hands.gather(3, near[..., None].expand(*near.shape, 3))
+    ctx.hand_patches[count] = hands.gather(3, near[..., None].expand(*near.shape, 3))
+    return ctx.hand_patches[count]
 
 
 def _t_contact(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
