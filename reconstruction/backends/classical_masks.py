@@ -458,7 +458,8 @@ def track_masks(
             fg_colour |= person_prob[t] > config.selfie_threshold
         foreground = np.where(background_known, fg_known, fg_colour)
 
-        sure_now = foreground & (log_obj - log_hum > config.sure_margin)
+        margin = log_obj - log_hum  # object vs human colour log-odds
+        sure_now = foreground & (margin > config.sure_margin)
         sure_now &= _distance_to(object_masks[t - 1] | object_prior) <= carry_reach  # (a big disk's dilation is slow)
         motion = None
         if (config.rigid_carry and sure_previous.sum() >= config.rigid_min_pixels
@@ -485,7 +486,6 @@ def track_masks(
         # go to whichever instance, carried by the flow, is nearer.
         carried_human = warp_with_flow(human_masks[t - 1], flow, grid)
         nearer_object = np.clip((_distance_to(carried_human) - _distance_to(carried_object)) / config.kernel_px, -1, 1)
-        margin = log_obj - log_hum
         object_score = margin + config.prior_weight * carried_object + config.spatial_weight * nearer_object
         object_vote = object_score > config.object_margin
         if motion is not None:
@@ -537,7 +537,7 @@ def track_masks(
                 human = human & ~obj
 
         object_masks[t], human_masks[t] = obj, human
-        sure_previous = obj & (log_obj - log_hum > config.sure_margin)
+        sure_previous = obj & (margin > config.sure_margin)
         # Learn new shades only from pixels the background difference confirms (known background):
         # learning from colour-decided pixels would let a mistake teach itself (drift).
         confident = _disk(2)
