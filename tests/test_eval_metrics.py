@@ -92,6 +92,7 @@ def test_rotation_error_hand_computed_and_symmetric():
     poses_b = np.stack([pose(rot_z(10), [0, 0, 1]), pose(rot_z(60), [0, 0, 1])])
     assert metrics.object_rotation_error(poses_a, poses_b) == pytest.approx(20.0)
     assert metrics.object_rotation_error(poses_b, poses_a) == pytest.approx(20.0)
+    np.testing.assert_allclose(metrics.object_rotation_errors(poses_a, poses_b), [10.0, 30.0], atol=1e-5)
 
 
 def test_object_translation_error():
@@ -99,6 +100,7 @@ def test_object_translation_error():
     b = np.stack([pose(rot_z(50), [0.03, 0.04, 0]), pose(np.eye(3), [1, 1, 1.1])])
     assert metrics.object_translation_error(a, b) == pytest.approx((0.05 + 0.1) / 2)
     assert metrics.object_translation_error(a[:, :3, 3], b[:, :3, 3]) == pytest.approx(0.075)
+    np.testing.assert_allclose(metrics.object_translation_errors(a, b), [0.05, 0.1])
 
 
 def test_add_s_symmetric_object_and_add():

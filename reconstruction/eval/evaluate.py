@@ -92,12 +92,14 @@ def keypoint_2d_error_px(keypoints_2d: np.ndarray, gt: GroundTruth) -> dict[str,
 
 def object_metrics(pred_poses_cam: np.ndarray, gt: GroundTruth, model_points: np.ndarray) -> dict[str, float]:
     gt_poses = gt.object_poses_cam
+    translation = metrics.object_translation_errors(pred_poses_cam, gt_poses)
+    # modulo a symmetry that no image can resolve (e.g. a bottle's turn about its axis); ADD-S likewise
+    rotation = metrics.object_rotation_errors(pred_poses_cam, gt_poses, gt.extra.get("object_symmetry_axis"))
     return {
-        "object_translation_error_m": metrics.object_translation_error(pred_poses_cam, gt_poses),
-        # modulo a symmetry that no image can resolve (e.g. a bottle's turn about its axis); ADD-S likewise
-        "object_rotation_error_deg": metrics.object_rotation_error(
-            pred_poses_cam, gt_poses, gt.extra.get("object_symmetry_axis")
-        ),
+        "object_translation_error_m": float(translation.mean()),
+        "object_translation_error_median_m": float(np.median(translation)),
+        "object_rotation_error_deg": float(rotation.mean()),
+        "object_rotation_error_median_deg": float(np.median(rotation)),
         "object_add_m": metrics.add(pred_poses_cam, gt_poses, model_points),
         "object_add_s_m": metrics.add_s(pred_poses_cam, gt_poses, model_points),
         "object_accel_jitter_m_per_frame2": metrics.acceleration_jitter(pred_poses_cam[:, :3, 3]),

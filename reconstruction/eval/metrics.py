@@ -107,22 +107,32 @@ def symmetric_rotation_error_deg(pred_rot: Any, gt_rot: Any, symmetry_axis: Any)
     return np.degrees(np.arctan2(sin, cos))
 
 
-def object_rotation_error(pred_poses: Any, gt_poses: Any, symmetry_axis: Any = None) -> float:
-    """Mean rotation error (deg) of (T,4,4) or (T,3,3) object poses; modulo the object's continuous
+def object_rotation_errors(pred_poses: Any, gt_poses: Any, symmetry_axis: Any = None) -> np.ndarray:
+    """Per-frame rotation error (deg) of (T,4,4) or (T,3,3) object poses; modulo the object's continuous
     rotational symmetry when ``symmetry_axis`` (model frame) is given."""
     pred, gt = as_numpy(pred_poses), as_numpy(gt_poses)
     if symmetry_axis is not None:
-        return float(symmetric_rotation_error_deg(pred[..., :3, :3], gt[..., :3, :3], symmetry_axis).mean())
-    return float(rotation_error_deg(pred[..., :3, :3], gt[..., :3, :3]).mean())
+        return symmetric_rotation_error_deg(pred[..., :3, :3], gt[..., :3, :3], symmetry_axis)
+    return rotation_error_deg(pred[..., :3, :3], gt[..., :3, :3])
 
 
-def object_translation_error(pred_poses: Any, gt_poses: Any) -> float:
-    """Mean translation error (m) of (T,4,4) poses or (T,3) translations."""
+def object_rotation_error(pred_poses: Any, gt_poses: Any, symmetry_axis: Any = None) -> float:
+    """Mean over frames of ``object_rotation_errors`` (deg)."""
+    return float(object_rotation_errors(pred_poses, gt_poses, symmetry_axis).mean())
+
+
+def object_translation_errors(pred_poses: Any, gt_poses: Any) -> np.ndarray:
+    """Per-frame translation error (m) of (T,4,4) poses or (T,3) translations."""
     pred, gt = as_numpy(pred_poses), as_numpy(gt_poses)
     _check_same_shape(pred, gt, "object_translation_error")
     if pred.shape[-2:] == (4, 4):
         pred, gt = pred[..., :3, 3], gt[..., :3, 3]
-    return float(np.linalg.norm(pred - gt, axis=-1).mean())
+    return np.linalg.norm(pred - gt, axis=-1)
+
+
+def object_translation_error(pred_poses: Any, gt_poses: Any) -> float:
+    """Mean over frames of ``object_translation_errors`` (m)."""
+    return float(object_translation_errors(pred_poses, gt_poses).mean())
 
 
 def _transform_points(poses: np.ndarray, points: np.ndarray) -> np.ndarray:
