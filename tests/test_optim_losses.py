@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from reconstruction.optim import losses
+from reconstruction import keypoints as kp
+from reconstruction.optim import geometry, losses
 
 K = torch.tensor([[100.0, 0.0, 50.0], [0.0, 100.0, 40.0], [0.0, 0.0, 1.0]])
 
@@ -267,3 +268,55 @@ def test_diverged_stage_is_an_error_naming_the_variable():
     with pytest.raises(OptimizerDivergedError, match="refine_opt: non-finite obj_t_res .*contact"):
         _check_finite(var, history, "refine_opt")
     _check_finite({"human_pose_res": torch.zeros(2, 3)}, history, "refine_opt")  # finite variables pass
+
+
+def test_palm_normals_point_out_of_the_palm():
+    """Both hands flat, palms down (-z), fingers along +y: the thumb side is -x for the right hand, +x for the
+    left (mirror images); the normals point out of the palm for both."""
+    keypoints = torch.zeros(75, 3)
+    for chosen, thumb_side in ((kp.LEFT_HAND_SLICE, 1.0), (kp.RIGHT_HAND_SLICE, -1.0)):
+        keypoints[chosen.start + 5] = torch.tensor([0.03 * thumb_side, 0.08, 0.0])  # index knuckle
+        keypoints[chosen.start + 17] = torch.tensor([-0.03 * thumb_side, 0.07, 0.0])  # pinky knuckle
+    normals = geometry.palm_normals(keypoints[None])  # (1, 2, 3)
+    torch.testing.assert_close(normals, torch.tensor([[[0.0, 0.0, -1.0], [0.0, 0.0, -1.0]]]))
+
+
+def test_contact_partner_is_on_the_surface_the_palm_faces():
+    """A floor (z = 0, normal +z) with a wall standing on it (x = 0, normal +x). A hand point 1 cm above the
+    floor and 2 cm beside the wall touches the floor by distance; a palm facing -x grips the wall instead."""
+    top = torch.stack([torch.linspace(-0.1, 0.1, 11), torch.zeros(11), torch.zeros(11)], -1)
+    side = torch.stack([torch.zeros(11), torch.zeros(11), torch.linspace(0.0, 0.1, 11)], -1)
+    obj = torch.cat([top, side])[None] + torch.tensor([0.0, 0.0, 2.0])  # (T=1, 22, 3), 2 m in front
+    normals = torch.cat([torch.tensor([0.0, 0.0, 1.0]).expand(11, 3), torch.tensor([1.0, 0.0, 0.0]).expand(11, 3)])
+    hands = torch.tensor([0.02, 0.0, 2.01]).expand(1, 2, 1, 3).clone()
+    both = torch.tensor([[True, True]])
+    by_distance = losses.contact(hands, obj, both, K, object_normals_cam=normals[None])
+    assert by_distance.item() == pytest.approx(0.01**2, rel=1e-4)  # the top face's plane
+    palms = torch.tensor([-1.0, 0.0, 0.0]).expand(1, 2, 3)
+    gripped = losses.contact(hands, obj, both, K, object_normals_cam=normals[None], palm_normals_cam=palms)
+    assert gripped.item() == pytest.approx(0.02**2, rel=1e-4)  # the side face's plane
+    # a palm facing nothing on the object (+y) keeps the nearest surface
+    away = torch.tensor([0.0, 1.0, 0.0]).expand(1, 2, 3)
+    assert losses.contact(
+        hands, obj, both, K, object_normals_cam=normals[None], palm_normals_cam=away
+    ).item() == pytest.approx(by_distance.item())
+
+
+def test_depth_only_partner_is_on_the_surface_the_palm_faces():
+    """On one pixel: ten samples of a front face at 2.0 m (facing the camera) and one of a side face at 2.3 m
+    (normal +x). By the probe at the object's mean depth the front is the partner; a palm facing -x takes the
+    side's depth."""
+    obj = torch.tensor([0.0, 0.0, 2.0]).repeat(11, 1)
+    obj[10, 2] = 2.3
+    normals = torch.tensor([0.0, 0.0, -1.0]).repeat(11, 1)
+    normals[10] = torch.tensor([1.0, 0.0, 0.0])
+    hands = torch.tensor([0.0, 0.0, 2.5]).expand(1, 2, 1, 3).clone()
+    both = torch.tensor([[True, True]])
+    huber = lambda gap: 0.01 * (gap - 0.005)  # noqa: E731 - the linear part of huber(gap, 0.01)
+    front = losses.contact(hands, obj[None], both, K, depth_only=True, object_normals_cam=normals[None])
+    assert front.item() == pytest.approx(huber(0.5), rel=1e-4)
+    palms = torch.tensor([-1.0, 0.0, 0.0]).expand(1, 2, 3)
+    gripped = losses.contact(
+        hands, obj[None], both, K, depth_only=True, object_normals_cam=normals[None], palm_normals_cam=palms
+    )
+    assert gripped.item() == pytest.approx(huber(0.2), rel=1e-4)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from reconstruction.keypoints import LEFT_HAND_SLICE, RIGHT_HAND_SLICE
+
 
 def sample_surface(
     vertices: torch.Tensor, faces: torch.Tensor, count: int, seed: int = 0
@@ -44,6 +46,22 @@ def outward_normals(points: torch.Tensor, normals: torch.Tensor) -> torch.Tensor
     if flip.float().mean() > 0.5:
         return -normals
     return normals
+
+
+def palm_normals(keypoints: torch.Tensor) -> torch.Tensor:
+    """Outward unit normals of the left and right palms (..., 2, 3) from 75 keypoints (..., 75, 3) in the
+    MediaPipe layout (``reconstruction.keypoints``): the plane through the wrist and the index and pinky
+    knuckles, pointing out of the palm (the side that grips)."""
+    wrist, index_mcp, pinky_mcp = 0, 5, 17
+    normals = []
+    for hand, chosen in (("left", LEFT_HAND_SLICE), ("right", RIGHT_HAND_SLICE)):
+        points = keypoints[..., chosen, :]
+        to_index = points[..., index_mcp, :] - points[..., wrist, :]
+        to_pinky = points[..., pinky_mcp, :] - points[..., wrist, :]
+        # mirror-image hands: the same knuckles wind the other way round the palm
+        cross = torch.linalg.cross(to_pinky, to_index) if hand == "left" else torch.linalg.cross(to_index, to_pinky)
+        normals.append(cross / cross.norm(dim=-1, keepdim=True).clamp_min(1e-9))
+    return torch.stack(normals, dim=-2)
 
 
 def transform(points: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:

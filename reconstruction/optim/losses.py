@@ -237,6 +237,8 @@ def contact(
     object_facing: torch.Tensor | None = None,
     object_normals_cam: torch.Tensor | None = None,
     sample_radius: torch.Tensor | float = 0.0,
+    palm_normals_cam: torch.Tensor | None = None,
+    palm_facing_cos: float = 0.5,
 ) -> torch.Tensor:
     """Hands touch the object in contact frames.
 
@@ -254,15 +256,30 @@ def contact(
     - ``depth_only``: the image already places hand and object; only their view-space depth is pulled
       together. For each hand point, the object samples within ``contact_px`` pixels on screen are its
       partners (only those ``object_facing`` marks, when given), the one nearest to the hand point's viewing
-      ray at the object's mean depth is chosen, and the Huber loss of their z difference is taken."""
+      ray at the object's mean depth is chosen, and the Huber loss of their z difference is taken.
+
+    With the palms' outward unit normals (``palm_normals_cam`` (..., T, 2, 3)) and ``object_normals_cam``, a hand
+    grips the surface its palm faces: partners are the samples whose normal opposes the palm's (cosine below
+    ``-palm_facing_cos``), where that hand has any such partner. A box held by its side faces is then not
+    "touched" on its top or back edge, which the image cannot tell apart from the side."""
     # Partners are chosen without gradient (argmin over all pairs); the loss then differentiates only the
     # chosen pairs, so backward costs O(points), not O(pairs).
     big = torch.finfo(hand_points_cam.dtype).max
     objects = object_points_cam[..., :, None, :, :]  # (..., T, 1, N, 3) broadcast over hands
     with torch.no_grad():
         dist = torch.cdist(hand_points_cam, objects.expand(*hand_points_cam.shape[:-2], -1, 3))  # (...,T,2,H,N)
-        closest, nearest = dist.min(-1)
+        closest = dist.min(-1).values
         gate = closest.min(-1).values  # (..., T, 2)
+        gripped = None  # (..., T, 2, 1, N) samples the palm faces, per hand
+        if palm_normals_cam is not None and object_normals_cam is not None:
+            cos = (palm_normals_cam[..., :, None, :] * object_normals_cam[..., None, :, :]).sum(-1)  # (..., T, 2, N)
+            gripped = (cos < -palm_facing_cos)[..., None, :]
+        if gripped is not None and not depth_only:
+            # nearest among the samples the palm faces, for a hand that has any near enough to count
+            gripped_dist = torch.where(gripped, dist, big)
+            usable = gripped_dist.amin((-2, -1), keepdim=True) <= max_contact_dist
+            dist = torch.where(usable, gripped_dist, dist)
+        nearest = dist.argmin(-1)
         if depth_only:
             # depth_only trusts the image and fixes depth: gate on the image-plane gap (metres at the object's
             # depth), or a hand that stage 1 put 30 cm too deep would never be pulled onto the object
@@ -278,6 +295,9 @@ def contact(
             near = torch.cdist(hand_px, obj_px.expand(*hand_px.shape[:-2], -1, 2)) <= contact_px
             if object_facing is not None:  # partners on the surface the camera can see (front and sides)
                 near = near & object_facing[..., :, None, None, :]
+            if gripped is not None:  # the surface the palm faces, for a hand that has such partners on screen
+                near_gripped = near & gripped
+                near = torch.where(near_gripped.any((-2, -1), keepdim=True), near_gripped, near)
             # The partner is chosen as if the hand point sat on its viewing ray at the object's mean depth, not
             # where stage 1 put it: a hand 30 cm too deep would otherwise pick the far end of a side face, and
             # a hand grips an object about its middle (side faces, handles, a bottle's girth).

@@ -49,6 +49,7 @@ CONTACT_POINTS_PER_HAND = 48  # of those, the ones nearest the object take part 
 RIGID_POINTS_PER_HAND = 32  # fixed evenly spread subset for contact_smoothness (same points every frame)
 BODY_POINTS = 600  # sparse body cover for depth and penetration
 BACK_FACE_COS = 0.5  # contact partners: surfaces facing the camera or up to 30 deg past grazing
+PALM_FACING_COS = 0.5  # contact partners: surfaces whose normal is within 60 deg of facing the palm
 NEAR_SURFACE_SAMPLES = 128  # object samples that rank hand points by their distance to the surface
 CONTACT_SAMPLES = 384  # object samples the contact term compares hands with
 DEPTH_OBJECT_SAMPLES = 256  # object samples compared with depth points (per frame)
@@ -751,6 +752,8 @@ def _t_contact(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
         object_facing=facing,
         object_normals_cam=normals_cam,
         sample_radius=ctx.batch.contact_sample_radius,
+        palm_normals_cam=geometry.palm_normals(ctx.to_cam(ctx.human["keypoints"])).detach(),
+        palm_facing_cos=PALM_FACING_COS,
     )
 
 
