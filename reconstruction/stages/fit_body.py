@@ -313,16 +313,15 @@ def fit_body(
         pose[:, joints] = init_pose[:, joints] + pose_residual
         return pose
 
-    if settings.w_torso_penetration > 0:
-        with torch.no_grad():
-            rest = model.forward(init_pose[:1], shape, init_trans[None])
-        extent = torso_extent(rest.vertices[0], rest.keypoints[0])
-        over_torso = over_torso_2d(keypoints_2d, weights)
-
     # The world's up in the camera frame; else the body's own up axis (Z) at frame 0.
     up = root_rot0[0, :, 2] if up is None else torch.nn.functional.normalize(up.to(device=device, dtype=dtype), dim=0)
     with torch.no_grad():
         floor = (model.forward(init_pose[:1], shape, init_trans[None]).keypoints[0, FOOT_POINTS] @ up).min()
+        # The torso's depth, measured on the rest pose (whatever frame 0's arms are doing).
+        rest = model.forward(model.rest_pose(1).to(init_pose), shape, torch.zeros_like(init_trans)[None])
+    extent = torso_extent(rest.vertices[0], rest.keypoints[0])
+    over_torso = over_torso_2d(keypoints_2d, weights)
+
     torso_only = torch.zeros_like(weights)
     torso_only[:, TORSO_KEYPOINTS] = weights[:, TORSO_KEYPOINTS]
     sigma2 = settings.gmof_sigma_px**2
