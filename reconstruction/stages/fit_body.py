@@ -7,7 +7,10 @@ neck, head, shoulders, arms, legs; fingers optionally). The shape stays fixed (k
 Loss = confidence-weighted Geman-McClure reprojection (pixels) + pose prior (stay near the initial pose,
 strongly at frame 0 whose pose the render config gives) + joint-angle limit + 1st/2nd-order temporal
 smoothness on pose and translation + depth anchoring (frame 0's root is known; depth elsewhere stays near it
-unless the keypoints say otherwise).
+unless the keypoints say otherwise) + root tilt (the pelvis stays as upright as at frame 0: leaning is the
+spine's) + floor (the lowest foot point stays at frame 0's floor height) + torso occlusion (an elbow or wrist
+detected over the torso in the image lies on the camera's side of it: 2D alone leaves a limb's depth free and
+the prior keeps arms by the sides).
 
 Two phases: root rotation and translation alone on the torso keypoints (gets the body to where it is in
 every frame), then everything.
@@ -39,6 +42,18 @@ DEPTH_KEYPOINTS = [
     )
 ]  # fmt: skip
 TORSO_KEYPOINTS = [index(n) for n in ("left_shoulder", "right_shoulder", "left_hip", "right_hip")]
+# Limb joint centres kept on the camera's side of the torso, with the limb's radius there (m): an elbow or
+# wrist detected over the torso in the image is in front of it (the torso would hide it, and it cannot be inside).
+LIMB_POINTS = [index(n) for n in ("left_elbow", "right_elbow", "left_wrist", "right_wrist")]
+LIMB_RADII = (0.04, 0.04, 0.03, 0.03)
+# The torso's image region reaches this many hip-to-shoulder half-heights from its centre: the pelvis extends
+# below the hip joint centres (anny: its front is still ~10 cm ahead of the hips at 1.2).
+TORSO_HALF_HEIGHT_SCALE = 1.2
+# The lowest of these stays on the floor.
+FOOT_POINTS = [
+    index(n)
+    for n in ("left_heel", "right_heel", "left_foot_index", "right_foot_index", "left_ankle", "right_ankle")
+]  # fmt: skip
 # Joint names (anny bone labels and SMPL-X joint names) left out of the body fit: fingers, toes, face.
 NON_BODY_JOINTS = re.compile(r"finger|metacarpal|thumb|index|middle|ring|pinky|toe|eye|jaw|tongue|^root$", re.I)
 FINGER_JOINTS = re.compile(r"finger|metacarpal|thumb|index|middle|ring|pinky", re.I)
@@ -74,6 +89,21 @@ class FitSettings:
     # synthetic scenes it made the fit worse (box, 12 frames: MPJPE 4.4 cm without, 6.7 cm at 1000,
     # 8.1 cm at 5000), MediaPipe's depths being 3-9 cm off on these renders.
     w_relative_depth: float = 0.0
+    # Elbows and wrists detected over the torso in the image but behind its seen face (m^2, squared depth
+    # short of that face plus the limb's radius). With only 2D keypoints and the pose prior, arms holding
+    # something in front of the body came out hanging by its sides instead (the two project alike under a
+    # camera above the person): elbows and wrists 17-20 cm too deep. 60-frame videos, MPJPE box / bottle /
+    # drill / mug: 9.0 / 4.5 / 5.1 / 3.9 cm without, 6.2 / 3.3 / 4.3 / 3.3 at 30000 (4.0-4.4 at 10000 and
+    # 3.3-4.4 at 100000 for the last three).
+    w_torso_penetration: float = 30000.0
+    # 1 - cos of the root's tilt away from the world's up since frame 0 (turning about the vertical is free).
+    # Without it the fit leaned the whole body about the hips instead of bending the spine, sending the feet
+    # 5-7 cm too deep (box). With w_floor, MPJPE box / bottle / drill / mug 6.2 / 3.3 / 4.3 / 3.3 ->
+    # 5.4 / 2.9 / 3.5 / 2.7 cm (1000 and 10000; 3000 or 30000 within 0.1 cm).
+    w_root_tilt: float = 1000.0
+    # (height of the lowest foot point above frame 0's floor)^2 in m^2: one foot stays on the floor
+    # (standing, stepping, walking; not jumping or climbing).
+    w_floor: float = 10000.0
 
 
 @dataclass
@@ -131,6 +161,82 @@ def keypoint_weights(keypoints_2d: torch.Tensor, settings: FitSettings) -> torch
     return weights
 
 
+@dataclass(frozen=True)
+class TorsoExtent:
+    """Depth extent of the torso along its forward axis, measured on the body mesh (m, from the torso centre)."""
+
+    front: float
+    back: float
+
+
+def torso_frame(keypoints: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(..., 75, 3) keypoints -> the torso's centre, unit left/up/forward axes (..., 3), half width and half height.
+
+    Left runs right shoulder -> left shoulder, up mid-hip -> mid-shoulder (made orthogonal to left), forward
+    is left x up (the way the chest faces).
+    """
+    ls, rs, lh, rh = (keypoints[..., i, :] for i in TORSO_KEYPOINTS)
+    left = torch.nn.functional.normalize(ls - rs, dim=-1)
+    up = (ls + rs) / 2 - (lh + rh) / 2
+    half_height = up.norm(dim=-1) / 2
+    up = torch.nn.functional.normalize(up - (up * left).sum(-1, keepdim=True) * left, dim=-1)
+    forward = torch.linalg.cross(left, up, dim=-1)
+    centre = (ls + rs + lh + rh) / 4
+    return centre, left, up, forward, (ls - rs).norm(dim=-1) / 2, half_height
+
+
+def torso_extent(vertices: torch.Tensor, keypoints: torch.Tensor) -> TorsoExtent:
+    """Front and back of the torso of one posed body ((V,3) vertices, (75,3) keypoints): the extreme forward
+    offsets of the vertices in the torso's central column (half its width, shoulder to hip height)."""
+    centre, left, up, forward, half_width, half_height = torso_frame(keypoints)
+    offset = vertices - centre
+    column = ((offset @ left).abs() < 0.5 * half_width) & ((offset @ up).abs() < half_height)
+    depth = offset[column] @ forward
+    if depth.numel() == 0:
+        return TorsoExtent(front=0.0, back=0.0)
+    return TorsoExtent(front=float(depth.max()), back=float(depth.min()))
+
+
+def over_torso_2d(keypoints_2d: torch.Tensor, weights: torch.Tensor, edge_px: float = 5.0) -> torch.Tensor:
+    """(T, 4) weights in [0, 1]: each elbow/wrist detection lies over the detected torso in the image.
+
+    The torso's image region is the quadrilateral of the detected shoulders and hips, stretched
+    ``TORSO_HALF_HEIGHT_SCALE`` half-heights down and up from its centre (the pelvis reaches below the hip
+    joints); soft ``edge_px`` edges. Zero where a limb point or a torso point was not detected.
+    """
+    ls, rs, lh, rh = (keypoints_2d[:, i, :2] for i in TORSO_KEYPOINTS)
+    centre = (ls + rs + lh + rh) / 4
+    across = (ls - rs + lh - rh) / 4  # centre -> left side
+    up = (ls + rs - lh - rh) / 4  # centre -> shoulders
+    basis = torch.stack([across, up], dim=-1)  # (T, 2, 2)
+    det = torch.linalg.det(basis)
+    safe = det.abs() > 1.0  # px^2: a torso seen edge-on has no area to be over
+    basis = torch.where(safe[:, None, None], basis, torch.eye(2, dtype=basis.dtype, device=basis.device))
+    offset = keypoints_2d[:, LIMB_POINTS, :2] - centre[:, None]
+    coords = torch.linalg.solve(basis[:, None], offset.unsqueeze(-1)).squeeze(-1)  # (T, 4, 2) half-sizes
+    width_px = across.norm(dim=-1, keepdim=True)
+    height_px = up.norm(dim=-1, keepdim=True)
+    inside = torch.sigmoid((1 - coords[..., 0].abs()) * width_px / edge_px) * torch.sigmoid(
+        (TORSO_HALF_HEIGHT_SCALE - coords[..., 1].abs()) * height_px / edge_px
+    )
+    seen = (weights[:, LIMB_POINTS] > 0) & (weights[:, TORSO_KEYPOINTS] > 0).all(1, keepdim=True) & safe[:, None]
+    return inside * seen
+
+
+def torso_penetration(keypoints: torch.Tensor, extent: TorsoExtent, over_torso: torch.Tensor) -> torch.Tensor:
+    """(T,) sum over the elbows and wrists of the squared depth (m^2) by which each lies behind the torso's
+    face that the camera sees (grown by the limb's radius), weighted by ``over_torso`` (T,4): a point seen
+    over the torso in the image is on the camera's side of it (behind it the torso would hide it, inside
+    is impossible). The camera sees the front when the chest faces it (camera-frame keypoints), else the back.
+    """
+    centre, _, _, forward, _, _ = torso_frame(keypoints)
+    depth = ((keypoints[:, LIMB_POINTS] - centre[:, None]) * forward[:, None]).sum(-1)
+    radius = torch.tensor(LIMB_RADII, dtype=keypoints.dtype, device=keypoints.device)
+    facing = ((forward * centre).sum(-1, keepdim=True) < 0).detach()  # chest towards the camera at the origin
+    hidden = torch.where(facing, extent.front + radius - depth, depth - (extent.back - radius))
+    return (over_torso * hidden.clamp(min=0) ** 2).sum(1)
+
+
 def initial_translations(
     model: BodyModel,
     pose_aa: torch.Tensor,
@@ -176,11 +282,13 @@ def fit_body(
     progress: Callable[[float], None] | None = None,
     check_cancelled: Callable[[], None] | None = None,
     body_3d: torch.Tensor | None = None,
+    up: torch.Tensor | None = None,
 ) -> BodyFitResult:
     """Fit all frames of ``keypoints_2d`` (T,75,3) given frame 0's pose (J,3) and translation (3,), camera frame.
 
     ``body_3d`` (T,33,4): optional metric hip-centred 3D body landmarks + visibility (MediaPipe's), used
-    for the limbs' relative depth.
+    for the limbs' relative depth. ``up`` (3,): the world's up direction in the camera frame (the floor's
+    normal; frame 0 stands on the floor), else the body's up axis at frame 0.
     """
     settings = settings or FitSettings()
     device, dtype = keypoints_2d.device, keypoints_2d.dtype
@@ -204,6 +312,15 @@ def fit_body(
         pose[:, 0] = roma.rotmat_to_rotvec(roma.rotvec_to_rotmat(root_residual) @ root_rot0)
         pose[:, joints] = init_pose[:, joints] + pose_residual
         return pose
+
+    # The world's up in the camera frame; else the body's own up axis (Z) at frame 0.
+    up = root_rot0[0, :, 2] if up is None else torch.nn.functional.normalize(up.to(device=device, dtype=dtype), dim=0)
+    with torch.no_grad():
+        floor = (model.forward(init_pose[:1], shape, init_trans[None]).keypoints[0, FOOT_POINTS] @ up).min()
+        # The torso's depth, measured on the rest pose (whatever frame 0's arms are doing).
+        rest = model.forward(model.rest_pose(1).to(init_pose), shape, torch.zeros_like(init_trans)[None])
+    extent = torso_extent(rest.vertices[0], rest.keypoints[0])
+    over_torso = over_torso_2d(keypoints_2d, weights)
 
     torso_only = torch.zeros_like(weights)
     torso_only[:, TORSO_KEYPOINTS] = weights[:, TORSO_KEYPOINTS]
@@ -258,6 +375,16 @@ def fit_body(
             terms["relative_depth"] = (
                 settings.w_relative_depth * (depth_weights * robust_depth).sum() / (depth_weights.sum().clamp(min=1.0))
             )
+        if settings.w_torso_penetration > 0:
+            terms["torso_penetration"] = (
+                settings.w_torso_penetration * torso_penetration(output.keypoints, extent, over_torso).mean()
+            )
+        if settings.w_root_tilt > 0:
+            tilted = roma.rotvec_to_rotmat(root_residual) @ up
+            terms["root_tilt"] = settings.w_root_tilt * (1 - tilted @ up).mean()
+        if settings.w_floor > 0:
+            lowest = (output.keypoints[:, FOOT_POINTS] @ up).min(1).values
+            terms["floor"] = settings.w_floor * ((lowest - floor) ** 2).mean()
         terms["trans_prior"] = settings.w_trans_prior * ((trans - init_trans) ** 2).sum(1).mean()
         terms["depth"] = settings.w_depth * ((trans[:, 2] - init_trans[2]) ** 2).mean()
         return sum(terms.values()), terms, output.keypoints

@@ -348,6 +348,7 @@ def run_mediapipe(ctx: StageContext, settings: dict[str, Any]) -> StageResult:
         progress=lambda f: ctx.progress(0.4 + 0.55 * f, "fitting the body model"),
         check_cancelled=ctx.check_cancelled,
         body_3d=torch.as_tensor(detections.body_3d, dtype=dtype, device=device),
+        up=world_to_cam[:3, 2],  # the Z-up world's up axis in the camera frame
     )
     pose_global, trans_global = transform_body(model, fit.pose_aa, shape, fit.trans, torch.linalg.inv(world_to_cam))
     fit_seconds = time.perf_counter() - started
