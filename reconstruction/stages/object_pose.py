@@ -54,14 +54,16 @@ def render_silhouettes(
 
 def still_anchors(
     layout, vid, object_masks: np.ndarray, human_masks: np.ndarray, vertices: np.ndarray, initial_pose: np.ndarray,
-    K: np.ndarray,
+    K: np.ndarray, frames: np.ndarray | None = None,
 ):  # fmt: skip
     """When the object is still (static start, final rest) and the plane it stands on, from the video
-    pixels and the first-frame depth (``pose_anchors``); None when the video does not match the masks."""
+    pixels (``frames``, else decoded) and the first-frame depth (``pose_anchors``); None when the video
+    does not match the masks."""
     from reconstruction.backends import pose_anchors
     from reconstruction.backends.mesh_tracker import Anchors
 
-    frames, _ = scene_inputs.load_frames(layout.video(vid))
+    if frames is None:
+        frames, _ = scene_inputs.load_frames(layout.video(vid))
     if frames.shape[:3] != object_masks.shape:
         logger.warning("%s: video %s does not match the masks %s: no still segments", vid, frames.shape[:3],
                        object_masks.shape)  # fmt: skip
@@ -132,13 +134,21 @@ def run(ctx: StageContext) -> StageResult:
                 tracker_config = mesh_tracker.TrackerConfig.from_section(section)
             except (TypeError, ValueError) as exc:
                 raise StageInputError(str(exc)) from exc
-            anchors = None
-            if tracker_config.use_anchors:
-                anchors = still_anchors(layout, vid, object_masks, human_masks, mesh.vertices, initial_pose, K)
+            anchors, frames = None, None
+            if tracker_config.use_anchors or tracker_config.weight_colour > 0:
+                frames, _ = scene_inputs.load_frames(layout.video(vid))
+                if frames.shape[:3] != object_masks.shape:
+                    logger.warning("%s: video %s does not match the masks %s: no still segments, no colour",
+                                   vid, frames.shape[:3], object_masks.shape)  # fmt: skip
+                    frames = None
+            if tracker_config.use_anchors and frames is not None:
+                anchors = still_anchors(layout, vid, object_masks, human_masks, mesh.vertices, initial_pose, K,
+                                        frames)  # fmt: skip
             result = mesh_tracker.track_object(
                 mesh.vertices, mesh.faces, K, initial_pose, object_masks, human_masks, depth,
                 tracker_config, ctx.device, progress=lambda f, msg: ctx.progress(0.05 + 0.9 * f, msg),
                 check_cancelled=ctx.check_cancelled, anchors=anchors,
+                images=frames if tracker_config.weight_colour > 0 else None,
             )  # fmt: skip
             if anchors is not None:
                 info["static_prefix_frames"] = anchors.static_prefix
