@@ -303,20 +303,17 @@ def test_contact_partner_is_on_the_surface_the_palm_faces():
 
 
 def test_depth_only_partner_is_on_the_surface_the_palm_faces():
-    """On one pixel: ten samples of a front face at 2.0 m (facing the camera) and one of a side face at 2.3 m
-    (normal +x). By the probe at the object's mean depth the front is the partner; a palm facing -x takes the
-    side's depth."""
-    obj = torch.tensor([0.0, 0.0, 2.0]).repeat(11, 1)
-    obj[10, 2] = 2.3
-    normals = torch.tensor([0.0, 0.0, -1.0]).repeat(11, 1)
-    normals[10] = torch.tensor([1.0, 0.0, 0.0])
+    """On one pixel: a front face at 2.4 m (facing the camera) and a side face at 2.2 m (normal +x). The hand
+    point at 2.5 m is nearest the front; a palm facing -x takes the side's depth."""
+    obj = torch.tensor([[0.0, 0.0, 2.4], [0.0, 0.0, 2.2]])
+    normals = torch.tensor([[0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
     hands = torch.tensor([0.0, 0.0, 2.5]).expand(1, 2, 1, 3).clone()
     both = torch.tensor([[True, True]])
     huber = lambda gap: 0.01 * (gap - 0.005)  # noqa: E731 - the linear part of huber(gap, 0.01)
     front = losses.contact(hands, obj[None], both, K, depth_only=True, object_normals_cam=normals[None])
-    assert front.item() == pytest.approx(huber(0.5), rel=1e-4)
+    assert front.item() == pytest.approx(huber(0.1), rel=1e-4)
     palms = torch.tensor([-1.0, 0.0, 0.0]).expand(1, 2, 3)
     gripped = losses.contact(
         hands, obj[None], both, K, depth_only=True, object_normals_cam=normals[None], palm_normals_cam=palms
     )
-    assert gripped.item() == pytest.approx(huber(0.2), rel=1e-4)
+    assert gripped.item() == pytest.approx(huber(0.3), rel=1e-4)

@@ -43,7 +43,9 @@ def test_stages_reduce_their_loss_and_record_history(body):
         for term, values in stage["terms"].items():
             assert len(values) == stage["niter"], term
     init_terms = stages[0]["terms"]
-    assert init_terms["keypoint_tracking"][-1] < 0.2 * init_terms["keypoint_tracking"][0]
+    # init_opt moves the body (not its pose: stage 1 fitted that) onto the keypoints; the contact stages refine
+    assert init_terms["keypoint_tracking"][-1] < 0.7 * init_terms["keypoint_tracking"][0]
+    assert stages[-1]["terms"]["keypoint_tracking"][-1] < 0.5 * init_terms["keypoint_tracking"][0]
     assert set(result.eval_data) == {"keypoint_tracking", "contact", "penetration"}
     assert result.body_pose.shape == video.body_pose.shape
     assert result.obj_pose_cam.shape == (8, 4, 4)

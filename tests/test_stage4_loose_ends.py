@@ -245,9 +245,10 @@ def test_depth_only_contact_partners_are_on_the_visible_surface():
     assert pulled.item() == pytest.approx(0.01 * (0.12 - 0.005), rel=1e-3)  # Huber of the 12 cm gap
 
 
-def test_depth_only_partner_is_mid_depth_on_a_side_face_whatever_the_hand_depth():
-    # a hand gripping a box's side face (x = 0.15, the face spans z 2.8-3.2) shows on screen beside the box;
-    # stage 1 put it 40 cm too deep. The partner is the side face at the box's mean depth, not its far end.
+def test_depth_only_partner_is_the_nearest_point_of_a_side_face():
+    # a hand gripping a box's side face (x = 0.15, the face spans z 2.8-3.2) shows on screen beside the box.
+    # Stage 1 put it 20 cm beyond the face's far end, or 20 cm in front of its near end: the partner is the
+    # face's nearest end (the least move that makes the hand touch), pulling the hand towards the box.
     depths = torch.linspace(2.8, 3.2, 9)
     ys = torch.linspace(-0.1, 0.1, 5)
     zz, yy = torch.meshgrid(depths, ys, indexing="ij")
@@ -256,14 +257,13 @@ def test_depth_only_partner_is_mid_depth_on_a_side_face_whatever_the_hand_depth(
     gx, gy = torch.meshgrid(grid, ys, indexing="ij")
     front = torch.stack([gx, gy, torch.full_like(gx, 2.8)], -1).reshape(-1, 3)
     samples = torch.cat([front, side])[None]  # (1, N, 3)
-    for stage1_depth in (3.4, 2.6):
+    for stage1_depth, nearest_end in ((3.4, 3.2), (2.6, 2.8)):
         hand = torch.tensor([0.16 * stage1_depth / 3.0, 0.0, stage1_depth]).expand(1, 2, 4, 3).clone()
         hand.requires_grad_(True)
         mask = torch.tensor([[True, False]])
         cost = losses.contact(hand, samples, mask, K, depth_only=True, max_contact_dist=0.5, huber_delta=0.01)
-        # the samples' mean depth is 2.91 (front face at 2.8, side face 2.8-3.2): the side-face row at 2.9
-        gap = abs(stage1_depth - 2.9)
+        gap = abs(stage1_depth - nearest_end)
         assert cost.item() == pytest.approx(0.01 * (gap - 0.005), abs=0.01 * 0.05)
         cost.backward()
         descent = -hand.grad[0, 0, :, 2].sum()  # how descent moves the hand's depth
-        assert descent.item() > 0 if stage1_depth < 2.9 else descent.item() < 0
+        assert descent.item() > 0 if stage1_depth < 2.8 else descent.item() < 0

@@ -255,8 +255,9 @@ def contact(
       sparse samples touches it;
     - ``depth_only``: the image already places hand and object; only their view-space depth is pulled
       together. For each hand point, the object samples within ``contact_px`` pixels on screen are its
-      partners (only those ``object_facing`` marks, when given), the one nearest to the hand point's viewing
-      ray at the object's mean depth is chosen, and the Huber loss of their z difference is taken.
+      partners (only those ``object_facing`` marks, when given), the one nearest to the hand point in 3D is
+      chosen (the least move that makes it touch: stage 1's depth is kept where it is right), and the Huber
+      loss of their z difference is taken.
 
     With the palms' outward unit normals (``palm_normals_cam`` (..., T, 2, 3)) and ``object_normals_cam``, a hand
     grips the surface its palm faces: partners are the samples whose normal opposes the palm's (cosine below
@@ -298,12 +299,7 @@ def contact(
             if gripped is not None:  # the surface the palm faces, for a hand that has such partners on screen
                 near_gripped = near & gripped
                 near = torch.where(near_gripped.any((-2, -1), keepdim=True), near_gripped, near)
-            # The partner is chosen as if the hand point sat on its viewing ray at the object's mean depth, not
-            # where stage 1 put it: a hand 30 cm too deep would otherwise pick the far end of a side face, and
-            # a hand grips an object about its middle (side faces, handles, a bottle's girth).
-            centre_depth = objects[..., 2].mean(-1, keepdim=True)[..., None]  # (..., T, 1, 1, 1)
-            probe = torch.cat([hand_ray * centre_depth, centre_depth.expand_as(hand_ray[..., :1])], dim=-1)
-            probe_dist = torch.cdist(probe, objects.expand(*probe.shape[:-2], -1, 3))
+            probe_dist = torch.cdist(hand_points_cam, objects.expand(*hand_points_cam.shape[:-2], -1, 3))
             nearest = torch.where(near, probe_dist, big).argmin(-1)
             has_partner = near.any(-1)  # (..., T, 2, H)
     partner = objects.expand(*hand_points_cam.shape[:-2], -1, 3).gather(
