@@ -299,8 +299,7 @@ def contact(
             if gripped is not None:  # the surface the palm faces, for a hand that has such partners on screen
                 near_gripped = near & gripped
                 near = torch.where(near_gripped.any((-2, -1), keepdim=True), near_gripped, near)
-            probe_dist = torch.cdist(hand_points_cam, objects.expand(*hand_points_cam.shape[:-2], -1, 3))
-            nearest = torch.where(near, probe_dist, big).argmin(-1)
+            nearest = torch.where(near, dist, big).argmin(-1)  # the nearest in 3D of the on-screen partners
             has_partner = near.any(-1)  # (..., T, 2, H)
     partner = objects.expand(*hand_points_cam.shape[:-2], -1, 3).gather(
         -2, nearest[..., None].expand(*nearest.shape, 3)
