@@ -208,6 +208,9 @@ class Demo:
         except KeyboardInterrupt:
             return 0
         finally:
+            # a second Ctrl-C (make forwards one too) must not cut the shutdown short with a traceback
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             self.stop()
 
 
