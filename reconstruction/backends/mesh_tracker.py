@@ -534,6 +534,7 @@ def data_terms(
         evidence.signed_distance, evidence.signed_gradient, contour_cam, contour_valid, config.weight_contour, hidden
     )
     interior_cam = cam(points.interior)
+    interior_px = project(interior_cam, K)  # the colour and depth terms sample the images there
     image_term(
         evidence.outside_distance,
         evidence.outside_gradient,
@@ -561,16 +562,15 @@ def data_terms(
     if evidence.colour is not None and points.interior_colour is not None and config.weight_colour > 0:
         # Appearance: each point seen at the reference pose should show the colour it showed there. A
         # Cauchy weight lets the points an occluder hides (a hand inside the object mask) go.
-        pixels = project(interior_cam, K)
         origin = torch.tensor(evidence.colour_origin, dtype=dtype, device=device)
-        local = pixels - origin
+        local = interior_px - origin
         crop_size = tuple(evidence.colour.shape[-2:])
         observed = sample_channels(evidence.colour[frames], local, crop_size).to(dtype)  # (W,N,3)
         channel_weight = torch.tensor([config.colour_lightness_weight, 1.0, 1.0], dtype=dtype, device=device)
         residual = (observed - points.interior_colour) * channel_weight / config.colour_scale
         inside = (local >= 0).all(-1) & (local[..., 0] < crop_size[1]) & (local[..., 1] < crop_size[0])
-        row = pixels[..., 1].long().clamp(0, size[0] - 1)
-        col = pixels[..., 0].long().clamp(0, size[1] - 1)
+        row = interior_px[..., 1].long().clamp(0, size[0] - 1)
+        col = interior_px[..., 0].long().clamp(0, size[1] - 1)
         on_human = evidence.human_masks[frames][torch.arange(num, device=device)[:, None], row, col]
         seen = (points.interior_valid & inside & ~on_human).to(dtype) * has_object[:, None]
         usable = seen * points.interior_colour_valid.to(dtype)
@@ -588,9 +588,8 @@ def data_terms(
             _accumulate(residual[..., channel], None if jac is None else jac[..., channel, :], w, eq)
 
     if evidence.depth is not None:
-        pixels = project(interior_cam, K)
-        observed = sample_image(evidence.depth[frames], pixels, size, mode="nearest")
-        in_mask = sample_image(evidence.object_masks[frames], pixels, size, mode="nearest") > 0.5
+        observed = sample_image(evidence.depth[frames], interior_px, size, mode="nearest")
+        in_mask = sample_image(evidence.object_masks[frames], interior_px, size, mode="nearest") > 0.5
         usable = ((observed > 0) & in_mask & points.interior_valid).to(dtype)
         residual = (interior_cam[..., 2] - observed) / config.depth_scale_m
         w = usable * _irls(residual, 1.0) * (config.weight_depth / usable.sum(1, keepdim=True).clamp(min=1)) ** 0.5

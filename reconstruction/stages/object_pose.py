@@ -54,20 +54,13 @@ def render_silhouettes(
 
 def still_anchors(
     layout, vid, object_masks: np.ndarray, human_masks: np.ndarray, vertices: np.ndarray, initial_pose: np.ndarray,
-    K: np.ndarray, frames: np.ndarray | None = None,
+    K: np.ndarray, frames: np.ndarray,
 ):  # fmt: skip
-    """When the object is still (static start, final rest) and the plane it stands on, from the video
-    pixels (``frames``, else decoded) and the first-frame depth (``pose_anchors``); None when the video
-    does not match the masks."""
+    """When the object is still (static start, final rest) and the plane it stands on, from the video's
+    RGB ``frames`` (T,H,W,3, matching the masks) and the first-frame depth (``pose_anchors``)."""
     from reconstruction.backends import pose_anchors
     from reconstruction.backends.mesh_tracker import Anchors
 
-    if frames is None:
-        frames, _ = scene_inputs.load_frames(layout.video(vid))
-    if frames.shape[:3] != object_masks.shape:
-        logger.warning("%s: video %s does not match the masks %s: no still segments", vid, frames.shape[:3],
-                       object_masks.shape)  # fmt: skip
-        return None
     lab = pose_anchors.rgb_to_lab(frames)
     prefix = pose_anchors.static_prefix(lab, object_masks[0], human_masks)
     suffix = pose_anchors.rest_suffix(lab, object_masks[-1] & ~human_masks[-1], human_masks)
