@@ -212,7 +212,7 @@ def evaluate_optimize(
     with torch.no_grad():
         out = body.forward(poses, shape, trans)
     w2c = torch.as_tensor(gt.world_to_cam, dtype=torch.float64)
-    kp_world = out.keypoints.double()
+    kp_world = out.keypoints.double().cpu()  # the metrics below are numpy
     kp_cam = (kp_world @ w2c[:, :3, :3].transpose(1, 2) + w2c[:, None, :3, 3]).numpy()
     result = keypoint_metrics(kp_cam, gt.keypoints_3d_cam, gt.contact)
     result["foot_skating_m_per_frame"] = metrics.foot_skating(kp_world[:, FOOT_INDICES].numpy())
@@ -225,7 +225,7 @@ def evaluate_optimize(
     mesh_vertices, mesh_faces = mesh
     result.update(object_metrics(gt.world_to_cam @ poses_world, gt, _model_points(mesh_vertices)))
     result.update(
-        body_penetration(out.vertices.double(), torch.as_tensor(poses_world), mesh_vertices * scale, mesh_faces)
+        body_penetration(out.vertices.double().cpu(), torch.as_tensor(poses_world), mesh_vertices * scale, mesh_faces)
     )
     contact_path = layout.contact_labels(vid)
     if contact_path.exists():
