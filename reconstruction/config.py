@@ -239,13 +239,17 @@ class PostProcessingConfig:
     savgol_window_object: int | None = field(default=None, metadata=_meta(min=1))
 
 
-class _FitSettingNames:
-    """The field names of ``stages.fit_body.FitSettings``, read on first use (that module needs torch)."""
+class _LazyFieldNames:
+    """The field names of a settings dataclass in an engine module, read on first use (those modules
+    import torch or OpenCV, which loading a config must not)."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
 
     def _names(self) -> tuple[str, ...]:
-        from reconstruction.stages.fit_body import FitSettings
+        import importlib
 
-        return tuple(f.name for f in dataclasses.fields(FitSettings))
+        return tuple(f.name for f in dataclasses.fields(getattr(importlib.import_module(self.module), self.name)))
 
     def __contains__(self, key: object) -> bool:
         return key in self._names()
@@ -263,7 +267,9 @@ class HumanPoseConfig:
     min_detection_confidence: float = field(default=0.5, metadata=_meta(min=0.0, max=1.0))
     model_complexity: int = field(default=1, metadata=_meta(min=0, max=2))
     # the body fit's settings (stages/fit_body.py FitSettings fields), e.g. ``fit: {iterations: 100}``
-    fit: dict[str, Any] = field(default_factory=dict, metadata=_meta(keys=_FitSettingNames()))
+    fit: dict[str, Any] = field(
+        default_factory=dict, metadata=_meta(keys=_LazyFieldNames("reconstruction.stages.fit_body", "FitSettings"))
+    )
 
 
 @dataclass(frozen=True)
@@ -275,6 +281,11 @@ class PreprocessConfig:
     sam2_checkpoint: str | None = None
     sam2_model_cfg: str | None = None
     moge_checkpoint: str | None = None
+    # the classical mask backend's settings (backends/classical_masks.py ClassicalMaskConfig fields)
+    classical: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_meta(keys=_LazyFieldNames("reconstruction.backends.classical_masks", "ClassicalMaskConfig")),
+    )
 
 
 @dataclass(frozen=True)

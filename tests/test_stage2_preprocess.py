@@ -449,3 +449,56 @@ def test_object_hidden_behind_the_person_gets_no_mask_from_its_shape():
     # Two frames of lag: what the flow carried from the last frame with a shape fades, then nothing.
     assert (invented[:2] < 0.1 * truth[0].sum()).all() and (invented[2:] == 0).all(), invented
     assert track.object_masks[5][truth[5]].mean() > 0.9  # tracked while it was in view
+
+
+def _still_person_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A still person (red shirt, legs the colour of the floor below them) with blended outline columns
+    (half shirt, half wall), beside a still blue block, in six frames of camera noise."""
+    height, width, frames = 60, 80, 6
+    shirt, legs, block = np.array((200, 60, 60)), (132, 81, 41), (30, 60, 200)
+    tiles = np.random.default_rng(0).integers(0, 256, (height // 4, width // 4, 3), dtype=np.uint8)
+    wall = np.repeat(np.repeat(tiles, 4, axis=0), 4, axis=1)
+    video = np.repeat(wall[None], frames, axis=0).astype(np.float32)
+    video[:, 40:60, :] = (130, 80, 40)  # the floor
+    video[:, 5:25, 30:40] = shirt
+    video[:, 25:50, 30:40] = legs
+    for col in (29, 40):
+        video[:, 5:50, col] = 0.5 * video[:, 5:50, col] + 0.5 * shirt
+    video[:, 10:16, 60:70] = block
+    person = np.zeros((height, width), dtype=bool)
+    person[5:50, 30:40] = True
+    first_object = np.zeros_like(person)
+    first_object[10:16, 60:70] = True
+    noisy = video + np.random.default_rng(1).normal(0.0, 1.0, video.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8), first_object, person
+
+
+def test_person_unchanged_since_frame_0_keeps_its_mask():
+    """Where the background behind the person is unknown, the colour models decide, and they call legs the
+    floor's colour background and the blended outline either way; pixels that look as they did at frame 0
+    keep frame 0's (exact) label."""
+    from reconstruction.backends.classical_masks import ClassicalMaskConfig, track_masks
+
+    video, first_object, person = _still_person_scene()
+
+    def iou(masks: np.ndarray) -> np.ndarray:
+        return (masks & person).sum((1, 2)) / (masks | person).sum((1, 2))
+
+    track = track_masks(video, first_object, person, ClassicalMaskConfig(use_selfie=False))
+    assert (iou(track.human_masks) == 1.0).all()
+    assert (track.object_masks[1:] == first_object).all()
+    without = track_masks(video, first_object, person, ClassicalMaskConfig(use_selfie=False, unchanged_band_px=0))
+    assert iou(without.human_masks)[1:].max() < 0.85  # the legs are lost
+
+
+def test_classical_mask_settings_come_from_the_config_and_a_typo_is_named():
+    from reconstruction.backends.classical_masks import ClassicalMaskConfig
+    from reconstruction.config import ConfigError, load_config
+
+    config = load_config().merge({"preprocess": {"classical": {"unchanged_band_px": 0, "diff_threshold": 9.0}}})
+    settings = ClassicalMaskConfig.from_section(config.section("preprocess"))
+    assert (settings.unchanged_band_px, settings.diff_threshold) == (0, 9.0)
+    with pytest.raises(
+        ConfigError, match=r"preprocess\.classical\.diff_treshold: unknown key; did you mean 'diff_threshold'"
+    ):
+        load_config().merge({"preprocess": {"classical": {"diff_treshold": 9.0}}})

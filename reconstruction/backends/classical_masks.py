@@ -21,6 +21,9 @@ How a frame is split:
    pull from mere nearness, which let an ambiguous region grow into the object frame after frame).
    Ambiguous bands up to 2 ``gap_close_px`` wide between object parts (across a bar) join it. A hidden object has
    no sure pixels, so no shape is carried onto what covers it.
+   In and around the frame-0 person (``unchanged_band_px``), away from the object, pixels that look as they
+   did at frame 0 keep frame 0's label: behind the person the background is unknown and colour alone lost
+   legs the colour of the floor and the outline's blended pixels.
 5. Object shape: the object mask is kept inside the frame-0 mask's ellipse (grown by ``size_gate``,
    mean-shift centred), its outline pixels re-decided by the nearest local colour (object interior,
    human interior, known background), and until the object first moves (``pose_anchors`` still test
@@ -70,6 +73,7 @@ class ClassicalMaskConfig:
     rigid_min_pixels: int = 20  # fewer sure pixels (before or now) than this: carry by the dense flow
     reach_scale: float = 1.2  # the mesh's projected radius at frame 0 grown this much (depth changes)
     gap_close_px: int = 5  # ambiguous bands up to twice this across the object (between its parts) join it
+    unchanged_band_px: int = 3  # frame-0 person grown by this: pixels unchanged since frame 0 keep its label (0: off)
 
     @classmethod
     def from_section(cls, section: dict[str, Any]) -> ClassicalMaskConfig:
@@ -440,6 +444,12 @@ def track_masks(
     # The last frame's object pixels whose colour is surely the object's: the rigid carry's anchor.
     sure_previous = first_object & (object_colours.table[bins[0]] - human_colours.table[bins[0]] > config.sure_margin)
     carry_reach = 2.0 * max(config.search_radius_frac * diagonal, 1.0)  # pixels: how far it may move per frame
+    # The frame-0 masks are exact. Behind the person the background is unknown, so colour models decide
+    # there, and they call legs the floor's colour background; the outline's pixels are blends that no model
+    # knows. While those pixels look as they did at frame 0, they keep frame 0's label.
+    person_region = None
+    if config.unchanged_band_px > 0:
+        person_region = cv2.dilate(first_human.astype(np.uint8), _disk(config.unchanged_band_px)).astype(bool)
     template_motion: np.ndarray | None = np.eye(2, 3)  # frame 0 -> this frame, while every step had a fit
     for t in range(1, num_frames):
         flow = flow_engine.calc(gray[t], gray[t - 1], None)
@@ -525,6 +535,14 @@ def track_masks(
             # The segmenter's mask is coarse (256x144 model): trust it alone only where it is sure.
             human |= ~background_known & (person_prob[t] > config.selfie_union_threshold) & ~obj
         human = clean_mask(human, config.kernel_px, min_blob) & ~obj
+        if person_region is not None:
+            unchanged = np.linalg.norm((lab[t] - lab[0]) * chroma_weights, axis=-1) < config.still_colour_threshold
+            unchanged = cv2.erode(unchanged.astype(np.uint8), _disk(1)).astype(bool)  # and its neighbours
+            # not beside the object: there its own rules decide (black parts over black trousers look unchanged)
+            snap = (
+                person_region & unchanged & ~cv2.dilate(obj.astype(np.uint8), _disk(2 * config.kernel_px)).astype(bool)
+            )
+            human = np.where(snap, first_human, human) & ~obj
         if still:
             verdict = pose_anchors.unchanged_frames(lab[[0, t]], 0, first_object, np.stack([first_human, human]),
                                                     anchor_config)[1]  # fmt: skip
