@@ -223,6 +223,34 @@ def test_rotation_error_modulo_a_continuous_symmetry_axis():
     )
 
 
+def test_body_penetration_exact_depth_of_inside_vertices_only():
+    import trimesh
+
+    from reconstruction.eval.evaluate import body_penetration
+
+    box = trimesh.creation.box(extents=(0.2, 0.1, 0.3))
+    vertices, faces = torch.tensor(box.vertices, dtype=torch.float64), torch.tensor(box.faces)
+    # frame 0: one vertex 3 cm inside the +x face, others outside (one within the box's x/y extent only);
+    # frame 1: nothing inside; frame 2: 1 cm inside the +z face. The object moves and turns.
+    local = torch.tensor(
+        [
+            [[0.07, 0.0, 0.0], [0.3, 0.0, 0.0], [0.05, 0.02, 0.2]],
+            [[0.11, 0.0, 0.0], [0.0, 0.06, 0.0], [0.0, 0.0, -0.16]],
+            [[0.0, 0.0, 0.14], [0.5, 0.5, 0.5], [-0.2, 0.0, 0.0]],
+        ],
+        dtype=torch.float64,
+    )
+    angle = torch.tensor([0.0, 0.7, -1.2], dtype=torch.float64)
+    poses = torch.eye(4, dtype=torch.float64).repeat(3, 1, 1)
+    poses[:, 0, 0], poses[:, 0, 1], poses[:, 1, 0], poses[:, 1, 1] = angle.cos(), -angle.sin(), angle.sin(), angle.cos()
+    poses[:, :3, 3] = torch.tensor([[0.0, 0.0, 0.0], [1.0, 2.0, 0.5], [-0.3, 0.1, 1.0]], dtype=torch.float64)
+    world = local @ poses[:, :3, :3].transpose(1, 2) + poses[:, None, :3, 3]
+    out = body_penetration(world, poses, vertices, faces)
+    assert out["penetration_max_m"] == pytest.approx(0.03, abs=1e-9)
+    assert out["penetration_mean_m"] == pytest.approx((0.03 + 0.01) / 3, abs=1e-9)
+    assert out["penetration_frame_ratio"] == pytest.approx(2 / 3)
+
+
 def test_held_object_errors_average_the_held_frames_only():
     from reconstruction.eval.evaluate import held_object_errors
 

@@ -19,7 +19,7 @@ import torch
 from reconstruction import fileio
 from reconstruction import keypoints as kp
 from reconstruction.eval import metrics
-from reconstruction.eval.geometry import point_mesh_signed_distance
+from reconstruction.eval.geometry import point_mesh_distance, winding_number
 from reconstruction.layout import Layout, VideoId
 from reconstruction.render_config import load_pickle
 from reconstruction.stages.scene_inputs import load_object_mesh
@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 BODY_INDICES = [kp.index(name) for name in kp.MPJPE_BODY_JOINTS]
 FOOT_INDICES = [kp.index(n) for n in ("left_heel", "right_heel", "left_foot_index", "right_foot_index")]
 ADD_POINTS = 1000  # model points used for ADD / ADD-S (evenly strided mesh vertices)
-PENETRATION_MARGIN = 0.05  # body vertices farther than this from the object's bounding sphere are skipped
 
 
 class EvaluationError(ValueError):
@@ -138,21 +137,21 @@ def body_penetration(
     mesh_vertices: torch.Tensor,
     mesh_faces: torch.Tensor,
 ) -> dict[str, float]:
-    """Penetration of body vertices (T,V,3) into the object mesh posed by (T,4,4), from exact signed
-    distances of the vertices near the object (others cannot penetrate)."""
-    radius = float(mesh_vertices.norm(dim=-1).max()) + PENETRATION_MARGIN
-    per_frame = []
-    for frame in range(body_vertices_world.shape[0]):
-        pose = object_poses_world[frame]
-        local = (body_vertices_world[frame] - pose[:3, 3]) @ pose[:3, :3]
-        near = local[local.norm(dim=-1) < radius]
-        if near.shape[0] == 0:
-            per_frame.append(np.array([1.0]))
-            continue
-        per_frame.append(point_mesh_signed_distance(near, mesh_vertices, mesh_faces).numpy())
-    width = max(len(x) for x in per_frame)
-    padded = np.stack([np.pad(x, (0, width - len(x)), constant_values=1.0) for x in per_frame])
-    out = metrics.penetration_depth(padded)
+    """Penetration of body vertices (T,V,3) into the object mesh posed by (T,4,4), from exact distances of
+    the vertices inside it. Only those count (depths are clipped at 0), so the winding number is taken for
+    the vertices in the object's bounding box alone and the exact distance for the ones inside."""
+    rotation, translation = object_poses_world[:, :3, :3], object_poses_world[:, :3, 3]
+    local = (body_vertices_world - translation[:, None]) @ rotation  # (T, V, 3) in the mesh frame
+    low, high = mesh_vertices.amin(0), mesh_vertices.amax(0)
+    frame, vertex = ((local >= low) & (local <= high)).all(-1).nonzero(as_tuple=True)
+    candidates = local[frame, vertex]
+    depth = local.new_zeros(local.shape[0])
+    if candidates.shape[0]:
+        inside = winding_number(candidates, mesh_vertices, mesh_faces) > 0.5
+        if inside.any():
+            distance = point_mesh_distance(candidates[inside], mesh_vertices, mesh_faces)
+            depth = depth.scatter_reduce(0, frame[inside], distance, reduce="amax")
+    out = metrics.penetration_depth(-depth[:, None].numpy())
     return {"penetration_max_m": out["max"], "penetration_mean_m": out["mean"], "penetration_frame_ratio": out["ratio"]}
 
 
@@ -227,7 +226,7 @@ def evaluate_optimize(
     with torch.no_grad():
         out = body.forward(poses, shape, trans)
     w2c = torch.as_tensor(gt.world_to_cam, dtype=torch.float64)
-    kp_world = out.keypoints.double()
+    kp_world = out.keypoints.double().cpu()  # the metrics below are numpy
     kp_cam = (kp_world @ w2c[:, :3, :3].transpose(1, 2) + w2c[:, None, :3, 3]).numpy()
     result = keypoint_metrics(kp_cam, gt.keypoints_3d_cam, gt.contact)
     result["foot_skating_m_per_frame"] = metrics.foot_skating(kp_world[:, FOOT_INDICES].numpy())
@@ -240,7 +239,7 @@ def evaluate_optimize(
     mesh_vertices, mesh_faces = mesh
     result.update(object_metrics(gt.world_to_cam @ poses_world, gt, _model_points(mesh_vertices)))
     result.update(
-        body_penetration(out.vertices.double(), torch.as_tensor(poses_world), mesh_vertices * scale, mesh_faces)
+        body_penetration(out.vertices.double().cpu(), torch.as_tensor(poses_world), mesh_vertices * scale, mesh_faces)
     )
     contact_path = layout.contact_labels(vid)
     if contact_path.exists():

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import numpy as np
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -146,13 +147,13 @@ def add_s(pred_poses: Any, gt_poses: Any, model_points: Any, chunk: int = 2048) 
     _check_same_shape(pred, gt, "add_s")
     if pred.ndim == 2:
         pred, gt = pred[None], gt[None]
-    pred_pts = _transform_points(pred, pts)  # (T, N, 3)
-    gt_pts = _transform_points(gt, pts)
-    closest = np.empty(gt_pts.shape[:2])
-    # Chunk the N x N distance matrix so large meshes stay within memory.
-    for start in range(0, gt_pts.shape[1], chunk):
-        block = gt_pts[:, start : start + chunk, None, :] - pred_pts[:, None, :, :]
-        closest[:, start : start + chunk] = np.sqrt((block**2).sum(-1)).min(-1)
+    pred_pts = torch.from_numpy(_transform_points(pred, pts))  # (T, N, 3)
+    gt_pts = torch.from_numpy(_transform_points(gt, pts))
+    # a few frames at a time keeps the (frames, N, N) distances within memory (float64: exact to nanometres)
+    step = max(1, chunk * chunk // max(1, pts.shape[0] ** 2))
+    closest = torch.cat(
+        [torch.cdist(gt_pts[i : i + step], pred_pts[i : i + step]).amin(-1) for i in range(0, gt_pts.shape[0], step)]
+    )
     return float(closest.mean())
 
 

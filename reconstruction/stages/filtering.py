@@ -314,7 +314,7 @@ def run_checks(
     pose = torch.as_tensor(np.asarray(human["poses"]), dtype=torch.float32).reshape(T, -1, 3)
     with torch.no_grad():
         verts = body.forward(pose, torch.as_tensor(np.asarray(human["shape"]), dtype=torch.float32),
-                             torch.as_tensor(np.asarray(human["trans"]), dtype=torch.float32)).vertices  # fmt: skip
+                             torch.as_tensor(np.asarray(human["trans"]), dtype=torch.float32)).vertices.cpu()  # fmt: skip
     min_dist = float(torch.cdist(verts[0], obj_world[0]).min())
     checks.append(check_initial_penetration(min_dist, filt.init_penetration_thr))
     checks.append(check_static_human(verts.numpy(), filt.human_static_thr))

@@ -142,21 +142,28 @@ def first_object_pose_world(render_config: RenderConfig) -> np.ndarray:
 # ---- contact labels ---------------------------------------------------------------------------------
 @torch.no_grad()
 def initial_contact_labels(body: Any, video: VideoInputs, config: ReconConfig, is_static_obj: bool) -> ContactLabels:
-    """Contact labels from the stage 1-3 estimates: hands from the stage 1 body, object from stage 3."""
+    """Contact labels from the stage 1-3 estimates: hands from the stage 1 body, object from stage 3.
+    Computed on the body model's device (the stage 1-3 inputs are loaded on the CPU)."""
+    device = body.faces.device
     hand_ids = torch.stack(
         [
             torch.as_tensor(body.vertex_segments[s])[geometry.subsample_indices(len(body.vertex_segments[s]), 48)]
             for s in ("left_hand", "right_hand")
         ]
     )
-    posed = PointBody(body, hand_ids.flatten(), video.body_shape)(video.body_pose, video.body_trans)
+    posed = PointBody(body, hand_ids.flatten(), video.body_shape.to(device))(
+        video.body_pose.to(device), video.body_trans.to(device)
+    )
     hands = posed.points.reshape(video.num_frames, 2, -1, 3)
     feet = posed.keypoints[:, [ALL_KEYPOINTS.index(n) for n in ("left_heel", "left_foot_index")]]
     feet = torch.stack(
         [feet, posed.keypoints[:, [ALL_KEYPOINTS.index(n) for n in ("right_heel", "right_foot_index")]]], 1
     )
-    samples, _ = geometry.sample_surface(video.object_vertices.float(), video.object_faces.long(), 512, seed=0)
-    obj_world = torch.linalg.inv(video.world_to_cam) @ video.object_poses_cam
+    samples, _ = geometry.sample_surface(
+        video.object_vertices.to(device, torch.float32), video.object_faces.to(device, torch.long), 512, seed=0
+    )
+    world_to_cam = video.world_to_cam.to(device)
+    obj_world = torch.linalg.inv(world_to_cam) @ video.object_poses_cam.to(device, world_to_cam.dtype)
     object_points = geometry.transform(samples[None], obj_world[:, :3, :3], obj_world[:, :3, 3])
     ground = float(torch.quantile(feet[..., 2].amin((1, 2)), 0.1))
     params = ContactParams.from_config(config.section("optimization").get("contact_labelling"))
@@ -168,7 +175,7 @@ def initial_contact_labels(body: Any, video: VideoInputs, config: ReconConfig, i
         ground_z=ground,
         params=params,
         is_static_obj=static,
-        world_to_cam=video.world_to_cam,
+        world_to_cam=world_to_cam,
     )
 
 
