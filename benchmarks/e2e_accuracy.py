@@ -76,12 +76,15 @@ CATEGORY_COLUMNS = (
     ("S3 R deg", "object_pose", "object_rotation_error_deg", 1.0, "{:.2f}"),
     ("S3 t med cm", "object_pose", "object_translation_error_median_m", 100.0, "{:.2f}"),
     ("S3 R med deg", "object_pose", "object_rotation_error_median_deg", 1.0, "{:.2f}"),
+    ("S3 t held cm", "object_pose", "object_translation_error_held_m", 100.0, "{:.1f}"),
+    ("S3 dz held cm", "object_pose", "object_depth_bias_held_m", 100.0, "{:+.1f}"),
     ("S4 MPJPE cm", "optimize", "body_mpjpe_m", 100.0, "{:.1f}"),
     ("S4 hand@contact cm", "optimize", "hand_joint_error_contact_m", 100.0, "{:.1f}"),
     ("S4 t cm", "optimize", "object_translation_error_m", 100.0, "{:.2f}"),
     ("S4 R deg", "optimize", "object_rotation_error_deg", 1.0, "{:.2f}"),
     ("S4 t med cm", "optimize", "object_translation_error_median_m", 100.0, "{:.2f}"),
     ("S4 R med deg", "optimize", "object_rotation_error_median_deg", 1.0, "{:.2f}"),
+    ("S4 dz held cm", "optimize", "object_depth_bias_held_m", 100.0, "{:+.1f}"),
     ("S4 F1 L", "optimize", "contact_left_f1", 1.0, "{:.2f}"),
     ("S4 F1 R", "optimize", "contact_right_f1", 1.0, "{:.2f}"),
     ("S4 pen cm", "optimize", "penetration_max_m", 100.0, "{:.2f}"),
@@ -301,7 +304,8 @@ def markdown(summary: dict[str, Any], stage_names: list[str], header: dict[str, 
         f"- machine: {header['machine']}; date {header['date']}; wall {header['wall_seconds']:.0f} s; "
         f"load average at start {header['loadavg_start']}, at end {header['loadavg_end']}",
         "- per category: `normal` videos, median over videos of each video's figure (translation/rotation/MPJPE: "
-        "mean over frames, `med` columns: median over frames; 2D keypoints: median over visible joints; IoU: median over frames)",
+        "mean over frames, `med` columns: median over frames, `held` columns: mean over the frames a hand holds the object, "
+        "`dz`: signed camera-depth error, > 0 too far; 2D keypoints: median over visible joints; IoU: median over frames)",
         "",
     ]
     titles = [c[0] for c in CATEGORY_COLUMNS]

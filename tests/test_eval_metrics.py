@@ -249,3 +249,21 @@ def test_body_penetration_exact_depth_of_inside_vertices_only():
     assert out["penetration_max_m"] == pytest.approx(0.03, abs=1e-9)
     assert out["penetration_mean_m"] == pytest.approx((0.03 + 0.01) / 3, abs=1e-9)
     assert out["penetration_frame_ratio"] == pytest.approx(2 / 3)
+
+
+def test_held_object_errors_average_the_held_frames_only():
+    from reconstruction.eval.evaluate import held_object_errors
+
+    gt = np.tile(np.eye(4), (6, 1, 1))
+    gt[:, 2, 3] = 2.5
+    pred = gt.copy()
+    pred[2:4, 2, 3] += 0.10  # held frames 10 cm too far
+    pred[2:4, 0, 3] += 0.03
+    pred[5, 2, 3] -= 0.50  # a still frame far off: not counted
+    contact = np.zeros((6, 2), bool)
+    contact[2:4, 1] = True
+    contact[3, 0] = True
+    errors = held_object_errors(pred, gt, contact)
+    assert errors["object_depth_bias_held_m"] == pytest.approx(0.10)
+    assert errors["object_translation_error_held_m"] == pytest.approx(math.hypot(0.10, 0.03))
+    assert held_object_errors(pred, gt, np.zeros((6, 2), bool)) == {}

@@ -89,12 +89,27 @@ def keypoint_2d_error_px(keypoints_2d: np.ndarray, gt: GroundTruth) -> dict[str,
     return {"keypoint_2d_error_median_px": float(np.median(errors)), "keypoint_2d_error_mean_px": float(errors.mean())}
 
 
+def held_object_errors(pred_poses_cam: np.ndarray, gt_poses_cam: np.ndarray, contact: np.ndarray) -> dict[str, float]:
+    """Object translation error while a hand holds it (``contact`` (T,2) ground truth): mean 3D error and mean
+    signed camera-depth error (m, > 0: too far). The whole-video medians are decided by the still frames
+    (box, 60 frames: median 0.9 cm while the held frames are 8 cm too far on average)."""
+    held = np.asarray(contact, dtype=bool).any(axis=1)
+    if not held.any():
+        return {}
+    translation = metrics.object_translation_errors(pred_poses_cam[held], gt_poses_cam[held])
+    depth = pred_poses_cam[held, 2, 3] - gt_poses_cam[held, 2, 3]
+    return {
+        "object_translation_error_held_m": float(translation.mean()),
+        "object_depth_bias_held_m": float(depth.mean()),
+    }
+
+
 def object_metrics(pred_poses_cam: np.ndarray, gt: GroundTruth, model_points: np.ndarray) -> dict[str, float]:
     gt_poses = gt.object_poses_cam
     translation = metrics.object_translation_errors(pred_poses_cam, gt_poses)
     # modulo a symmetry that no image can resolve (e.g. a bottle's turn about its axis); ADD-S likewise
     rotation = metrics.object_rotation_errors(pred_poses_cam, gt_poses, gt.extra.get("object_symmetry_axis"))
-    return {
+    return held_object_errors(pred_poses_cam, gt_poses, gt.contact) | {
         "object_translation_error_m": float(translation.mean()),
         "object_translation_error_median_m": float(np.median(translation)),
         "object_rotation_error_deg": float(rotation.mean()),
