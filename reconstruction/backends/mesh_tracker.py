@@ -31,7 +31,9 @@ At 3 m a pixel of silhouette error is centimetres of depth, so the anchors carry
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -108,6 +110,9 @@ class TrackerConfig:
     # Resting hypotheses within this relative silhouette cost of the best (and with its outline) count as
     # the same look, of which the smallest turn is kept (a symmetric bottle).
     rest_same_cost: float = 0.02
+    # Frames whose image evidence is kept (``EvidenceSource``, ~10 MB each at 640x480); the others are
+    # rebuilt when asked for again. 64 holds a 60-frame video whole (each frame built once).
+    evidence_cache_frames: int = 64
     colour_samples: int = 1000  # visible points per frame with the colour term (every pixel of a small object)
     use_anchors: bool = True  # static start / final rest segments from image evidence (pose_anchors)
     two_way: bool = True  # held frames between two still segments: tracked from both ends, combined
@@ -157,21 +162,23 @@ class Appearance:
     radius: float  # a visible point takes the colour of the nearest reference point closer than this (m)
 
 
-def colour_evidence(
-    images: np.ndarray, object_masks: np.ndarray, config: TrackerConfig, device: str, margin_px: int = 24
-) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]] | None:
-    """Blurred colour images (Lab lightness, then 100 r/(r+g+b) and 100 g/(r+g+b)) and their gradients
-    in the box around all frames' object masks (a few percent of the frame, so the memory stays small):
-    (T,3,h,w), (T,6,h,w) float32 and the box's (left, top)."""
-    if images.shape[:3] != object_masks.shape or images.ndim != 4 or images.shape[3] != 3:
-        logger.warning("video frames %s do not match the masks %s: no colour term", images.shape, object_masks.shape)
-        return None
+def colour_box(object_masks: np.ndarray, margin_px: int = 24) -> tuple[int, int, int, int] | None:
+    """(left, top, right, bottom) of the box around all frames' object masks, grown by ``margin_px``."""
     ys, xs = np.nonzero(object_masks.any(0))
     if len(ys) == 0:
         return None
     height, width = object_masks.shape[1:]
     top, left = max(int(ys.min()) - margin_px, 0), max(int(xs.min()) - margin_px, 0)
     bottom, right = min(int(ys.max()) + margin_px + 1, height), min(int(xs.max()) + margin_px + 1, width)
+    return left, top, right, bottom
+
+
+def _colour_arrays(
+    images: np.ndarray, box: tuple[int, int, int, int], config: TrackerConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blurred colour (Lab lightness, 100 r/(r+g+b), 100 g/(r+g+b)) of uint8 (T,H,W,3) frames in ``box``
+    and its gradients: (T,3,h,w), (T,6,h,w) float32. Frame by frame, so any subset gives the same values."""
+    left, top, right, bottom = box
     crop = np.ascontiguousarray(images[:, top:bottom, left:right]).astype(np.float32) / 255.0
     lab = cv2.cvtColor(crop.reshape(-1, right - left, 3), cv2.COLOR_RGB2Lab).reshape(crop.shape)
     # Chromaticity instead of Lab a, b: shading scales r, g, b together and keeps it (on the mug, a/b of
@@ -182,9 +189,161 @@ def colour_evidence(
         lab = np.stack([cv2.GaussianBlur(frame, (0, 0), config.colour_blur_px) for frame in lab])
     lab = lab.transpose(0, 3, 1, 2)  # (T,3,h,w)
     d_dy, d_dx = np.gradient(lab, axis=(2, 3))
-    gradient = np.concatenate([d_dx, d_dy], axis=1)
-    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)  # noqa: E731
-    return as_tensor(lab), as_tensor(gradient), (left, top)
+    return np.ascontiguousarray(lab, dtype=np.float32), np.concatenate([d_dx, d_dy], axis=1).astype(np.float32)
+
+
+def colour_evidence(
+    images: np.ndarray, object_masks: np.ndarray, config: TrackerConfig, device: str, margin_px: int = 24
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]] | None:
+    """Blurred colour images and their gradients (``_colour_arrays``) in the box around all frames' object
+    masks (``colour_box``): (T,3,h,w), (T,6,h,w) float32 and the box's (left, top)."""
+    if images.shape[:3] != object_masks.shape or images.ndim != 4 or images.shape[3] != 3:
+        logger.warning("video frames %s do not match the masks %s: no colour term", images.shape, object_masks.shape)
+        return None
+    box = colour_box(object_masks, margin_px)
+    if box is None:
+        return None
+    lab, gradient = _colour_arrays(images, box, config)
+    return torch.from_numpy(lab).to(device), torch.from_numpy(gradient).to(device), box[:2]
+
+
+class EvidenceSource:
+    """A video's image evidence (``FrameEvidence``), built frame by frame when a window asks for it
+    (``take``) and kept, as float32 (exactly what the float64 tracker reads), for the
+    ``evidence_cache_frames`` frames used last: memory is bounded however long the video (a frame's
+    distance images, gradients, masks, depth and colour crop are ~10 MB at 640x480; before, every frame
+    was kept, ~23 MB each in float64). Only the object-mask outline samples (a few KB) are kept for every
+    frame; they are drawn up front, in frame order, from the one seeded generator as before."""
+
+    def __init__(
+        self, object_masks: np.ndarray, human_masks: np.ndarray, depth: np.ndarray | None, config: TrackerConfig,
+        device: str, dtype: torch.dtype = torch.float32, images: np.ndarray | None = None,
+    ) -> None:  # fmt: skip
+        self.object_masks, self.human_masks = object_masks, human_masks
+        self.depth = None if depth is None else np.asarray(depth)
+        self.config, self.device, self.dtype = config, device, dtype
+        self.num_frames = object_masks.shape[0]
+        self.size = tuple(object_masks.shape[1:])
+        self.kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * config.human_margin_px + 1,) * 2)
+        self.images, self.box = None, None
+        if images is not None and config.weight_colour > 0:
+            images = np.asarray(images)
+            if images.shape[:3] != object_masks.shape or images.ndim != 4 or images.shape[3] != 3:
+                logger.warning("video frames %s do not match the masks %s: no colour term", images.shape,
+                               object_masks.shape)  # fmt: skip
+            else:
+                self.box = colour_box(object_masks)
+                self.images = images if self.box is not None else None
+        self.reference: Appearance | None = None
+        self.reverse = False
+        self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+        rng = np.random.default_rng(config.seed)
+        samples = config.mask_contour_samples
+        contour = np.zeros((self.num_frames, samples, 2), dtype=np.float32)
+        contour_valid = np.zeros((self.num_frames, samples), dtype=bool)
+        for t in range(self.num_frames):
+            obj = object_masks[t].astype(np.uint8)
+            if not obj.any():
+                continue
+            near_human = cv2.dilate(human_masks[t].astype(np.uint8), self.kernel)
+            outline = (obj > 0) & (cv2.erode(obj, np.ones((3, 3), np.uint8)) == 0) & (near_human == 0)
+            ys, xs = np.nonzero(outline)
+            if len(xs):
+                pick = rng.choice(len(xs), size=min(samples, len(xs)), replace=False)
+                contour[t, : len(pick)] = np.stack([xs[pick], ys[pick]], axis=1) + 0.5
+                contour_valid[t, : len(pick)] = True
+        self.contour_pixels, self.contour_valid = contour, contour_valid
+        self.has_object = object_masks.reshape(self.num_frames, -1).any(1)
+
+    @property
+    def has_colour(self) -> bool:
+        return self.images is not None
+
+    def reversed(self) -> EvidenceSource:
+        """The same evidence (and cache) with the frames in reverse order."""
+        view = copy.copy(self)
+        view.reverse = not self.reverse
+        return view
+
+    def indices(self, frames: slice | torch.Tensor | np.ndarray | list[int] | int) -> list[int]:
+        """The video frame numbers of ``frames`` (this view's order)."""
+        if isinstance(frames, slice):
+            ids = list(range(*frames.indices(self.num_frames)))
+        elif isinstance(frames, int):
+            ids = [frames]
+        else:
+            ids = [int(i) for i in (frames.tolist() if hasattr(frames, "tolist") else frames)]
+        return [self.num_frames - 1 - i if self.reverse else i for i in ids]
+
+    def _frame(self, t: int) -> dict[str, np.ndarray]:
+        if t in self._cache:
+            self._cache.move_to_end(t)
+            return self._cache[t]
+        obj = self.object_masks[t].astype(np.uint8)
+        height, width = self.size
+        signed = np.zeros((height, width), dtype=np.float32)
+        outside = np.zeros((height, width), dtype=np.float32)
+        if obj.any():  # else nothing to align to: contour/coverage terms vanish, interior uses the human only
+            # Zero level through the centres of the mask's inner outline pixels: the model outline points
+            # are lifted from the centres of the rendered silhouette's inner outline pixels, so they match.
+            signed = cv2.distanceTransform(1 - obj, cv2.DIST_L2, 5) - cv2.distanceTransform(obj, cv2.DIST_L2, 5)
+            signed += obj
+            allowed = (self.object_masks[t] | self.human_masks[t]).astype(np.uint8)
+            outside = cv2.distanceTransform(1 - allowed, cv2.DIST_L2, 5)
+        d_dy, d_dx = np.gradient(signed)
+        o_dy, o_dx = np.gradient(outside)
+        frame = {
+            "signed_distance": signed[None], "signed_gradient": np.stack([d_dx, d_dy]).astype(np.float32),
+            "outside_distance": outside[None], "outside_gradient": np.stack([o_dx, o_dy]).astype(np.float32),
+            "near_human": cv2.dilate(self.human_masks[t].astype(np.uint8), self.kernel)[None].astype(bool),
+            "object_masks": obj[None].astype(bool), "human_masks": self.human_masks[t],
+        }  # fmt: skip
+        if self.depth is not None:
+            frame["depth"] = self.depth[t][None]
+        if self.images is not None:
+            lab, gradient = _colour_arrays(self.images[t : t + 1], self.box, self.config)
+            frame["colour"], frame["colour_gradient"] = lab[0], gradient[0]
+        self._cache[t] = frame
+        while len(self._cache) > max(self.config.evidence_cache_frames, 1):
+            self._cache.popitem(last=False)
+        return frame
+
+    def take(self, frames: slice | torch.Tensor | np.ndarray | list[int] | int) -> FrameEvidence:
+        """The evidence of ``frames`` (this view's order) as (W,...) tensors on the device."""
+        ids = self.indices(frames)
+        arrays = [self._frame(t) for t in ids]
+
+        def stacked(name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+            value = torch.from_numpy(np.stack([a[name] for a in arrays]))
+            return value.to(device=self.device, dtype=dtype or value.dtype)
+
+        colour = self.images is not None
+        return FrameEvidence(
+            signed_distance=stacked("signed_distance", self.dtype),
+            signed_gradient=stacked("signed_gradient", self.dtype),
+            outside_distance=stacked("outside_distance", self.dtype),
+            outside_gradient=stacked("outside_gradient", self.dtype),
+            near_human=stacked("near_human", self.dtype),
+            human_masks=stacked("human_masks"),
+            contour_pixels=torch.from_numpy(self.contour_pixels[ids]).to(device=self.device, dtype=self.dtype),
+            contour_valid=torch.from_numpy(self.contour_valid[ids]).to(self.device),
+            object_masks=stacked("object_masks", self.dtype),
+            depth=None if self.depth is None else stacked("depth", self.dtype),
+            has_object=torch.from_numpy(self.has_object[ids]).to(self.device),
+            colour=stacked("colour") if colour else None,
+            colour_gradient=stacked("colour_gradient") if colour else None,
+            colour_origin=self.box[:2] if colour else (0, 0),
+            reference=self.reference,
+        )
+
+    def cached_bytes(self) -> int:
+        """Bytes of per-frame image evidence held now (the cache; the caller's masks, depth and frames
+        are not counted)."""
+        return sum(a.nbytes for frame in self._cache.values() for a in frame.values())
+
+    def kept_bytes(self) -> int:
+        """Bytes kept for every frame of the video (the outline samples)."""
+        return self.contour_pixels.nbytes + self.contour_valid.nbytes + self.has_object.nbytes
 
 
 def frame_evidence(
@@ -196,61 +355,11 @@ def frame_evidence(
     dtype: torch.dtype = torch.float32,
     images: np.ndarray | None = None,
 ) -> FrameEvidence:
-    """Distance transforms and outline samples for every frame (OpenCV per frame, C++ speed); with the
-    video's RGB frames ``images`` (T,H,W,3 uint8) also their colour (``colour_evidence``)."""
-    num_frames = object_masks.shape[0]
-    obj = object_masks.astype(np.uint8)
-    allowed = (object_masks | human_masks).astype(np.uint8)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * config.human_margin_px + 1,) * 2)
-    rng = np.random.default_rng(config.seed)
-    samples = config.mask_contour_samples
-    signed = np.zeros(object_masks.shape, dtype=np.float32)
-    outside = np.zeros(object_masks.shape, dtype=np.float32)
-    near_human = np.zeros(object_masks.shape, dtype=np.float32)
-    contour = np.zeros((num_frames, samples, 2), dtype=np.float32)
-    contour_valid = np.zeros((num_frames, samples), dtype=bool)
-    for t in range(num_frames):
-        near_human[t] = cv2.dilate(human_masks[t].astype(np.uint8), kernel)
-        if not obj[t].any():
-            continue  # nothing to align to: contour/coverage terms vanish, interior uses the human only
-        # Zero level through the centres of the mask's inner outline pixels: the model outline points
-        # are lifted from the centres of the rendered silhouette's inner outline pixels, so they match.
-        signed[t] = cv2.distanceTransform(1 - obj[t], cv2.DIST_L2, 5) - cv2.distanceTransform(obj[t], cv2.DIST_L2, 5)
-        signed[t] += obj[t]
-        outside[t] = cv2.distanceTransform(1 - allowed[t], cv2.DIST_L2, 5)
-        outline = (obj[t] > 0) & (cv2.erode(obj[t], np.ones((3, 3), np.uint8)) == 0) & (near_human[t] == 0)
-        ys, xs = np.nonzero(outline)
-        if len(xs):
-            pick = rng.choice(len(xs), size=min(samples, len(xs)), replace=False)
-            contour[t, : len(pick)] = np.stack([xs[pick], ys[pick]], axis=1) + 0.5
-            contour_valid[t, : len(pick)] = True
-
-    def as_image(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a)[:, None].to(device=device, dtype=dtype)
-
-    def gradient(a: np.ndarray) -> torch.Tensor:
-        d_dy, d_dx = np.gradient(a, axis=(1, 2))
-        return torch.from_numpy(np.stack([d_dx, d_dy], axis=1)).to(device=device, dtype=dtype)
-
-    colour = None
-    if images is not None and config.weight_colour > 0:
-        colour = colour_evidence(np.asarray(images), object_masks, config, device)
-    return FrameEvidence(
-        colour=None if colour is None else colour[0],
-        colour_gradient=None if colour is None else colour[1],
-        colour_origin=(0, 0) if colour is None else colour[2],
-        signed_distance=as_image(signed),
-        signed_gradient=gradient(signed),
-        outside_distance=as_image(outside),
-        outside_gradient=gradient(outside),
-        near_human=as_image(near_human),
-        human_masks=torch.from_numpy(human_masks).to(device),
-        contour_pixels=torch.from_numpy(contour).to(device=device, dtype=dtype),
-        contour_valid=torch.from_numpy(contour_valid).to(device),
-        object_masks=as_image(obj.astype(np.float32)),
-        depth=None if depth is None else torch.as_tensor(np.asarray(depth))[:, None].to(device=device, dtype=dtype),
-        has_object=torch.from_numpy(obj.reshape(num_frames, -1).any(1)).to(device),
-    )
+    """Distance transforms and outline samples of every frame at once (``EvidenceSource``, all frames
+    in one window); with the video's RGB frames ``images`` (T,H,W,3 uint8) also their colour."""
+    config = replace(config, evidence_cache_frames=max(config.evidence_cache_frames, object_masks.shape[0]))
+    source = EvidenceSource(object_masks, human_masks, depth, config, device, dtype, images)
+    return source.take(slice(None))
 
 
 # ---- geometry -------------------------------------------------------------------------------------
@@ -946,13 +1055,15 @@ def choose_rest_hypothesis(
 
 def fit_rest_pose(
     rotation0: torch.Tensor, centre0: torch.Tensor, centroid: torch.Tensor, mesh: tuple[torch.Tensor, torch.Tensor],
-    evidence: FrameEvidence, frame_ids: torch.Tensor, K: np.ndarray, size: tuple[int, int], config: TrackerConfig,
+    evidence: EvidenceSource, frame_ids: torch.Tensor, K: np.ndarray, size: tuple[int, int], config: TrackerConfig,
     generator: torch.Generator, normal: torch.Tensor, offset: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The resting pose of the final still frames: the frame-0 pose turned about the plane normal and
     slid along the plane (an object put down stands on the same face). Starts: several turns, the
     centroid on the ray through the mask's centre at its frame-0 height above the plane."""
     dtype = rotation0.dtype
+    # The rest frames' evidence, taken once; below, frames are numbered within it.
+    evidence, frame_ids = evidence.take(frame_ids), torch.arange(len(frame_ids), device=rotation0.device)
     K_t = torch.as_tensor(K, dtype=dtype, device=rotation0.device)
     height = float(centre0 @ normal + offset)
     masks = evidence.object_masks[frame_ids, 0]
@@ -1032,8 +1143,9 @@ def _track_frames(
         if prior is not None:
             window_centre = window_centre * (prior.depth[frames] / window_centre[:, 2].clamp(min=1e-3))[:, None]
         history = (rotations[max(start - 2, 0) : start], centres[max(start - 2, 0) : start])
+        window = evidence.take(frames)
         window_rot, window_centre = solve_window(
-            window_rot, window_centre, history, centroid, mesh, evidence, frames, K, size, config, generator,
+            window_rot, window_centre, history, centroid, mesh, window, slice(None), K, size, config, generator,
             None if prior is None else HeldPrior(prior.depth[frames], prior.rotation[frames]),
         )  # fmt: skip
         # A frame whose object left the viewing frustum's plausible depths has lost track: hold the
@@ -1053,19 +1165,10 @@ def _track_frames(
                     window_rot[index], window_centre[index] = hold_rot, hold_centre
                 hold_rot, hold_centre = window_rot[index], window_centre[index]
         rotations[frames], centres[frames] = window_rot, window_centre
-        contour_px[frames] = contour_rms(window_rot, window_centre, centroid, mesh, evidence, frames, K, size, config,
-                                         generator)  # fmt: skip
+        contour_px[frames] = contour_rms(window_rot, window_centre, centroid, mesh, window, slice(None), K, size,
+                                         config, generator)  # fmt: skip
         report(stop)
         start = stop
-
-
-def _reversed_evidence(evidence: FrameEvidence) -> FrameEvidence:
-    """The same evidence with the frames in reverse order."""
-    return FrameEvidence(**{
-        f.name: torch.flip(value, [0]) if isinstance(value, torch.Tensor) else value
-        for f in fields(FrameEvidence)
-        for value in (getattr(evidence, f.name),)
-    })  # fmt: skip
 
 
 def _track_two_way(
@@ -1091,7 +1194,7 @@ def _track_two_way(
     )  # fmt: skip
     backward_prior = HeldPrior(torch.flip(prior.depth, [0]), torch.flip(prior.rotation, [0]))
     _track_frames(
-        rot_b, cen_b, contour_b, num_frames - end, num_frames - begin, centroid, mesh, _reversed_evidence(evidence),
+        rot_b, cen_b, contour_b, num_frames - end, num_frames - begin, centroid, mesh, evidence.reversed(),
         K, size, config, generator, backward_prior,
         lambda stop: report((begin + end) // 2 + (stop - (num_frames - end)) // 2),
     )  # fmt: skip
@@ -1104,8 +1207,8 @@ def _track_two_way(
     turn = roma.rotmat_to_rotvec(rot_b[held] @ rotations[held].transpose(1, 2))
     rotations[held] = roma.rotvec_to_rotmat(backward_weight[:, None] * turn) @ rotations[held]
     centres[held] = centres[held] + backward_weight[:, None] * (cen_b[held] - centres[held])
-    contour_px[begin:end] = contour_rms(
-        rotations[held], centres[held], centroid, mesh, evidence, slice(begin, end), K, size, config, generator
+    contour_px[begin:end] = contour_rms_frames(
+        rotations, centres, begin, end, centroid, mesh, evidence, K, size, config, generator
     )
 
 
@@ -1122,6 +1225,21 @@ def contour_rms(
     signed = sample_image(evidence.signed_distance[frames], project(cam, K_t), size)
     valid = points.contour_valid.to(dtype)
     return ((signed**2 * valid).sum(1) / valid.sum(1).clamp(min=1)).sqrt().cpu().numpy()
+
+
+def contour_rms_frames(
+    rotations: torch.Tensor, centres: torch.Tensor, begin: int, end: int, centroid: torch.Tensor,
+    mesh: tuple[torch.Tensor, torch.Tensor], evidence: EvidenceSource, K: np.ndarray, size: tuple[int, int],
+    config: TrackerConfig, generator: torch.Generator,
+) -> np.ndarray:  # fmt: skip
+    """``contour_rms`` of frames begin..end-1, at most ``evidence_cache_frames`` frames' evidence at a time."""
+    chunk = max(config.evidence_cache_frames, 1)
+    parts = [
+        contour_rms(rotations[a : min(a + chunk, end)], centres[a : min(a + chunk, end)], centroid, mesh,
+                    evidence.take(slice(a, min(a + chunk, end))), slice(None), K, size, config, generator)
+        for a in range(begin, end, chunk)
+    ]  # fmt: skip
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def track_object(
@@ -1156,10 +1274,10 @@ def track_object(
         torch.as_tensor(faces, dtype=torch.long, device=device),
     )
     centroid = torch.as_tensor(mesh_centroid(vertices, faces), dtype=dtype, device=device)
-    evidence = frame_evidence(object_masks, human_masks, depth, config, device, dtype, images)
+    evidence = EvidenceSource(object_masks, human_masks, depth, config, device, dtype, images)
 
     pose0 = torch.as_tensor(initial_pose, dtype=dtype, device=device)
-    evidence.reference = reference_appearance(pose0, mesh, evidence, 0, K, size, seed=config.seed)
+    evidence.reference = reference_appearance(pose0, mesh, evidence.take(0), 0, K, size, seed=config.seed)
     rotations = torch.zeros(num_frames, 3, 3, dtype=dtype, device=device)  # solved object rotations
     centres = torch.zeros(num_frames, 3, dtype=dtype, device=device)  # solved centroid positions (camera)
     rotations[0] = pose0[:3, :3]
@@ -1217,9 +1335,8 @@ def track_object(
             prior, report,
         )  # fmt: skip
     if rest_start < num_frames:
-        frames = slice(rest_start, num_frames)
-        contour_px[frames] = contour_rms(
-            rotations[frames], centres[frames], centroid, mesh, evidence, frames, K, size, config, generator
+        contour_px[rest_start:] = contour_rms_frames(
+            rotations, centres, rest_start, num_frames, centroid, mesh, evidence, K, size, config, generator
         )
     report(num_frames)
 
