@@ -67,13 +67,12 @@ def test_rest_hypothesis_chosen_by_colour_then_silhouette():
     rotations = torch.stack([wrong, rest[:3, :3]])
     centres = torch.stack([centre, centre])
     window = source.take(list(range(len(poses) - REST, len(poses))))
-    ids = torch.arange(REST)
-    silhouette, colour = mesh_tracker.rest_scores(rotations, centres, centroid, mesh, window, ids, K, SIZE, config)
+    silhouette, colour = mesh_tracker.rest_scores(rotations, centres, centroid, mesh, window, K, SIZE, config)
     # The same outline, but the wrong turn's stripe is elsewhere.
     assert float(colour[0]) > 3 * float(colour[1]) and float(colour[0] - colour[1]) > 10 * float(silhouette.max())
     assert mesh_tracker._colour_allowed(colour, config).tolist() == [False, True]
     assert mesh_tracker._colour_allowed(colour, mesh_tracker.TrackerConfig(rest_colour_gate=0.0)).all()
-    args = (rotations, centres, pose0[:3, :3], centroid, mesh, window, ids, K, SIZE, config)
+    args = (rotations, centres, pose0[:3, :3], centroid, mesh, window, K, SIZE, config)
     assert mesh_tracker.choose_rest_hypothesis(*args) == 1
     # Listed the other way round, the same turn wins (not the first, nor the smaller turn).
     flipped = (rotations.flip(0), centres.flip(0), *args[2:])

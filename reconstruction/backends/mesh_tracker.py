@@ -926,13 +926,14 @@ def _plane_basis(normal: torch.Tensor) -> torch.Tensor:
 
 def solve_rest_pose(
     rotation: torch.Tensor, centre: torch.Tensor, centroid: torch.Tensor, mesh: tuple[torch.Tensor, torch.Tensor],
-    evidence: FrameEvidence, frame_ids: torch.Tensor, K: np.ndarray, size: tuple[int, int], config: TrackerConfig,
-    generator: torch.Generator, normal: torch.Tensor, iterations: int,
+    evidence: FrameEvidence, frame_ids: slice | torch.Tensor, K: np.ndarray, size: tuple[int, int],
+    config: TrackerConfig, generator: torch.Generator, normal: torch.Tensor, iterations: int,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:  # fmt: skip
-    """One pose shared by the frames ``frame_ids``, moved only on the support plane (3 DoF): the
-    image terms of all those frames summed (averaging out mask noise), depth fixed by the plane."""
+    """One pose shared by the frames ``frame_ids`` (a slice reads the images in place; an index tensor
+    copies them at every step), moved only on the support plane (3 DoF): the image terms of all those
+    frames summed (averaging out mask noise), depth fixed by the plane."""
     K_t = torch.as_tensor(K, dtype=rotation.dtype, device=rotation.device)
-    num = len(frame_ids)
+    num = evidence.has_object[frame_ids].shape[0]
     basis = _plane_basis(normal)
     slide = basis[3:, 1:]  # (3,2) in-plane directions
 
@@ -986,32 +987,34 @@ def _turn_deg(a: torch.Tensor, b: torch.Tensor) -> float:
 @torch.no_grad()
 def rest_scores(
     rotations: torch.Tensor, centres: torch.Tensor, centroid: torch.Tensor, mesh: tuple[torch.Tensor, torch.Tensor],
-    evidence: FrameEvidence, frame_ids: torch.Tensor, K: np.ndarray, size: tuple[int, int], config: TrackerConfig,
-    sample_factor: int = 4,
+    evidence: FrameEvidence, K: np.ndarray, size: tuple[int, int], config: TrackerConfig, sample_factor: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Silhouette cost (contour, interior, coverage terms) and colour cost (``weight_colour``) of N
-    candidate poses (N,3,3), (N,3), each summed over the frames ``frame_ids``: (N,), (N,).
+    candidate poses (N,3,3), (N,3), each summed over all the frames of ``evidence``: (N,), (N,).
 
-    All candidates are judged with the same seeded draw of ``sample_factor`` times the usual points, so
-    their costs differ by the pose, not by which points the tracker's running generator happened to pick."""
-    num, frames = rotations.shape[0], len(frame_ids)
+    Every candidate is judged with the same seeded draw of ``sample_factor`` times the usual points, so
+    their costs differ by the pose, not by which points the tracker's running generator happened to pick.
+    One candidate at a time: the images are read in place (indexing frames would copy them)."""
     config = replace(
         config, contour_samples=config.contour_samples * sample_factor,
         interior_samples=config.interior_samples * sample_factor, colour_samples=config.colour_samples * sample_factor,
     )  # fmt: skip
-    rot = rotations.repeat_interleave(frames, 0)
-    cen = centres.repeat_interleave(frames, 0)
-    ids = frame_ids.repeat(num)
-    generator = torch.Generator().manual_seed(config.seed)
-    points = points_with_colour(_poses(rot, cen, centroid), mesh, evidence, K, size, config, generator, rot.dtype)
-    K_t = torch.as_tensor(K, dtype=rot.dtype, device=rot.device)
-    silhouette = data_terms(rot, cen, centroid, points, evidence, ids, K_t, size,
-                            replace(config, weight_colour=0.0, weight_depth=0.0), False).cost  # fmt: skip
+    frames = evidence.has_object.shape[0]
+    K_t = torch.as_tensor(K, dtype=rotations.dtype, device=rotations.device)
+    with_colour = evidence.colour is not None and evidence.reference is not None and config.weight_colour > 0
+    silhouette = torch.zeros(len(rotations), dtype=rotations.dtype, device=rotations.device)
     colour = torch.zeros_like(silhouette)
-    if evidence.colour is not None and evidence.reference is not None and config.weight_colour > 0:
-        colour = data_terms(rot, cen, centroid, points, evidence, ids, K_t, size, replace(config, weight_depth=0.0),
-                            False).cost - silhouette  # fmt: skip
-    return silhouette.reshape(num, frames).sum(1), colour.reshape(num, frames).sum(1)
+    for index, (rotation, centre) in enumerate(zip(rotations, centres, strict=True)):
+        rot, cen = rotation.expand(frames, 3, 3), centre.expand(frames, 3)
+        generator = torch.Generator().manual_seed(config.seed)
+        points = points_with_colour(_poses(rot, cen, centroid), mesh, evidence, K, size, config, generator, rot.dtype)
+        shape_cost = data_terms(rot, cen, centroid, points, evidence, slice(None), K_t, size,
+                                replace(config, weight_colour=0.0, weight_depth=0.0), False).cost.sum()  # fmt: skip
+        silhouette[index] = shape_cost
+        if with_colour:
+            colour[index] = data_terms(rot, cen, centroid, points, evidence, slice(None), K_t, size,
+                                       replace(config, weight_depth=0.0), False).cost.sum() - shape_cost  # fmt: skip
+    return silhouette, colour
 
 
 def _colour_allowed(colour: torch.Tensor, config: TrackerConfig) -> torch.Tensor:
@@ -1023,17 +1026,18 @@ def _colour_allowed(colour: torch.Tensor, config: TrackerConfig) -> torch.Tensor
 
 def choose_rest_hypothesis(
     rotations: torch.Tensor, centres: torch.Tensor, rotation0: torch.Tensor, centroid: torch.Tensor,
-    mesh: tuple[torch.Tensor, torch.Tensor], evidence: FrameEvidence, frame_ids: torch.Tensor, K: np.ndarray,
-    size: tuple[int, int], config: TrackerConfig,
+    mesh: tuple[torch.Tensor, torch.Tensor], evidence: FrameEvidence, K: np.ndarray, size: tuple[int, int],
+    config: TrackerConfig,
 ) -> int:  # fmt: skip
-    """Index of the resting pose among N refined candidates (N,3,3), (N,3).
+    """Index of the resting pose among N refined candidates (N,3,3), (N,3), judged on all the frames of
+    ``evidence``.
 
     The colour vets: a candidate whose surface colours disagree with frame 0's much more than another
     candidate's (over ``rest_colour_gate`` times the lowest colour cost: the mug's mirror turn shows its
     never-seen back) is out. Of the rest, the silhouette decides (the colour's fine optimum was 27 deg
     off on the mug's rest masks), and of those with the best one's silhouette the smallest turn from
     frame 0 is kept (a bottle looks the same at any turn; mask noise should not pick one)."""
-    silhouette, colour = rest_scores(rotations, centres, centroid, mesh, evidence, frame_ids, K, size, config)
+    silhouette, colour = rest_scores(rotations, centres, centroid, mesh, evidence, K, size, config)
     allowed = _colour_allowed(colour, config)
     best = int(torch.where(allowed, silhouette, torch.full_like(silhouette, float("inf"))).argmin())
     poses = _poses(rotations, centres, centroid)
@@ -1062,8 +1066,8 @@ def fit_rest_pose(
     slid along the plane (an object put down stands on the same face). Starts: several turns, the
     centroid on the ray through the mask's centre at its frame-0 height above the plane."""
     dtype = rotation0.dtype
-    # The rest frames' evidence, taken once; below, frames are numbered within it.
-    evidence, frame_ids = evidence.take(frame_ids), torch.arange(len(frame_ids), device=rotation0.device)
+    # The rest frames' evidence, taken once; below, slices of it (read in place).
+    evidence, frame_ids = evidence.take(frame_ids), slice(None)
     K_t = torch.as_tensor(K, dtype=dtype, device=rotation0.device)
     height = float(centre0 @ normal + offset)
     masks = evidence.object_masks[frame_ids, 0]
@@ -1079,7 +1083,7 @@ def fit_rest_pose(
     fit_config = replace(config, weight_colour=config.weight_colour * config.rest_colour_factor)
     candidates = []
     # The turns are told apart on the last two frames (the hand is gone by then).
-    candidate_ids = frame_ids[-2:]
+    candidate_ids = slice(-2, None)
     for k in range(config.rest_yaw_candidates):
         angle = 2 * np.pi * k / config.rest_yaw_candidates
         angle = angle - 2 * np.pi if angle > np.pi else angle
@@ -1097,7 +1101,7 @@ def fit_rest_pose(
     # ones are refined fully and compared (``choose_rest_hypothesis``).
     short_rot = torch.stack([c[1] for c in candidates])
     short_cen = torch.stack([c[2] for c in candidates])
-    silhouette, colour = rest_scores(short_rot, short_cen, centroid, mesh, evidence, frame_ids, K, size, config, 1)
+    silhouette, colour = rest_scores(short_rot, short_cen, centroid, mesh, evidence, K, size, config, 1)
     ranking = silhouette + torch.where(_colour_allowed(colour, config), 0.0, float(silhouette.max()) + 1.0)
     hypotheses: list[tuple[torch.Tensor, torch.Tensor]] = []
     for index in ranking.argsort().tolist():
@@ -1112,8 +1116,7 @@ def fit_rest_pose(
     ]  # fmt: skip
     rotations = torch.stack([r for r, _ in refined])
     centres = torch.stack([c for _, c in refined])
-    choice = choose_rest_hypothesis(rotations, centres, rotation0, centroid, mesh, evidence, frame_ids, K, size,
-                                    config)  # fmt: skip
+    choice = choose_rest_hypothesis(rotations, centres, rotation0, centroid, mesh, evidence, K, size, config)
     rot, cen = rotations[choice], centres[choice]
     return rot, cen
 
