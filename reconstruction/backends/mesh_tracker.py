@@ -101,13 +101,16 @@ class TrackerConfig:
     # has no frame-0 colour, and mask noise decides between nearly equal costs.
     rest_colour_factor: float = 0.0
     # Resting-pose hypotheses refined fully and compared (``choose_rest_hypothesis``): the best few
-    # distinct turns of the short two-frame fits (the true turn came second on a mug's GPU-rendered masks).
+    # distinct turns of the short two-frame fits, ranked by ``rest_scores`` (by the fits' own costs the
+    # true turn came 7th of 16 on a mug's GPU-rendered masks).
     rest_hypotheses: int = 4
     # A resting hypothesis whose colour cost (weight_colour, against frame 0) is over this times the
     # lowest is ruled out (a mirror turn of the mug draws the same outline but shows its unseen back);
-    # 0: off. The correct turns' costs were within 1.15x of each other, the mirror turns' 1.75x.
+    # 0: off. On the mug's GPU-rendered rest masks the front turns' costs were within 1.13x of the lowest,
+    # the mirror turns' 1.9x; the box's 180 deg turn (seed 0) 8.7x.
     rest_colour_gate: float = 1.25
-    # Resting hypotheses within this relative silhouette cost of the best count as the same look, of which the smallest turn is kept (a symmetric bottle). A mug's handle turned ~30
+    # Resting hypotheses within this relative silhouette cost of the best count as the same look, of
+    # which the smallest turn is kept (a symmetric bottle). A mug's handle turned ~30
     # deg towards the camera or away from it looks nearly the same and its colours do not differ: on the
     # seed-0 mug the true turn cost 2.1% more than the one 56 deg off, on the GPU-rendered one a turn 43
     # deg off 4.3% more than the true one; the smaller turn decides within this margin.
@@ -134,7 +137,8 @@ class TrackerConfig:
 # ---- image evidence -------------------------------------------------------------------------------
 @dataclass
 class FrameEvidence:
-    """Per-frame image evidence, (T,...) tensors on the tracker's device."""
+    """Image evidence of some frames (a window, ``EvidenceSource.take``): (W,...) tensors on the
+    tracker's device (W = T below)."""
 
     signed_distance: torch.Tensor  # (T,1,H,W) px, object mask: > 0 outside, <= 0 inside
     signed_gradient: torch.Tensor  # (T,2,H,W) d/dx, d/dy of signed_distance
@@ -1038,7 +1042,8 @@ def choose_rest_hypothesis(
     candidate's (over ``rest_colour_gate`` times the lowest colour cost: the mug's mirror turn shows its
     never-seen back) is out. Of the rest, the silhouette decides (the colour's fine optimum was 27 deg
     off on the mug's rest masks), and of those with the best one's silhouette cost (within
-    ``rest_same_cost``) the smallest turn from frame 0 is kept (a bottle looks the same at any turn; mask noise should not pick one)."""
+    ``rest_same_cost``) the smallest turn from frame 0 is kept (a bottle looks the same at any turn;
+    mask noise should not pick one)."""
     silhouette, colour = rest_scores(rotations, centres, centroid, mesh, evidence, K, size, config)
     allowed = _colour_allowed(colour, config)
     best = int(torch.where(allowed, silhouette, torch.full_like(silhouette, float("inf"))).argmin())
