@@ -22,11 +22,15 @@ with the pose being optimised:
 
 With ``Anchors`` (stage 3 finds them from the pixels, ``pose_anchors``): frames before the object first
 moves keep the frame-0 pose; the final still frames share one pose fitted on the support plane (3 DoF:
-slide and turn, several turns tried, all those frames' evidence summed); the held frames between are
+slide and turn, all those frames' evidence summed; 16 start turns, the best 4 refined fully, the colour
+ruling out turns that show surface frame 0 did not see, then the silhouette deciding); the held frames between are
 tracked with soft priors on the centroid depth and the rotation, interpolated between those two poses,
 once forward from the start and once backward from the rest; each frame takes the two passes'
 inverse-variance blend (drift grows with the frames since a pass's anchor and with its outline misfit).
 At 3 m a pixel of silhouette error is centimetres of depth, so the anchors carry most of the accuracy.
+
+The image evidence is built per frame when a window needs it and only the last ``evidence_cache_frames``
+frames are kept (``EvidenceSource``), so memory does not grow with the video's length.
 """
 
 from __future__ import annotations
