@@ -82,8 +82,8 @@ def test_two_way_holds_the_held_frames_a_one_way_track_loses():
 def test_reversed_evidence_flips_every_frame_tensor():
     masks = np.zeros((3, 20, 20), dtype=bool)
     masks[0, 2:6, 2:6] = masks[2, 10:16, 10:16] = True
-    evidence = mesh_tracker.frame_evidence(masks, np.zeros_like(masks), None, mesh_tracker.TrackerConfig(), "cpu")
-    back = mesh_tracker._reversed_evidence(evidence)
+    source = mesh_tracker.EvidenceSource(masks, np.zeros_like(masks), None, mesh_tracker.TrackerConfig(), "cpu")
+    evidence, back = source.take(slice(None)), source.reversed().take(slice(None))
     assert back.depth is None
     assert torch.equal(back.object_masks, torch.flip(evidence.object_masks, [0]))
     assert torch.equal(back.contour_pixels[0], evidence.contour_pixels[2])

@@ -22,16 +22,22 @@ with the pose being optimised:
 
 With ``Anchors`` (stage 3 finds them from the pixels, ``pose_anchors``): frames before the object first
 moves keep the frame-0 pose; the final still frames share one pose fitted on the support plane (3 DoF:
-slide and turn, several turns tried, all those frames' evidence summed); the held frames between are
+slide and turn, all those frames' evidence summed; 16 start turns, the best 4 refined fully, the colour
+ruling out turns that show surface frame 0 did not see, then the silhouette deciding); the held frames between are
 tracked with soft priors on the centroid depth and the rotation, interpolated between those two poses,
 once forward from the start and once backward from the rest; each frame takes the two passes'
 inverse-variance blend (drift grows with the frames since a pass's anchor and with its outline misfit).
 At 3 m a pixel of silhouette error is centimetres of depth, so the anchors carry most of the accuracy.
+
+The image evidence is built per frame when a window needs it and only the last ``evidence_cache_frames``
+frames are kept (``EvidenceSource``), so memory does not grow with the video's length.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -98,6 +104,24 @@ class TrackerConfig:
     # colour term let a turn 27 deg off win over the silhouette's (2.7 deg off): the turned-away side
     # has no frame-0 colour, and mask noise decides between nearly equal costs.
     rest_colour_factor: float = 0.0
+    # Resting-pose hypotheses refined fully and compared (``choose_rest_hypothesis``): the best few
+    # distinct turns of the short two-frame fits, ranked by ``rest_scores`` (by the fits' own costs the
+    # true turn came 7th of 16 on a mug's GPU-rendered masks).
+    rest_hypotheses: int = 4
+    # A resting hypothesis whose colour cost (weight_colour, against frame 0) is over this times the
+    # lowest is ruled out (a mirror turn of the mug draws the same outline but shows its unseen back);
+    # 0: off. On the mug's GPU-rendered rest masks the front turns' costs were within 1.13x of the lowest,
+    # the mirror turns' 1.9x; the box's 180 deg turn (seed 0) 8.7x.
+    rest_colour_gate: float = 1.25
+    # Resting hypotheses within this relative silhouette cost of the best count as the same look, of
+    # which the smallest turn is kept (a symmetric bottle). A mug's handle turned ~30
+    # deg towards the camera or away from it looks nearly the same and its colours do not differ: on the
+    # seed-0 mug the true turn cost 2.1% more than the one 56 deg off, on the GPU-rendered one a turn 43
+    # deg off 4.3% more than the true one; the smaller turn decides within this margin.
+    rest_same_cost: float = 0.03
+    # Frames whose image evidence is kept (``EvidenceSource``, ~10 MB each at 640x480); the others are
+    # rebuilt when asked for again. 64 holds a 60-frame video whole (each frame built once).
+    evidence_cache_frames: int = 64
     colour_samples: int = 1000  # visible points per frame with the colour term (every pixel of a small object)
     use_anchors: bool = True  # static start / final rest segments from image evidence (pose_anchors)
     two_way: bool = True  # held frames between two still segments: tracked from both ends, combined
@@ -117,7 +141,8 @@ class TrackerConfig:
 # ---- image evidence -------------------------------------------------------------------------------
 @dataclass
 class FrameEvidence:
-    """Per-frame image evidence, (T,...) tensors on the tracker's device."""
+    """Image evidence of some frames (a window, ``EvidenceSource.take``): (W,...) tensors on the
+    tracker's device (W = T below)."""
 
     signed_distance: torch.Tensor  # (T,1,H,W) px, object mask: > 0 outside, <= 0 inside
     signed_gradient: torch.Tensor  # (T,2,H,W) d/dx, d/dy of signed_distance
@@ -147,21 +172,23 @@ class Appearance:
     radius: float  # a visible point takes the colour of the nearest reference point closer than this (m)
 
 
-def colour_evidence(
-    images: np.ndarray, object_masks: np.ndarray, config: TrackerConfig, device: str, margin_px: int = 24
-) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]] | None:
-    """Blurred colour images (Lab lightness, then 100 r/(r+g+b) and 100 g/(r+g+b)) and their gradients
-    in the box around all frames' object masks (a few percent of the frame, so the memory stays small):
-    (T,3,h,w), (T,6,h,w) float32 and the box's (left, top)."""
-    if images.shape[:3] != object_masks.shape or images.ndim != 4 or images.shape[3] != 3:
-        logger.warning("video frames %s do not match the masks %s: no colour term", images.shape, object_masks.shape)
-        return None
+def colour_box(object_masks: np.ndarray, margin_px: int = 24) -> tuple[int, int, int, int] | None:
+    """(left, top, right, bottom) of the box around all frames' object masks, grown by ``margin_px``."""
     ys, xs = np.nonzero(object_masks.any(0))
     if len(ys) == 0:
         return None
     height, width = object_masks.shape[1:]
     top, left = max(int(ys.min()) - margin_px, 0), max(int(xs.min()) - margin_px, 0)
     bottom, right = min(int(ys.max()) + margin_px + 1, height), min(int(xs.max()) + margin_px + 1, width)
+    return left, top, right, bottom
+
+
+def _colour_arrays(
+    images: np.ndarray, box: tuple[int, int, int, int], config: TrackerConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blurred colour (Lab lightness, 100 r/(r+g+b), 100 g/(r+g+b)) of uint8 (T,H,W,3) frames in ``box``
+    and its gradients: (T,3,h,w), (T,6,h,w) float32. Frame by frame, so any subset gives the same values."""
+    left, top, right, bottom = box
     crop = np.ascontiguousarray(images[:, top:bottom, left:right]).astype(np.float32) / 255.0
     lab = cv2.cvtColor(crop.reshape(-1, right - left, 3), cv2.COLOR_RGB2Lab).reshape(crop.shape)
     # Chromaticity instead of Lab a, b: shading scales r, g, b together and keeps it (on the mug, a/b of
@@ -172,9 +199,161 @@ def colour_evidence(
         lab = np.stack([cv2.GaussianBlur(frame, (0, 0), config.colour_blur_px) for frame in lab])
     lab = lab.transpose(0, 3, 1, 2)  # (T,3,h,w)
     d_dy, d_dx = np.gradient(lab, axis=(2, 3))
-    gradient = np.concatenate([d_dx, d_dy], axis=1)
-    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device)  # noqa: E731
-    return as_tensor(lab), as_tensor(gradient), (left, top)
+    return np.ascontiguousarray(lab, dtype=np.float32), np.concatenate([d_dx, d_dy], axis=1).astype(np.float32)
+
+
+def colour_evidence(
+    images: np.ndarray, object_masks: np.ndarray, config: TrackerConfig, device: str, margin_px: int = 24
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]] | None:
+    """Blurred colour images and their gradients (``_colour_arrays``) in the box around all frames' object
+    masks (``colour_box``): (T,3,h,w), (T,6,h,w) float32 and the box's (left, top)."""
+    if images.shape[:3] != object_masks.shape or images.ndim != 4 or images.shape[3] != 3:
+        logger.warning("video frames %s do not match the masks %s: no colour term", images.shape, object_masks.shape)
+        return None
+    box = colour_box(object_masks, margin_px)
+    if box is None:
+        return None
+    lab, gradient = _colour_arrays(images, box, config)
+    return torch.from_numpy(lab).to(device), torch.from_numpy(gradient).to(device), box[:2]
+
+
+class EvidenceSource:
+    """A video's image evidence (``FrameEvidence``), built frame by frame when a window asks for it
+    (``take``) and kept, as float32 (exactly what the float64 tracker reads), for the
+    ``evidence_cache_frames`` frames used last: memory is bounded however long the video (a frame's
+    distance images, gradients, masks, depth and colour crop are ~10 MB at 640x480; before, every frame
+    was kept, ~23 MB each in float64). Only the object-mask outline samples (a few KB) are kept for every
+    frame; they are drawn up front, in frame order, from the one seeded generator as before."""
+
+    def __init__(
+        self, object_masks: np.ndarray, human_masks: np.ndarray, depth: np.ndarray | None, config: TrackerConfig,
+        device: str, dtype: torch.dtype = torch.float32, images: np.ndarray | None = None,
+    ) -> None:  # fmt: skip
+        self.object_masks, self.human_masks = object_masks, human_masks
+        self.depth = None if depth is None else np.asarray(depth)
+        self.config, self.device, self.dtype = config, device, dtype
+        self.num_frames = object_masks.shape[0]
+        self.size = tuple(object_masks.shape[1:])
+        self.kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * config.human_margin_px + 1,) * 2)
+        self.images, self.box = None, None
+        if images is not None and config.weight_colour > 0:
+            images = np.asarray(images)
+            if images.shape[:3] != object_masks.shape or images.ndim != 4 or images.shape[3] != 3:
+                logger.warning("video frames %s do not match the masks %s: no colour term", images.shape,
+                               object_masks.shape)  # fmt: skip
+            else:
+                self.box = colour_box(object_masks)
+                self.images = images if self.box is not None else None
+        self.reference: Appearance | None = None
+        self.reverse = False
+        self._cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+        rng = np.random.default_rng(config.seed)
+        samples = config.mask_contour_samples
+        contour = np.zeros((self.num_frames, samples, 2), dtype=np.float32)
+        contour_valid = np.zeros((self.num_frames, samples), dtype=bool)
+        for t in range(self.num_frames):
+            obj = object_masks[t].astype(np.uint8)
+            if not obj.any():
+                continue
+            near_human = cv2.dilate(human_masks[t].astype(np.uint8), self.kernel)
+            outline = (obj > 0) & (cv2.erode(obj, np.ones((3, 3), np.uint8)) == 0) & (near_human == 0)
+            ys, xs = np.nonzero(outline)
+            if len(xs):
+                pick = rng.choice(len(xs), size=min(samples, len(xs)), replace=False)
+                contour[t, : len(pick)] = np.stack([xs[pick], ys[pick]], axis=1) + 0.5
+                contour_valid[t, : len(pick)] = True
+        self.contour_pixels, self.contour_valid = contour, contour_valid
+        self.has_object = object_masks.reshape(self.num_frames, -1).any(1)
+
+    @property
+    def has_colour(self) -> bool:
+        return self.images is not None
+
+    def reversed(self) -> EvidenceSource:
+        """The same evidence (and cache) with the frames in reverse order."""
+        view = copy.copy(self)
+        view.reverse = not self.reverse
+        return view
+
+    def indices(self, frames: slice | torch.Tensor | np.ndarray | list[int] | int) -> list[int]:
+        """The video frame numbers of ``frames`` (this view's order)."""
+        if isinstance(frames, slice):
+            ids = list(range(*frames.indices(self.num_frames)))
+        elif isinstance(frames, int):
+            ids = [frames]
+        else:
+            ids = [int(i) for i in (frames.tolist() if hasattr(frames, "tolist") else frames)]
+        return [self.num_frames - 1 - i if self.reverse else i for i in ids]
+
+    def _frame(self, t: int) -> dict[str, np.ndarray]:
+        if t in self._cache:
+            self._cache.move_to_end(t)
+            return self._cache[t]
+        obj = self.object_masks[t].astype(np.uint8)
+        height, width = self.size
+        signed = np.zeros((height, width), dtype=np.float32)
+        outside = np.zeros((height, width), dtype=np.float32)
+        if obj.any():  # else nothing to align to: contour/coverage terms vanish, interior uses the human only
+            # Zero level through the centres of the mask's inner outline pixels: the model outline points
+            # are lifted from the centres of the rendered silhouette's inner outline pixels, so they match.
+            signed = cv2.distanceTransform(1 - obj, cv2.DIST_L2, 5) - cv2.distanceTransform(obj, cv2.DIST_L2, 5)
+            signed += obj
+            allowed = (self.object_masks[t] | self.human_masks[t]).astype(np.uint8)
+            outside = cv2.distanceTransform(1 - allowed, cv2.DIST_L2, 5)
+        d_dy, d_dx = np.gradient(signed)
+        o_dy, o_dx = np.gradient(outside)
+        frame = {
+            "signed_distance": signed[None], "signed_gradient": np.stack([d_dx, d_dy]).astype(np.float32),
+            "outside_distance": outside[None], "outside_gradient": np.stack([o_dx, o_dy]).astype(np.float32),
+            "near_human": cv2.dilate(self.human_masks[t].astype(np.uint8), self.kernel)[None].astype(bool),
+            "object_masks": obj[None].astype(bool), "human_masks": self.human_masks[t],
+        }  # fmt: skip
+        if self.depth is not None:
+            frame["depth"] = self.depth[t][None]
+        if self.images is not None:
+            lab, gradient = _colour_arrays(self.images[t : t + 1], self.box, self.config)
+            frame["colour"], frame["colour_gradient"] = lab[0], gradient[0]
+        self._cache[t] = frame
+        while len(self._cache) > max(self.config.evidence_cache_frames, 1):
+            self._cache.popitem(last=False)
+        return frame
+
+    def take(self, frames: slice | torch.Tensor | np.ndarray | list[int] | int) -> FrameEvidence:
+        """The evidence of ``frames`` (this view's order) as (W,...) tensors on the device."""
+        ids = self.indices(frames)
+        arrays = [self._frame(t) for t in ids]
+
+        def stacked(name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+            value = torch.from_numpy(np.stack([a[name] for a in arrays]))
+            return value.to(device=self.device, dtype=dtype or value.dtype)
+
+        colour = self.images is not None
+        return FrameEvidence(
+            signed_distance=stacked("signed_distance", self.dtype),
+            signed_gradient=stacked("signed_gradient", self.dtype),
+            outside_distance=stacked("outside_distance", self.dtype),
+            outside_gradient=stacked("outside_gradient", self.dtype),
+            near_human=stacked("near_human", self.dtype),
+            human_masks=stacked("human_masks"),
+            contour_pixels=torch.from_numpy(self.contour_pixels[ids]).to(device=self.device, dtype=self.dtype),
+            contour_valid=torch.from_numpy(self.contour_valid[ids]).to(self.device),
+            object_masks=stacked("object_masks", self.dtype),
+            depth=None if self.depth is None else stacked("depth", self.dtype),
+            has_object=torch.from_numpy(self.has_object[ids]).to(self.device),
+            colour=stacked("colour") if colour else None,
+            colour_gradient=stacked("colour_gradient") if colour else None,
+            colour_origin=self.box[:2] if colour else (0, 0),
+            reference=self.reference,
+        )
+
+    def cached_bytes(self) -> int:
+        """Bytes of per-frame image evidence held now (the cache; the caller's masks, depth and frames
+        are not counted)."""
+        return sum(a.nbytes for frame in self._cache.values() for a in frame.values())
+
+    def kept_bytes(self) -> int:
+        """Bytes kept for every frame of the video (the outline samples)."""
+        return self.contour_pixels.nbytes + self.contour_valid.nbytes + self.has_object.nbytes
 
 
 def frame_evidence(
@@ -186,61 +365,11 @@ def frame_evidence(
     dtype: torch.dtype = torch.float32,
     images: np.ndarray | None = None,
 ) -> FrameEvidence:
-    """Distance transforms and outline samples for every frame (OpenCV per frame, C++ speed); with the
-    video's RGB frames ``images`` (T,H,W,3 uint8) also their colour (``colour_evidence``)."""
-    num_frames = object_masks.shape[0]
-    obj = object_masks.astype(np.uint8)
-    allowed = (object_masks | human_masks).astype(np.uint8)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * config.human_margin_px + 1,) * 2)
-    rng = np.random.default_rng(config.seed)
-    samples = config.mask_contour_samples
-    signed = np.zeros(object_masks.shape, dtype=np.float32)
-    outside = np.zeros(object_masks.shape, dtype=np.float32)
-    near_human = np.zeros(object_masks.shape, dtype=np.float32)
-    contour = np.zeros((num_frames, samples, 2), dtype=np.float32)
-    contour_valid = np.zeros((num_frames, samples), dtype=bool)
-    for t in range(num_frames):
-        near_human[t] = cv2.dilate(human_masks[t].astype(np.uint8), kernel)
-        if not obj[t].any():
-            continue  # nothing to align to: contour/coverage terms vanish, interior uses the human only
-        # Zero level through the centres of the mask's inner outline pixels: the model outline points
-        # are lifted from the centres of the rendered silhouette's inner outline pixels, so they match.
-        signed[t] = cv2.distanceTransform(1 - obj[t], cv2.DIST_L2, 5) - cv2.distanceTransform(obj[t], cv2.DIST_L2, 5)
-        signed[t] += obj[t]
-        outside[t] = cv2.distanceTransform(1 - allowed[t], cv2.DIST_L2, 5)
-        outline = (obj[t] > 0) & (cv2.erode(obj[t], np.ones((3, 3), np.uint8)) == 0) & (near_human[t] == 0)
-        ys, xs = np.nonzero(outline)
-        if len(xs):
-            pick = rng.choice(len(xs), size=min(samples, len(xs)), replace=False)
-            contour[t, : len(pick)] = np.stack([xs[pick], ys[pick]], axis=1) + 0.5
-            contour_valid[t, : len(pick)] = True
-
-    def as_image(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a)[:, None].to(device=device, dtype=dtype)
-
-    def gradient(a: np.ndarray) -> torch.Tensor:
-        d_dy, d_dx = np.gradient(a, axis=(1, 2))
-        return torch.from_numpy(np.stack([d_dx, d_dy], axis=1)).to(device=device, dtype=dtype)
-
-    colour = None
-    if images is not None and config.weight_colour > 0:
-        colour = colour_evidence(np.asarray(images), object_masks, config, device)
-    return FrameEvidence(
-        colour=None if colour is None else colour[0],
-        colour_gradient=None if colour is None else colour[1],
-        colour_origin=(0, 0) if colour is None else colour[2],
-        signed_distance=as_image(signed),
-        signed_gradient=gradient(signed),
-        outside_distance=as_image(outside),
-        outside_gradient=gradient(outside),
-        near_human=as_image(near_human),
-        human_masks=torch.from_numpy(human_masks).to(device),
-        contour_pixels=torch.from_numpy(contour).to(device=device, dtype=dtype),
-        contour_valid=torch.from_numpy(contour_valid).to(device),
-        object_masks=as_image(obj.astype(np.float32)),
-        depth=None if depth is None else torch.as_tensor(np.asarray(depth))[:, None].to(device=device, dtype=dtype),
-        has_object=torch.from_numpy(obj.reshape(num_frames, -1).any(1)).to(device),
-    )
+    """Distance transforms and outline samples of every frame at once (``EvidenceSource``, all frames
+    in one window); with the video's RGB frames ``images`` (T,H,W,3 uint8) also their colour."""
+    config = replace(config, evidence_cache_frames=max(config.evidence_cache_frames, object_masks.shape[0]))
+    source = EvidenceSource(object_masks, human_masks, depth, config, device, dtype, images)
+    return source.take(slice(None))
 
 
 # ---- geometry -------------------------------------------------------------------------------------
@@ -807,13 +936,14 @@ def _plane_basis(normal: torch.Tensor) -> torch.Tensor:
 
 def solve_rest_pose(
     rotation: torch.Tensor, centre: torch.Tensor, centroid: torch.Tensor, mesh: tuple[torch.Tensor, torch.Tensor],
-    evidence: FrameEvidence, frame_ids: torch.Tensor, K: np.ndarray, size: tuple[int, int], config: TrackerConfig,
-    generator: torch.Generator, normal: torch.Tensor, iterations: int,
+    evidence: FrameEvidence, frame_ids: slice | torch.Tensor, K: np.ndarray, size: tuple[int, int],
+    config: TrackerConfig, generator: torch.Generator, normal: torch.Tensor, iterations: int,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:  # fmt: skip
-    """One pose shared by the frames ``frame_ids``, moved only on the support plane (3 DoF): the
-    image terms of all those frames summed (averaging out mask noise), depth fixed by the plane."""
+    """One pose shared by the frames ``frame_ids`` (a slice reads the images in place; an index tensor
+    copies them at every step), moved only on the support plane (3 DoF): the image terms of all those
+    frames summed (averaging out mask noise), depth fixed by the plane."""
     K_t = torch.as_tensor(K, dtype=rotation.dtype, device=rotation.device)
-    num = len(frame_ids)
+    num = evidence.has_object[frame_ids].shape[0]
     basis = _plane_basis(normal)
     slide = basis[3:, 1:]  # (3,2) in-plane directions
 
@@ -859,15 +989,92 @@ def solve_rest_pose(
     return rotation, centre, cost
 
 
+def _turn_deg(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Angle (deg) between two rotation matrices."""
+    return float(torch.rad2deg(roma.rotmat_to_rotvec(a @ b.T).norm()))
+
+
+@torch.no_grad()
+def rest_scores(
+    rotations: torch.Tensor, centres: torch.Tensor, centroid: torch.Tensor, mesh: tuple[torch.Tensor, torch.Tensor],
+    evidence: FrameEvidence, K: np.ndarray, size: tuple[int, int], config: TrackerConfig, sample_factor: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Silhouette cost (contour, interior, coverage terms) and colour cost (``weight_colour``) of N
+    candidate poses (N,3,3), (N,3), each summed over all the frames of ``evidence``: (N,), (N,).
+
+    Every candidate is judged with the same seeded draw of ``sample_factor`` times the usual points, so
+    their costs differ by the pose, not by which points the tracker's running generator happened to pick.
+    One candidate at a time: the images are read in place (indexing frames would copy them)."""
+    config = replace(
+        config, contour_samples=config.contour_samples * sample_factor,
+        interior_samples=config.interior_samples * sample_factor, colour_samples=config.colour_samples * sample_factor,
+    )  # fmt: skip
+    frames = evidence.has_object.shape[0]
+    K_t = torch.as_tensor(K, dtype=rotations.dtype, device=rotations.device)
+    with_colour = evidence.colour is not None and evidence.reference is not None and config.weight_colour > 0
+    silhouette = torch.zeros(len(rotations), dtype=rotations.dtype, device=rotations.device)
+    colour = torch.zeros_like(silhouette)
+    for index, (rotation, centre) in enumerate(zip(rotations, centres, strict=True)):
+        rot, cen = rotation.expand(frames, 3, 3), centre.expand(frames, 3)
+        generator = torch.Generator().manual_seed(config.seed)
+        points = points_with_colour(_poses(rot, cen, centroid), mesh, evidence, K, size, config, generator, rot.dtype)
+        shape_cost = data_terms(rot, cen, centroid, points, evidence, slice(None), K_t, size,
+                                replace(config, weight_colour=0.0, weight_depth=0.0), False).cost.sum()  # fmt: skip
+        silhouette[index] = shape_cost
+        if with_colour:
+            colour[index] = data_terms(rot, cen, centroid, points, evidence, slice(None), K_t, size,
+                                       replace(config, weight_depth=0.0), False).cost.sum() - shape_cost  # fmt: skip
+    return silhouette, colour
+
+
+def _colour_allowed(colour: torch.Tensor, config: TrackerConfig) -> torch.Tensor:
+    """(N,) bool: candidates whose colour cost is within ``rest_colour_gate`` times the lowest."""
+    if config.rest_colour_gate <= 0 or not bool((colour > 0).any()):
+        return torch.ones_like(colour, dtype=torch.bool)
+    return colour <= colour.min() * config.rest_colour_gate
+
+
+def choose_rest_hypothesis(
+    rotations: torch.Tensor, centres: torch.Tensor, rotation0: torch.Tensor, centroid: torch.Tensor,
+    mesh: tuple[torch.Tensor, torch.Tensor], evidence: FrameEvidence, K: np.ndarray, size: tuple[int, int],
+    config: TrackerConfig,
+) -> int:  # fmt: skip
+    """Index of the resting pose among N refined candidates (N,3,3), (N,3), judged on all the frames of
+    ``evidence``.
+
+    The colour vets: a candidate whose surface colours disagree with frame 0's much more than another
+    candidate's (over ``rest_colour_gate`` times the lowest colour cost: the mug's mirror turn shows its
+    never-seen back) is out. Of the rest, the silhouette decides (the colour's fine optimum was 27 deg
+    off on the mug's rest masks), and of those with the best one's silhouette cost (within
+    ``rest_same_cost``) the smallest turn from frame 0 is kept (a bottle looks the same at any turn;
+    mask noise should not pick one)."""
+    silhouette, colour = rest_scores(rotations, centres, centroid, mesh, evidence, K, size, config)
+    allowed = _colour_allowed(colour, config)
+    best = int(torch.where(allowed, silhouette, torch.full_like(silhouette, float("inf"))).argmin())
+    turns = torch.tensor([_turn_deg(r, rotation0) for r in rotations], dtype=silhouette.dtype)
+    # "The best one's silhouette": the same cost within mask noise (rest_same_cost). Comparing the
+    # outlines as well (IoU >= 0.97) let a mug turned 17 deg the wrong way look the same as the true one.
+    same = (allowed & (silhouette <= silhouette[best] * (1 + config.rest_same_cost))).cpu()
+    choice = int(torch.where(same, turns, torch.full_like(turns, float("inf"))).argmin())
+    logger.info(
+        "resting pose: %d hypotheses, turns %s deg, silhouette costs %s, colour costs %s: turn %.1f deg",
+        len(rotations), [round(float(t), 1) for t in turns], [round(float(c), 3) for c in silhouette],
+        [round(float(c), 3) for c in colour], float(turns[choice]),
+    )  # fmt: skip
+    return choice
+
+
 def fit_rest_pose(
     rotation0: torch.Tensor, centre0: torch.Tensor, centroid: torch.Tensor, mesh: tuple[torch.Tensor, torch.Tensor],
-    evidence: FrameEvidence, frame_ids: torch.Tensor, K: np.ndarray, size: tuple[int, int], config: TrackerConfig,
+    evidence: EvidenceSource, frame_ids: torch.Tensor, K: np.ndarray, size: tuple[int, int], config: TrackerConfig,
     generator: torch.Generator, normal: torch.Tensor, offset: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The resting pose of the final still frames: the frame-0 pose turned about the plane normal and
     slid along the plane (an object put down stands on the same face). Starts: several turns, the
     centroid on the ray through the mask's centre at its frame-0 height above the plane."""
     dtype = rotation0.dtype
+    # The rest frames' evidence, taken once; below, slices of it (read in place).
+    evidence, frame_ids = evidence.take(frame_ids), slice(None)
     K_t = torch.as_tensor(K, dtype=dtype, device=rotation0.device)
     height = float(centre0 @ normal + offset)
     masks = evidence.object_masks[frame_ids, 0]
@@ -879,31 +1086,45 @@ def fit_rest_pose(
     if abs(denominator) < 1e-6:
         raise ValueError("the camera ray runs along the support plane")
     centre = ray * (height - offset) / denominator
+    # Refinement of the resting pose: silhouette only (rest_colour_factor); the colour term only vets.
+    fit_config = replace(config, weight_colour=config.weight_colour * config.rest_colour_factor)
     candidates = []
-    # The turns are told apart on the last two frames (the hand is gone by then); all refine the winner.
-    candidate_ids = frame_ids[-2:]
+    # The turns are told apart on the last two frames (the hand is gone by then).
+    candidate_ids = slice(-2, None)
     for k in range(config.rest_yaw_candidates):
         angle = 2 * np.pi * k / config.rest_yaw_candidates
         angle = angle - 2 * np.pi if angle > np.pi else angle
         start = roma.rotvec_to_rotmat(normal * angle) @ rotation0
         rot, cen, cost = solve_rest_pose(
-            start, centre, centroid, mesh, evidence, candidate_ids, K, size, config, generator, normal,
+            start, centre, centroid, mesh, evidence, candidate_ids, K, size, fit_config, generator, normal,
             max(config.rest_iterations // 4, 1),
         )  # fmt: skip
-        candidates.append((cost, abs(angle), rot, cen))
+        candidates.append((cost, rot, cen))
         logger.debug("rest turn start %.1f deg: cost %.4f", np.degrees(angle), cost)
-    best = min(candidates, key=lambda c: c[0])
-    # A symmetric object looks the same at several turns (a bottle at any): of the candidates whose
-    # silhouette is the best one's, keep the smallest turn rather than whichever mask noise favours.
-    poses = _poses(torch.stack([c[2] for c in candidates]), torch.stack([c[3] for c in candidates]), centroid)
-    silhouettes = render_crop(poses.float(), *mesh, K, size).full_silhouette(size).reshape(len(candidates), -1)
-    reference = silhouettes[candidates.index(best)]
-    overlap = (silhouettes & reference).sum(1) / (silhouettes | reference).sum(1).clamp(min=1)
-    same = [c for c, iou in zip(candidates, overlap.tolist(), strict=True) if iou >= 0.97]
-    cost, _, rot, cen = min(same, key=lambda c: c[1])
-    rot, cen, _ = solve_rest_pose(
-        rot, cen, centroid, mesh, evidence, frame_ids, K, size, config, generator, normal, config.rest_iterations
-    )
+    # The short two-frame fits' own costs (each on its own random points) do not rank the turns: a mug's
+    # handle turned towards the camera or away from it (mirror turns) draws nearly the same outline, and
+    # on GPU-rendered masks the true turn came 7th of 16. They are ranked on all the rest frames with one
+    # seeded draw of points (``rest_scores``: colour vets, then silhouette), and the best few distinct
+    # ones are refined fully and compared (``choose_rest_hypothesis``).
+    short_rot = torch.stack([c[1] for c in candidates])
+    short_cen = torch.stack([c[2] for c in candidates])
+    silhouette, colour = rest_scores(short_rot, short_cen, centroid, mesh, evidence, K, size, config, 1)
+    ranking = silhouette + torch.where(_colour_allowed(colour, config), 0.0, float(silhouette.max()) + 1.0)
+    hypotheses: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for index in ranking.argsort().tolist():
+        if len(hypotheses) == config.rest_hypotheses:
+            break
+        if all(_turn_deg(short_rot[index], other) > 8.0 for other, _ in hypotheses):
+            hypotheses.append((short_rot[index], short_cen[index]))
+    refined = [
+        solve_rest_pose(rot, cen, centroid, mesh, evidence, frame_ids, K, size, fit_config, generator, normal,
+                        config.rest_iterations)[:2]
+        for rot, cen in hypotheses
+    ]  # fmt: skip
+    rotations = torch.stack([r for r, _ in refined])
+    centres = torch.stack([c for _, c in refined])
+    choice = choose_rest_hypothesis(rotations, centres, rotation0, centroid, mesh, evidence, K, size, config)
+    rot, cen = rotations[choice], centres[choice]
     return rot, cen
 
 
@@ -932,8 +1153,9 @@ def _track_frames(
         if prior is not None:
             window_centre = window_centre * (prior.depth[frames] / window_centre[:, 2].clamp(min=1e-3))[:, None]
         history = (rotations[max(start - 2, 0) : start], centres[max(start - 2, 0) : start])
+        window = evidence.take(frames)
         window_rot, window_centre = solve_window(
-            window_rot, window_centre, history, centroid, mesh, evidence, frames, K, size, config, generator,
+            window_rot, window_centre, history, centroid, mesh, window, slice(None), K, size, config, generator,
             None if prior is None else HeldPrior(prior.depth[frames], prior.rotation[frames]),
         )  # fmt: skip
         # A frame whose object left the viewing frustum's plausible depths has lost track: hold the
@@ -953,19 +1175,10 @@ def _track_frames(
                     window_rot[index], window_centre[index] = hold_rot, hold_centre
                 hold_rot, hold_centre = window_rot[index], window_centre[index]
         rotations[frames], centres[frames] = window_rot, window_centre
-        contour_px[frames] = contour_rms(window_rot, window_centre, centroid, mesh, evidence, frames, K, size, config,
-                                         generator)  # fmt: skip
+        contour_px[frames] = contour_rms(window_rot, window_centre, centroid, mesh, window, slice(None), K, size,
+                                         config, generator)  # fmt: skip
         report(stop)
         start = stop
-
-
-def _reversed_evidence(evidence: FrameEvidence) -> FrameEvidence:
-    """The same evidence with the frames in reverse order."""
-    return FrameEvidence(**{
-        f.name: torch.flip(value, [0]) if isinstance(value, torch.Tensor) else value
-        for f in fields(FrameEvidence)
-        for value in (getattr(evidence, f.name),)
-    })  # fmt: skip
 
 
 def _track_two_way(
@@ -991,7 +1204,7 @@ def _track_two_way(
     )  # fmt: skip
     backward_prior = HeldPrior(torch.flip(prior.depth, [0]), torch.flip(prior.rotation, [0]))
     _track_frames(
-        rot_b, cen_b, contour_b, num_frames - end, num_frames - begin, centroid, mesh, _reversed_evidence(evidence),
+        rot_b, cen_b, contour_b, num_frames - end, num_frames - begin, centroid, mesh, evidence.reversed(),
         K, size, config, generator, backward_prior,
         lambda stop: report((begin + end) // 2 + (stop - (num_frames - end)) // 2),
     )  # fmt: skip
@@ -1004,8 +1217,8 @@ def _track_two_way(
     turn = roma.rotmat_to_rotvec(rot_b[held] @ rotations[held].transpose(1, 2))
     rotations[held] = roma.rotvec_to_rotmat(backward_weight[:, None] * turn) @ rotations[held]
     centres[held] = centres[held] + backward_weight[:, None] * (cen_b[held] - centres[held])
-    contour_px[begin:end] = contour_rms(
-        rotations[held], centres[held], centroid, mesh, evidence, slice(begin, end), K, size, config, generator
+    contour_px[begin:end] = contour_rms_frames(
+        rotations, centres, begin, end, centroid, mesh, evidence, K, size, config, generator
     )
 
 
@@ -1022,6 +1235,21 @@ def contour_rms(
     signed = sample_image(evidence.signed_distance[frames], project(cam, K_t), size)
     valid = points.contour_valid.to(dtype)
     return ((signed**2 * valid).sum(1) / valid.sum(1).clamp(min=1)).sqrt().cpu().numpy()
+
+
+def contour_rms_frames(
+    rotations: torch.Tensor, centres: torch.Tensor, begin: int, end: int, centroid: torch.Tensor,
+    mesh: tuple[torch.Tensor, torch.Tensor], evidence: EvidenceSource, K: np.ndarray, size: tuple[int, int],
+    config: TrackerConfig, generator: torch.Generator,
+) -> np.ndarray:  # fmt: skip
+    """``contour_rms`` of frames begin..end-1, at most ``evidence_cache_frames`` frames' evidence at a time."""
+    chunk = max(config.evidence_cache_frames, 1)
+    parts = [
+        contour_rms(rotations[a : min(a + chunk, end)], centres[a : min(a + chunk, end)], centroid, mesh,
+                    evidence.take(slice(a, min(a + chunk, end))), slice(None), K, size, config, generator)
+        for a in range(begin, end, chunk)
+    ]  # fmt: skip
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def track_object(
@@ -1056,10 +1284,10 @@ def track_object(
         torch.as_tensor(faces, dtype=torch.long, device=device),
     )
     centroid = torch.as_tensor(mesh_centroid(vertices, faces), dtype=dtype, device=device)
-    evidence = frame_evidence(object_masks, human_masks, depth, config, device, dtype, images)
+    evidence = EvidenceSource(object_masks, human_masks, depth, config, device, dtype, images)
 
     pose0 = torch.as_tensor(initial_pose, dtype=dtype, device=device)
-    evidence.reference = reference_appearance(pose0, mesh, evidence, 0, K, size, seed=config.seed)
+    evidence.reference = reference_appearance(pose0, mesh, evidence.take(0), 0, K, size, seed=config.seed)
     rotations = torch.zeros(num_frames, 3, 3, dtype=dtype, device=device)  # solved object rotations
     centres = torch.zeros(num_frames, 3, dtype=dtype, device=device)  # solved centroid positions (camera)
     rotations[0] = pose0[:3, :3]
@@ -1079,8 +1307,7 @@ def track_object(
             normal = torch.as_tensor(anchors.plane_normal, dtype=dtype, device=device)
             try:
                 rest_rot, rest_centre = fit_rest_pose(
-                    rotations[0], centres[0], centroid, mesh, evidence, ids, K, size,
-                    replace(config, weight_colour=config.weight_colour * config.rest_colour_factor), generator,
+                    rotations[0], centres[0], centroid, mesh, evidence, ids, K, size, config, generator,
                     normal, float(anchors.plane_offset),
                 )  # fmt: skip
                 rotations[rest_start:], centres[rest_start:] = rest_rot, rest_centre
@@ -1118,9 +1345,8 @@ def track_object(
             prior, report,
         )  # fmt: skip
     if rest_start < num_frames:
-        frames = slice(rest_start, num_frames)
-        contour_px[frames] = contour_rms(
-            rotations[frames], centres[frames], centroid, mesh, evidence, frames, K, size, config, generator
+        contour_px[rest_start:] = contour_rms_frames(
+            rotations, centres, rest_start, num_frames, centroid, mesh, evidence, K, size, config, generator
         )
     report(num_frames)
 
