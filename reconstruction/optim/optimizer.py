@@ -779,6 +779,12 @@ def _t_hand_grasp(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
     keypoints = ctx.human["keypoints"]
     tips = keypoints[:, :, ctx.batch.fingertip_keypoints]  # (B, T, 2, 5, 3) world
     palms = keypoints[:, :, ctx.batch.palm_keypoints].mean(-2)  # (B, T, 2, 3)
+    if cfg.fingers_only:
+        # the palm's frame (wrist, index and pinky knuckles ride on the wrist bone) without gradient: only the
+        # finger joints (and the object) answer; where the hand is is left to contact and the keypoints
+        rotation, origin = geometry.hand_frames(keypoints, ctx.batch.palm_keypoints)
+        local = (tips - origin[..., None, :]) @ rotation
+        tips = local @ rotation.detach().transpose(-1, -2) + origin.detach()[..., None, :]
     return losses.hand_grasp(
         tips, ctx.object_points(), ctx.object_normals(), _contact_mask(ctx, cfg), tip_gap=cfg.tip_gap,
         max_contact_dist=cfg.max_contact_dist, huber_delta=cfg.huber_delta, palm_centres=palms,
