@@ -136,8 +136,6 @@ class LossTermConfig:
     huber_delta: float = field(default=0.01, metadata=_meta(min=0.0))
     foot_height: float = _nonneg(0.05)  # human_foot_contact: feet below this height may not slide
     tip_gap: float = _nonneg(0.003)  # hand_grasp: wanted distance (m) of the fingertip keypoints to the surface
-    palm_facing: float = _nonneg(0.0)  # hand_grasp: weight (m^2) of 1 + cos(palm normal, nearest surface normal)
-    fingers_only: bool = False  # hand_grasp: the tips pull the finger joints (and the object), not the hand
     threshold: float | None = field(default=None, metadata=_meta(min=0.0))
 
 

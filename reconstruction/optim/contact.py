@@ -191,7 +191,8 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
 def trim_approach(flags: np.ndarray, relative_speed: np.ndarray, max_speed: float) -> np.ndarray:
     """(T,) bool contact flags -> the same with each run's leading and trailing frames removed while the hand's
     speed relative to the object ``relative_speed`` (T,) exceeds ``max_speed`` (reaching in, letting go).
-    Frames inside a run are kept whatever their speed (a carried object's track is noisy)."""
+    Frames inside a run are kept whatever their speed (a carried object's track is noisy), and so is a run
+    that is fast throughout (the hand's track jitters: no frame tells where the reach ends)."""
     trimmed = flags.astype(bool).copy()
     if max_speed <= 0:
         return trimmed
@@ -201,6 +202,8 @@ def trim_approach(flags: np.ndarray, relative_speed: np.ndarray, max_speed: floa
             first += 1
         while last >= first and relative_speed[last] > max_speed:
             last -= 1
+        if first > last:
+            continue
         trimmed[start:first] = False
         trimmed[last + 1 : end + 1] = False
     return trimmed

@@ -64,19 +64,6 @@ def palm_normals(keypoints: torch.Tensor) -> torch.Tensor:
     return torch.stack(normals, dim=-2)
 
 
-def hand_frames(keypoints: torch.Tensor, palm_keypoints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rigid frames of the palms from keypoints (..., K, 3): ``palm_keypoints`` (2, 4) indexes each hand's wrist,
-    index, middle and pinky knuckles. Returns rotations (..., 2, 3, 3) (columns: pinky -> index, towards the
-    fingers, out of the back or palm) and origins (..., 2, 3) at the wrist."""
-    points = keypoints[..., palm_keypoints, :]  # (..., 2, 4, 3)
-    wrist, index_mcp, pinky_mcp = points[..., 0, :], points[..., 1, :], points[..., 3, :]
-    x = torch.nn.functional.normalize(index_mcp - pinky_mcp, dim=-1)
-    forward = (index_mcp + pinky_mcp) / 2 - wrist
-    z = torch.nn.functional.normalize(torch.linalg.cross(x, forward), dim=-1)
-    y = torch.linalg.cross(z, x)
-    return torch.stack([x, y, z], dim=-1), wrist
-
-
 def transform(points: torch.Tensor, rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
     """x -> R x + t for points (..., N, 3), R (..., 3, 3), t (..., 3)."""
     return points @ rotation.transpose(-1, -2) + translation[..., None, :]

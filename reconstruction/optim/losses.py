@@ -337,9 +337,6 @@ def hand_grasp(
     tip_gap: float = 0.003,
     max_contact_dist: float = 0.15,
     huber_delta: float = 0.01,
-    palm_centres: torch.Tensor | None = None,
-    palm_normals: torch.Tensor | None = None,
-    palm_facing: float = 0.0,
 ) -> torch.Tensor:
     """hoiweb: a hand that holds the object rests its fingertips on the surface.
 
@@ -348,10 +345,8 @@ def hand_grasp(
     the tangent plane of its nearest sample is pulled to ``tip_gap`` (a keypoint sits inside the finger, just
     under the skin) with a Huber loss (a tip that the surface curves away from pulls with a bounded force, not
     the whole hand after it). A (frame, hand) whose nearest tip is farther than ``max_contact_dist`` from the
-    surface is skipped (the label is then more likely wrong than the hand). With the palms' centres and outward
-    unit normals (``palm_centres``, ``palm_normals`` (..., T, 2, 3)) and ``palm_facing`` > 0, the palm also
-    faces the surface nearest it: ``palm_facing`` x (1 + cos) of the palm's normal and that sample's normal.
-    Mean over the tips, then over the active (frame, hand) pairs."""
+    surface is skipped (the label is then more likely wrong than the hand). Mean over the tips, then over the
+    active (frame, hand) pairs."""
     batch = fingertips.shape[:-2]  # (..., T, 2)
     tips = fingertips.flatten(-3, -2)  # (..., T, 2F, 3)
     with torch.no_grad():
@@ -362,11 +357,6 @@ def hand_grasp(
     sample, normal = surface.gather(-2, index), normals.gather(-2, index)
     along = ((tips - sample) * normal).sum(-1).reshape(*batch, -1)  # (..., T, 2, F) signed plane distance
     per_hand = huber(along - tip_gap, huber_delta).mean(-1)
-    if palm_facing > 0 and palm_centres is not None and palm_normals is not None:
-        with torch.no_grad():
-            nearest_palm = torch.cdist(palm_centres, surface).argmin(-1)  # (..., T, 2)
-        facing = normals.gather(-2, nearest_palm[..., None].expand(*nearest_palm.shape, 3))
-        per_hand = per_hand + palm_facing * (1.0 + (palm_normals * facing).sum(-1))
     return _masked_mean(per_hand, contact_mask & (gate <= max_contact_dist), (-2, -1))
 
 

@@ -70,7 +70,6 @@ OBJECT_TERMS = {
     "contact_smoothness", "penetration", "hand_grasp",
 }  # fmt: skip
 FINGERTIPS = (4, 8, 12, 16, 20)  # thumb, index, middle, ring and pinky tips in a 21-point MediaPipe hand
-PALM_POINTS = (0, 5, 9, 17)  # wrist, index, middle and pinky knuckles: their mean is the palm's centre
 
 
 class OptimizerInputError(ValueError):
@@ -268,9 +267,6 @@ class _Batch:
         self.fingertip_keypoints = torch.tensor(
             [[hand.start + tip for tip in FINGERTIPS] for hand in (LEFT_HAND_SLICE, RIGHT_HAND_SLICE)], device=device
         )  # (2, 5)
-        self.palm_keypoints = torch.tensor(
-            [[hand.start + i for i in PALM_POINTS] for hand in (LEFT_HAND_SLICE, RIGHT_HAND_SLICE)], device=device
-        )  # (2, 4)
 
         # depth observations, per instance, in the world frame. A depth backend that knows only the
         # background (``static``: the render's frame-0 depth with human and object pixels unknown) gives no
@@ -776,19 +772,10 @@ def _t_contact(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
 
 
 def _t_hand_grasp(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
-    keypoints = ctx.human["keypoints"]
-    tips = keypoints[:, :, ctx.batch.fingertip_keypoints]  # (B, T, 2, 5, 3) world
-    palms = keypoints[:, :, ctx.batch.palm_keypoints].mean(-2)  # (B, T, 2, 3)
-    if cfg.fingers_only:
-        # the palm's frame (wrist, index and pinky knuckles ride on the wrist bone) without gradient: only the
-        # finger joints (and the object) answer; where the hand is is left to contact and the keypoints
-        rotation, origin = geometry.hand_frames(keypoints, ctx.batch.palm_keypoints)
-        local = (tips - origin[..., None, :]) @ rotation
-        tips = local @ rotation.detach().transpose(-1, -2) + origin.detach()[..., None, :]
+    tips = ctx.human["keypoints"][:, :, ctx.batch.fingertip_keypoints]  # (B, T, 2, 5, 3) world
     return losses.hand_grasp(
         tips, ctx.object_points(), ctx.object_normals(), _contact_mask(ctx, cfg), tip_gap=cfg.tip_gap,
-        max_contact_dist=cfg.max_contact_dist, huber_delta=cfg.huber_delta, palm_centres=palms,
-        palm_normals=geometry.palm_normals(keypoints), palm_facing=cfg.palm_facing,
+        max_contact_dist=cfg.max_contact_dist, huber_delta=cfg.huber_delta,
     )  # fmt: skip
 
 
