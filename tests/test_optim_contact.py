@@ -118,8 +118,9 @@ def test_reach_and_release_frames_are_trimmed_by_the_hands_speed_against_the_obj
     left, left_loose = np.flatnonzero(labels.hands[:, 0]), np.flatnonzero(loose.hands[:, 0])
     assert left_loose[0] <= 9 and left_loose[-1] >= 29, "untrimmed: the reach and release count as contact"
     assert left[0] == 10 and left[-1] == 27
-    speed = np.array([0.02, 0.01, 0.002, 0.0, 0.003, 0.02, 0.001])
-    trimmed = contact.trim_approach(np.ones(7, dtype=bool), speed, 0.008)
-    assert trimmed.tolist() == [False, False, True, True, True, True, True], "inner frames keep their label"
-    jitter = contact.trim_approach(np.ones(4, dtype=bool), np.full(4, 0.05), 0.008)
+    leaving = np.array([0.02, 0.01, 0.002, 0.0, 0.003, 0.02, 0.001])
+    arriving = np.array([0.0, 0.02, 0.01, 0.002, 0.0, 0.003, 0.02])
+    trimmed = contact.trim_approach(np.ones(7, dtype=bool), leaving, arriving, 0.008)
+    assert trimmed.tolist() == [False, False, True, True, True, True, False], "inner frames keep their label"
+    jitter = contact.trim_approach(np.ones(4, dtype=bool), np.full(4, 0.05), np.full(4, 0.05), 0.008)
     assert jitter.all(), "fast throughout: a jittering track, not a reach"

@@ -188,9 +188,11 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     return [(int(s), int(e) - 1) for s, e in zip(edges[::2], edges[1::2], strict=True)]
 
 
-def trim_approach(flags: np.ndarray, relative_speed: np.ndarray, max_speed: float) -> np.ndarray:
-    """(T,) bool contact flags -> the same with each run's leading and trailing frames removed while the hand's
-    speed relative to the object ``relative_speed`` (T,) exceeds ``max_speed`` (reaching in, letting go).
+def trim_approach(flags: np.ndarray, leaving: np.ndarray, arriving: np.ndarray, max_speed: float) -> np.ndarray:
+    """(T,) bool contact flags -> the same with each run's leading frames removed while the hand still moves
+    against the object towards the next frame faster than ``max_speed`` (``leaving`` (T,): |r[t+1] - r[t]| of
+    the hand's position relative to the object, reaching in), and its trailing frames while it has moved since
+    the previous one (``arriving`` (T,): |r[t] - r[t-1]|, letting go).
     Frames inside a run are kept whatever their speed (a carried object's track is noisy), and so is a run
     that is fast throughout (the hand's track jitters: no frame tells where the reach ends)."""
     trimmed = flags.astype(bool).copy()
@@ -198,9 +200,9 @@ def trim_approach(flags: np.ndarray, relative_speed: np.ndarray, max_speed: floa
         return trimmed
     for start, end in _runs(trimmed):
         first, last = start, end
-        while first <= last and relative_speed[first] > max_speed:
+        while first <= last and leaving[first] > max_speed:
             first += 1
-        while last >= first and relative_speed[last] > max_speed:
+        while last >= first and arriving[last] > max_speed:
             last -= 1
         if first > last:
             continue
@@ -268,7 +270,14 @@ def label_contacts(
         np.gradient(hands_np.mean(axis=2), axis=0) if hands_np.shape[0] > 1 else np.zeros_like(hands_np[:, :, 0])
     )
     object_velocity = np.gradient(obj_np.mean(axis=1), axis=0) if obj_np.shape[0] > 1 else np.zeros_like(obj_np[:, 0])
-    mismatch = np.linalg.norm(hand_velocity - object_velocity[:, None, :], axis=-1)  # (T, 2) relative speed
+    mismatch = np.linalg.norm(hand_velocity - object_velocity[:, None, :], axis=-1)  # (T, 2)
+    # reach / release: the relative speed (central difference), and also the one-sided step into the next frame
+    # (reaching) or from the previous one (letting go): a hand that arrives fast and stops is in contact from the
+    # frame it stops at, though the central difference there still halves the arrival
+    relative = hands_np.mean(axis=2) - obj_np.mean(axis=1)[:, None, :]  # (T, 2, 3)
+    step = np.linalg.norm(np.diff(relative, axis=0), axis=-1)  # (T-1, 2)
+    leaving = np.minimum(mismatch, np.concatenate([step, np.zeros((1, 2))]))
+    arriving = np.minimum(mismatch, np.concatenate([np.zeros((1, 2)), step]))
     coupled = mismatch <= 0.5 * np.linalg.norm(object_velocity, axis=-1)[:, None] + 0.5 * params.motion_speed
 
     hands = np.zeros_like(distance, dtype=bool)
@@ -284,7 +293,7 @@ def label_contacts(
     for h in range(2):
         closed = clean_intervals(hands[:, h], params.max_gap, 1)
         hands[:, h] = clean_intervals(
-            trim_approach(closed, mismatch[:, h], params.approach_speed), 0, params.min_interval
+            trim_approach(closed, leaving[:, h], arriving[:, h], params.approach_speed), 0, params.min_interval
         )
 
     intervals = [
