@@ -27,13 +27,14 @@ import yaml
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "manip_anny.yaml"
 
-# Loss terms of the reference (grail/optimization/loss_terms.py) plus hoiweb's contact_smoothness and
-# obj_still_reg (the object held where stage 3 sees it still, touched or not).
+# Loss terms of the reference (grail/optimization/loss_terms.py) plus hoiweb's contact_smoothness,
+# obj_still_reg (the object held where stage 3 sees it still, touched or not), hand_grasp (fingertips rest on
+# the gripped surface) and hand_pose_reg (the fingers' residual stays small and smooth).
 LOSS_NAMES: tuple[str, ...] = (
     "keypoint_tracking", "ground", "human_global_init_reg", "human_smoothness", "human_traj_reg",
     "human_pose_reg", "human_foot_contact", "verts_tracking", "obj_smoothness", "obj_traj_reg",
     "obj_rot_reg", "depth_pointcloud", "contact", "contact_smoothness", "penetration", "obj_precontact_reg",
-    "obj_still_reg",
+    "obj_still_reg", "hand_grasp", "hand_pose_reg",
 )  # fmt: skip
 
 # Residual variables on top of the stage 1-3 estimates.
@@ -134,6 +135,7 @@ class LossTermConfig:
     contact_px: float = _nonneg(20.0)  # contact: screen-space radius around the contact body part
     huber_delta: float = field(default=0.01, metadata=_meta(min=0.0))
     foot_height: float = _nonneg(0.05)  # human_foot_contact: feet below this height may not slide
+    tip_gap: float = _nonneg(0.003)  # hand_grasp: wanted distance (m) of the fingertip keypoints to the surface
     threshold: float | None = field(default=None, metadata=_meta(min=0.0))
 
 
@@ -180,6 +182,8 @@ class ContactLabellingConfig:
     foot_height: float = _nonneg(0.05)
     # view-depth gap between hand and object that costs nothing (stage 1's monocular arm depth; m)
     depth_slack: float = _nonneg(0.5)
+    # hand speed against the object (m/frame, image plane) above which an interval's ends are reach / release
+    approach_speed: float = _nonneg(0.008)
 
 
 @dataclass(frozen=True)

@@ -103,3 +103,24 @@ def test_save_and_load(tmp_path):
     data = contact.load_contact_labels(path)
     assert np.array(data["frames"]).shape == (40, 2)
     assert data["contact_hand"] == "left"
+
+
+def test_reach_and_release_frames_are_trimmed_by_the_hands_speed_against_the_object():
+    """The hand slows down as it reaches the box: it is within near_dist two frames before it stops on it
+    (frame 10), and leaves at 1.2 cm/frame after letting go at frame 27. Those frames are reach and release:
+    the hand moves against the object faster than approach_speed."""
+    hands, obj = _pick_and_place()
+    hands = hands.clone()
+    hands[:10, 0, :, 0] = hands[10:11, 0, :, 0] - torch.tensor([0.4, 0.3, 0.2, 0.14, 0.1, 0.07, 0.05, 0.035, 0.02, 0.01])[:, None]  # fmt: skip
+    hands[28:, 0, :, 0] = hands[27:28, 0, :, 0] - 0.012 * torch.arange(1, 13, dtype=torch.float32)[:, None]
+    loose = contact.label_contacts(hands, obj, params=contact.ContactParams(approach_speed=0.0))
+    labels = contact.label_contacts(hands, obj)
+    left, left_loose = np.flatnonzero(labels.hands[:, 0]), np.flatnonzero(loose.hands[:, 0])
+    assert left_loose[0] <= 9 and left_loose[-1] >= 29, "untrimmed: the reach and release count as contact"
+    assert left[0] == 10 and left[-1] == 27
+    leaving = np.array([0.02, 0.01, 0.002, 0.0, 0.003, 0.02, 0.001])
+    arriving = np.array([0.0, 0.02, 0.01, 0.002, 0.0, 0.003, 0.02])
+    trimmed = contact.trim_approach(np.ones(7, dtype=bool), leaving, arriving, 0.008)
+    assert trimmed.tolist() == [False, False, True, True, True, True, False], "inner frames keep their label"
+    jitter = contact.trim_approach(np.ones(4, dtype=bool), np.full(4, 0.05), np.full(4, 0.05), 0.008)
+    assert jitter.all(), "fast throughout: a jittering track, not a reach"

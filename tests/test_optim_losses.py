@@ -317,3 +317,39 @@ def test_depth_only_partner_is_on_the_surface_the_palm_faces():
         hands, obj[None], both, K, depth_only=True, object_normals_cam=normals[None], palm_normals_cam=palms
     )
     assert gripped.item() == pytest.approx(huber(0.3), rel=1e-4)
+
+
+def test_hand_grasp_pulls_fingertips_onto_the_surface_in_contact_frames_only():
+    """Unit sphere: the left hand's tips 3 cm outside it, the right hand's 1 cm inside; only the left hand is in
+    contact in frame 0. The cost is the Huber of each tip's plane distance minus the gap; its gradient moves
+    tips along the normal onto the surface."""
+    surface, normals = _unit_sphere(2000)
+    directions = torch.nn.functional.normalize(torch.tensor([[1.0, 0.1 * i, 0.0] for i in range(5)]), dim=-1)
+    tips = torch.stack([directions * 1.03, directions * 0.99])[None].clone().requires_grad_(True)  # (T=1, 2, 5, 3)
+    surf, nrm = surface[None], normals[None]
+    only_left = torch.tensor([[True, False]])
+    value = losses.hand_grasp(tips, surf, nrm, only_left, tip_gap=0.003, huber_delta=0.01)
+    # 3 cm out, 3 mm wanted: linear part of the Huber (the sampled sphere's planes are within ~1 mm)
+    assert value.item() == pytest.approx(0.01 * (0.027 - 0.005), rel=0.1)
+    value.backward()
+    radial = (tips.grad[0, 0] * directions).sum(-1)
+    assert (radial > 0).all()  # descent moves the left tips inwards, onto the surface
+    assert tips.grad[0, 1].abs().max() == 0  # the right hand is not in contact
+    # a tip resting at the gap costs (almost) nothing; a hand beyond max_contact_dist is skipped
+    resting = torch.stack([directions * 1.003, directions * 1.003])[None]
+    assert losses.hand_grasp(resting, surf, nrm, only_left, tip_gap=0.003).item() < 1e-6
+    far = torch.stack([directions * 1.5, directions * 1.5])[None]
+    assert losses.hand_grasp(far, surf, nrm, only_left, max_contact_dist=0.15).item() == 0.0
+    both = torch.tensor([[True, True]])
+    inside = losses.hand_grasp(tips.detach(), surf, nrm, both, tip_gap=0.003, huber_delta=0.01)
+    assert inside.item() > value.item() / 2  # tips 1 cm inside count too (1.3 cm from the gap)
+
+
+def test_hand_pose_reg_size_and_smoothness():
+    residual = torch.zeros(1, 4, 3, 3)
+    assert losses.hand_pose_reg(residual, beta=10.0).item() == 0.0
+    residual[0, 2, 1, 0] = 0.3  # one joint of one frame bends by 0.3 rad
+    size = 0.09 / (4 * 3)
+    assert losses.hand_pose_reg(residual).item() == pytest.approx(size)
+    change = 2 * 0.09 / (3 * 3)  # into and out of that frame
+    assert losses.hand_pose_reg(residual, beta=10.0).item() == pytest.approx(size + 10.0 * change)

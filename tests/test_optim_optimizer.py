@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from reconstruction.config import load_config
+from reconstruction.optim import losses
 from reconstruction.optim.optimizer import HOIOptimizer, OptimizerInputError
 
 from .optim_scene import make_scene
@@ -112,3 +113,51 @@ def test_videos_of_different_length_cannot_share_a_batch(body):
     _, long = make_scene(body, 8)
     with pytest.raises(OptimizerInputError, match="same length"):
         HOIOptimizer(body, _config(1, 1).optimization).run([short, long])
+
+
+def test_hand_grasp_bends_the_fingers_of_the_holding_hand_onto_the_object(body):
+    """A box face 2 cm in front of the right palm (the palm faces it), the fingers straight along it:
+    hand_grasp (moving the finger residual human_hand_pose_res only) bends the right fingertips onto the face in
+    the contact frames; the left hand and the frames before contact keep stage 1's fingers."""
+    from reconstruction.keypoints import RIGHT_HAND_SLICE
+    from reconstruction.optim import geometry
+    from reconstruction.optim.optimizer import FINGERTIPS
+
+    gt, video = make_scene(body, 6, contact_from=2)
+    with torch.no_grad():
+        keypoints = body.forward(gt["pose"], gt["shape"], gt["trans"]).keypoints
+    hand = keypoints[:, RIGHT_HAND_SLICE]
+    palm = hand[:, [0, 5, 9, 17]].mean(1)
+    normal = geometry.palm_normals(keypoints)[:, 1]  # (T, 3) out of the right palm
+    fingers = torch.nn.functional.normalize(hand[:, 9] - hand[:, 0], dim=-1)
+    x = torch.nn.functional.normalize(fingers - (fingers * normal).sum(-1, keepdim=True) * normal, dim=-1)
+    rotation = torch.stack([x, torch.linalg.cross(normal, x), normal], -1)  # box -z face towards the palm
+    obj_world = torch.eye(4).repeat(6, 1, 1)
+    obj_world[:, :3, :3] = rotation
+    obj_world[:, :3, 3] = palm + normal * (0.06 + 0.02)  # half the 12 cm box + 2 cm
+    video.object_poses_cam = torch.as_tensor(video.world_to_cam) @ obj_world
+    video.body_pose, video.body_trans = gt["pose"].clone(), gt["trans"].clone()
+    stage = {
+        "opt_vars": {"human_hand_pose_res": {"lr": 0.02}},
+        "niter": 60,
+        "loss_cfg": {"hand_grasp": {"weight": 30000.0, "tip_gap": 0.003}, "hand_pose_reg": {"weight": 1.0}},
+    }
+    raw = load_config().raw
+    raw["optimization"]["opt_stage_specs"] = {"grasp": stage}
+    result = HOIOptimizer(body, load_config(raw).optimization).run([video])[0]
+
+    def tip_gaps(pose: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            tips = body.forward(pose, gt["shape"], gt["trans"]).keypoints[:, RIGHT_HAND_SLICE][:, list(FINGERTIPS)]
+        samples, normals = geometry.sample_surface(video.object_vertices.float(), video.object_faces.long(), 4000)
+        posed = geometry.transform(samples[None], rotation, obj_world[:, :3, 3])
+        sd = losses.signed_distance(tips, posed, normals[None] @ rotation.transpose(-1, -2))
+        return sd.abs().mean(-1)  # (T,) mean fingertip distance to the box
+
+    before, after = tip_gaps(gt["pose"]), tip_gaps(result.body_pose)
+    assert before[2:].min() > 0.015
+    assert after[2:].max() < 0.5 * before[2:].min(), (before, after)
+    changed = (result.body_pose - gt["pose"]).abs().amax(-1)  # (T, J)
+    assert changed[:, body.left_hand_joints].max() == 0  # not in contact: untouched
+    assert changed[:2].max() == 0  # frames before contact keep their fingers
+    assert changed[2:, body.right_hand_joints].max() > 0.05

@@ -9,7 +9,9 @@ Signals per frame, all in the metric world:
 A hand is in contact when it comes within ``near_dist`` (stays until beyond ``far_dist``: hysteresis), or
 when the object moves, the hand is within ``coupling_dist`` and moves with it, or when it held the object
 as the motion went on and stays within ``coupling_dist`` (a grip is not let go mid-carry). Gaps up to ``max_gap``
-frames are closed and intervals shorter than ``min_interval`` frames dropped. Feet are in contact with the
+frames are closed; then each interval's first and last frames are trimmed while the hand moves against the
+object faster than ``approach_speed`` (it is still reaching for it or already leaving: a hand over the object
+in the image is not yet on it), and intervals shorter than ``min_interval`` frames dropped. Feet are in contact with the
 ground when their lowest point is within ``foot_height`` of the ground.
 """
 
@@ -43,6 +45,10 @@ class ContactParams:
     # reaching hand 10-50 cm too deep (monocular arm depth), while its image position is right. Used when
     # the camera is known (``label_contacts(..., world_to_cam=)``); 0 = plain 3D distance.
     depth_slack: float = 0.5
+    # Hand speed relative to the object (m/frame, as the image shows it) above which the first and last frames
+    # of a contact interval are the reach and the release, not contact: the hand passes over the object's image
+    # a few frames before it grips it. 0 = no trimming.
+    approach_speed: float = 0.008
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None) -> ContactParams:
@@ -182,6 +188,29 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     return [(int(s), int(e) - 1) for s, e in zip(edges[::2], edges[1::2], strict=True)]
 
 
+def trim_approach(flags: np.ndarray, leaving: np.ndarray, arriving: np.ndarray, max_speed: float) -> np.ndarray:
+    """(T,) bool contact flags -> the same with each run's leading frames removed while the hand still moves
+    against the object towards the next frame faster than ``max_speed`` (``leaving`` (T,): |r[t+1] - r[t]| of
+    the hand's position relative to the object, reaching in), and its trailing frames while it has moved since
+    the previous one (``arriving`` (T,): |r[t] - r[t-1]|, letting go).
+    Frames inside a run are kept whatever their speed (a carried object's track is noisy), and so is a run
+    that is fast throughout (the hand's track jitters: no frame tells where the reach ends)."""
+    trimmed = flags.astype(bool).copy()
+    if max_speed <= 0:
+        return trimmed
+    for start, end in _runs(trimmed):
+        first, last = start, end
+        while first <= last and leaving[first] > max_speed:
+            first += 1
+        while last >= first and arriving[last] > max_speed:
+            last -= 1
+        if first > last:
+            continue
+        trimmed[start:first] = False
+        trimmed[last + 1 : end + 1] = False
+    return trimmed
+
+
 def hold_while_moving(contact: np.ndarray, moving: np.ndarray, within_reach: np.ndarray) -> np.ndarray:
     """(T,) bool -> (T,) bool: a hand in contact stays in contact through the following frames while the
     object keeps moving and the hand stays ``within_reach`` (stage 1's arm depth can jump mid-carry; an object
@@ -242,6 +271,13 @@ def label_contacts(
     )
     object_velocity = np.gradient(obj_np.mean(axis=1), axis=0) if obj_np.shape[0] > 1 else np.zeros_like(obj_np[:, 0])
     mismatch = np.linalg.norm(hand_velocity - object_velocity[:, None, :], axis=-1)  # (T, 2)
+    # reach / release: the relative speed (central difference), and also the one-sided step into the next frame
+    # (reaching) or from the previous one (letting go): a hand that arrives fast and stops is in contact from the
+    # frame it stops at, though the central difference there still halves the arrival
+    relative = hands_np.mean(axis=2) - obj_np.mean(axis=1)[:, None, :]  # (T, 2, 3)
+    step = np.linalg.norm(np.diff(relative, axis=0), axis=-1)  # (T-1, 2)
+    leaving = np.minimum(mismatch, np.concatenate([step, np.zeros((1, 2))]))
+    arriving = np.minimum(mismatch, np.concatenate([np.zeros((1, 2)), step]))
     coupled = mismatch <= 0.5 * np.linalg.norm(object_velocity, axis=-1)[:, None] + 0.5 * params.motion_speed
 
     hands = np.zeros_like(distance, dtype=bool)
@@ -255,7 +291,10 @@ def label_contacts(
     reachable = distance.min(axis=1) <= 2 * params.coupling_dist
     hands[np.flatnonzero(orphan & reachable), closer[orphan & reachable]] = True
     for h in range(2):
-        hands[:, h] = clean_intervals(hands[:, h], params.max_gap, params.min_interval)
+        closed = clean_intervals(hands[:, h], params.max_gap, 1)
+        hands[:, h] = clean_intervals(
+            trim_approach(closed, leaving[:, h], arriving[:, h], params.approach_speed), 0, params.min_interval
+        )
 
     intervals = [
         ContactInterval(hand=HANDS[h], start=start, end=end) for h in range(2) for start, end in _runs(hands[:, h])

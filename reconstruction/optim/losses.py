@@ -329,6 +329,47 @@ def contact(
     return _masked_mean(per_hand, active & has_partner.any(-1), (-2, -1))
 
 
+def hand_grasp(
+    fingertips: torch.Tensor,
+    surface: torch.Tensor,
+    normals: torch.Tensor,
+    contact_mask: torch.Tensor,
+    tip_gap: float = 0.003,
+    max_contact_dist: float = 0.15,
+    huber_delta: float = 0.01,
+) -> torch.Tensor:
+    """hoiweb: a hand that holds the object rests its fingertips on the surface.
+
+    fingertips (..., T, 2, F, 3) tip keypoints of the left and right hand; surface (..., T, N, 3) object samples
+    with outward unit normals (..., T, N, 3); contact_mask (..., T, 2) bool. Per tip, the signed distance to
+    the tangent plane of its nearest sample is pulled to ``tip_gap`` (a keypoint sits inside the finger, just
+    under the skin) with a Huber loss (a tip that the surface curves away from pulls with a bounded force, not
+    the whole hand after it). A (frame, hand) whose nearest tip is farther than ``max_contact_dist`` from the
+    surface is skipped (the label is then more likely wrong than the hand). Mean over the tips, then over the
+    active (frame, hand) pairs."""
+    batch = fingertips.shape[:-2]  # (..., T, 2)
+    tips = fingertips.flatten(-3, -2)  # (..., T, 2F, 3)
+    with torch.no_grad():
+        dist = torch.cdist(tips, surface)  # (..., T, 2F, N)
+        closest, nearest = dist.min(-1)
+        gate = closest.reshape(*batch, -1).min(-1).values  # (..., T, 2)
+    index = nearest[..., None].expand(*nearest.shape, 3)
+    sample, normal = surface.gather(-2, index), normals.gather(-2, index)
+    along = ((tips - sample) * normal).sum(-1).reshape(*batch, -1)  # (..., T, 2, F) signed plane distance
+    per_hand = huber(along - tip_gap, huber_delta).mean(-1)
+    return _masked_mean(per_hand, contact_mask & (gate <= max_contact_dist), (-2, -1))
+
+
+def hand_pose_reg(hand_residual: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
+    """hoiweb: the fingers stay near the stage 1 fit: mean squared axis-angle residual (..., T, F, 3), plus
+    ``beta`` x its mean squared frame-to-frame change (a grip does not flicker)."""
+    total = hand_residual.square().sum(-1).mean((-2, -1))
+    if beta and hand_residual.shape[-3] >= 2:
+        change = hand_residual[..., 1:, :, :] - hand_residual[..., :-1, :, :]
+        total = total + beta * change.square().sum(-1).mean((-2, -1))
+    return total
+
+
 def contact_smoothness(hand_points_obj: torch.Tensor, contact_mask: torch.Tensor) -> torch.Tensor:
     """A held object moves rigidly with the hand: squared frame-to-frame motion of the hand's contact
     points expressed in the object's frame, (..., T, 2, H, 3), over consecutive contact frames of a hand."""

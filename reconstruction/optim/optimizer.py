@@ -5,6 +5,8 @@ Variables are residuals on top of the stage 1-3 estimates (the reference's names
 - ``human_trans_res`` (B, T, 3): per-frame root translation;
 - ``human_pose_res`` (B, T, J', 3): axis-angle added to the J' optimised body joints (``arm_only``:
   only the arm chains get gradients), fingers and face keep the stage 1 values;
+- ``human_hand_pose_res`` (B, T, F, 3): axis-angle added to the F finger joints of both hands (the body
+  model's hand joints but the metacarpals, which do not bend in a grip);
 - ``obj_t_res`` (B, T, 3) and ``obj_R_res`` (B, T, 3): object translation and rotation (axis-angle,
   left-multiplied in the world frame).
 Every stage builds one Adam optimiser over its ``opt_vars`` with per-variable learning rates; variables
@@ -26,7 +28,7 @@ import roma
 import torch
 
 from reconstruction.config import LossTermConfig, OptimizationConfig, OptStageSpec, OptVarConfig
-from reconstruction.keypoints import ALL_KEYPOINTS, NUM_BODY
+from reconstruction.keypoints import ALL_KEYPOINTS, LEFT_HAND_SLICE, NUM_BODY, RIGHT_HAND_SLICE
 from reconstruction.optim import geometry, losses
 from reconstruction.optim.body_points import PointBody
 
@@ -61,12 +63,13 @@ PENETRATION_CANDIDATES = 32  # sparse body points per frame tested for penetrati
 UNTRACKED_FRAME_WEIGHT = 0.25
 HUMAN_TERMS = {
     "keypoint_tracking", "human_smoothness", "human_pose_reg", "human_foot_contact", "ground", "contact",
-    "contact_smoothness", "penetration", "depth_pointcloud",
+    "contact_smoothness", "penetration", "depth_pointcloud", "hand_grasp",
 }  # fmt: skip
 OBJECT_TERMS = {
     "verts_tracking", "obj_smoothness", "obj_precontact_reg", "obj_still_reg", "depth_pointcloud", "contact",
-    "contact_smoothness", "penetration",
+    "contact_smoothness", "penetration", "hand_grasp",
 }  # fmt: skip
+FINGERTIPS = (4, 8, 12, 16, 20)  # thumb, index, middle, ring and pinky tips in a 21-point MediaPipe hand
 
 
 class OptimizerInputError(ValueError):
@@ -254,6 +257,16 @@ class _Batch:
         self.arm_joint_mask = torch.tensor(
             [any(m in names[j].lower() for m in ARM_MARKERS) for j in opt_joints], device=device
         )
+        # finger joints (human_hand_pose_res): both hands' joints but the metacarpals (rigid in a grip)
+        finger_joints = [
+            j
+            for j in list(body.left_hand_joints) + list(body.right_hand_joints)
+            if "metacarpal" not in names[j].lower()
+        ]
+        self.finger_joints = torch.tensor(finger_joints, dtype=torch.long, device=device)
+        self.fingertip_keypoints = torch.tensor(
+            [[hand.start + tip for tip in FINGERTIPS] for hand in (LEFT_HAND_SLICE, RIGHT_HAND_SLICE)], device=device
+        )  # (2, 5)
 
         # depth observations, per instance, in the world frame. A depth backend that knows only the
         # background (``static``: the render's frame-0 depth with human and object pixels unknown) gives no
@@ -339,7 +352,7 @@ class HOIOptimizer:
             "human_trans_global": (B, 1, 3),
             "human_trans_res": (B, T, 3),
             "human_pose_res": (B, T, J, 3),
-            "human_hand_pose_res": (B, T, 1, 3),  # reserved name: accepted, not used by the forward model
+            "human_hand_pose_res": (B, T, batch.finger_joints.shape[0], 3),
             "obj_t_res": (B, T, 3),
             "obj_R_res": (B, T, 3),
         }
@@ -349,6 +362,7 @@ class HOIOptimizer:
         B, T = batch.pose_init.shape[:2]
         pose = batch.pose_init.clone()
         pose[:, :, batch.opt_joints] = pose[:, :, batch.opt_joints] + var["human_pose_res"]
+        pose[:, :, batch.finger_joints] = pose[:, :, batch.finger_joints] + var["human_hand_pose_res"]
         trans = batch.trans_init + var["human_trans_global"] + var["human_trans_res"]
         if batch.one_shape:
             posed = [batch.point_bodies[0](pose.reshape(B * T, *pose.shape[2:]), trans.reshape(B * T, 3))]
@@ -757,6 +771,18 @@ def _t_contact(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
     )
 
 
+def _t_hand_grasp(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
+    tips = ctx.human["keypoints"][:, :, ctx.batch.fingertip_keypoints]  # (B, T, 2, 5, 3) world
+    return losses.hand_grasp(
+        tips, ctx.object_points(), ctx.object_normals(), _contact_mask(ctx, cfg), tip_gap=cfg.tip_gap,
+        max_contact_dist=cfg.max_contact_dist, huber_delta=cfg.huber_delta,
+    )  # fmt: skip
+
+
+def _t_hand_pose_reg(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
+    return losses.hand_pose_reg(ctx.var["human_hand_pose_res"], 0.0 if cfg.beta is None else cfg.beta)
+
+
 def _t_contact_smoothness(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
     R, t = ctx.obj["R"], ctx.obj["t"]
     hands = ctx.human["hands"][:, :, :, ctx.batch.rigid_hand_points] - t[:, :, None, None, :]
@@ -794,4 +820,6 @@ TERM_FUNCTIONS: dict[str, Callable[[_TermContext, LossTermConfig], torch.Tensor]
     "contact": _t_contact,
     "contact_smoothness": _t_contact_smoothness,
     "penetration": _t_penetration,
+    "hand_grasp": _t_hand_grasp,
+    "hand_pose_reg": _t_hand_pose_reg,
 }
