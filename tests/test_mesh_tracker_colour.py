@@ -32,6 +32,20 @@ def _striped_cylinder() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return vertices, faces, colours
 
 
+def _render_object(
+    vertices: np.ndarray, faces: np.ndarray, colours: np.ndarray, poses: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """K, RGB frames (T,H,W,3) uint8 and object masks of the mesh at each camera-frame pose (T,4,4)."""
+    K = np.array([[400.0, 0, SIZE[1] / 2], [0, 400.0, SIZE[0] / 2], [0, 0, 1]])
+    posed = np.einsum("tij,vj->tvi", poses[:, :3, :3], vertices) + poses[:, None, :3, 3]
+    out = render(
+        [Mesh(torch.tensor(posed, dtype=torch.float32), faces, torch.tensor(colours, dtype=torch.float32), 2,
+              smooth=False)],
+        K, np.eye(4), SIZE, background=(0.6, 0.65, 0.7),
+    )  # fmt: skip
+    return K, (out.rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), (out.instance == 2).numpy()
+
+
 def _scene():
     vertices, faces, colours = _striped_cylinder()
     t = np.arange(FRAMES)
@@ -41,15 +55,7 @@ def _scene():
     poses = np.tile(np.eye(4), (FRAMES, 1, 1))
     poses[:, :3, :3] = upright @ turn.numpy()
     poses[:, :3, 3] = np.stack([0.01 * t, 0.004 * t, 0.8 + 0.0 * t], axis=1)
-    K = np.array([[400.0, 0, SIZE[1] / 2], [0, 400.0, SIZE[0] / 2], [0, 0, 1]])
-    posed = np.einsum("tij,vj->tvi", poses[:, :3, :3], vertices) + poses[:, None, :3, 3]
-    out = render(
-        [Mesh(torch.tensor(posed, dtype=torch.float32), faces, torch.tensor(colours, dtype=torch.float32), 2,
-              smooth=False)],
-        K, np.eye(4), SIZE, background=(0.6, 0.65, 0.7),
-    )  # fmt: skip
-    images = (out.rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    masks = (out.instance == 2).numpy()
+    K, images, masks = _render_object(vertices, faces, colours, poses)
     return vertices, faces, poses, K, images, masks
 
 

@@ -14,8 +14,7 @@ import roma
 import torch
 
 from reconstruction.backends import mesh_tracker
-from reconstruction.render import Mesh, render
-from tests.test_mesh_tracker_colour import _striped_cylinder
+from tests.test_mesh_tracker_colour import _render_object, _striped_cylinder
 
 PREFIX, HELD, REST = 3, 8, 5
 SIZE = (240, 320)
@@ -35,15 +34,7 @@ def _scene():
     poses = np.tile(np.eye(4), (num, 1, 1))
     poses[:, :3, :3] = UPRIGHT @ turn.numpy()
     poses[:, :3, 3] = np.stack([0.06 * t, 0.08 - 0.05 * carry, 0.8 - 0.05 * carry], axis=1)
-    K = np.array([[400.0, 0, SIZE[1] / 2], [0, 400.0, SIZE[0] / 2], [0, 0, 1]])
-    posed = np.einsum("tij,vj->tvi", poses[:, :3, :3], vertices) + poses[:, None, :3, 3]
-    out = render(
-        [Mesh(torch.tensor(posed, dtype=torch.float32), faces, torch.tensor(colours, dtype=torch.float32), 2,
-              smooth=False)],
-        K, np.eye(4), SIZE, background=(0.6, 0.65, 0.7),
-    )  # fmt: skip
-    images = (out.rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    masks = (out.instance == 2).numpy()
+    K, images, masks = _render_object(vertices, faces, colours, poses)
     lowest = (vertices @ poses[0, :3, :3].T + poses[0, :3, 3]) @ NORMAL
     anchors = mesh_tracker.Anchors(
         static_prefix=PREFIX, rest_suffix=REST, plane_normal=NORMAL, plane_offset=-float(lowest.min())
