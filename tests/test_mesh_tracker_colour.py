@@ -80,11 +80,17 @@ def test_colour_term_follows_a_turn_the_silhouette_cannot_see():
 
 def test_colour_evidence_is_a_crop_around_the_object():
     _, _, _, _, images, masks = _scene()
-    lab, gradient, (left, top) = mesh_tracker.colour_evidence(images, masks, mesh_tracker.TrackerConfig(), "cpu")
+    humans = np.zeros_like(masks)
+    evidence = mesh_tracker.EvidenceSource(masks, humans, None, mesh_tracker.TrackerConfig(), "cpu", images=images)
+    taken = evidence.take(slice(None))
+    lab, gradient, (left, top) = taken.colour, taken.colour_gradient, taken.colour_origin
     ys, xs = np.nonzero(masks.any(0))
     assert left <= xs.min() and top <= ys.min()
     assert left + lab.shape[-1] > xs.max() and top + lab.shape[-2] > ys.max()
     assert lab.shape[-2] * lab.shape[-1] < 0.5 * SIZE[0] * SIZE[1]
-    assert gradient.shape == (FRAMES, 6, *lab.shape[-2:])
+    assert lab.shape == (FRAMES, 3, *lab.shape[-2:]) and gradient.shape == (FRAMES, 6, *lab.shape[-2:])
     # Frames that do not match the masks: no colour evidence, no failure.
-    assert mesh_tracker.colour_evidence(images[:, :-1], masks, mesh_tracker.TrackerConfig(), "cpu") is None
+    mismatched = mesh_tracker.EvidenceSource(
+        masks, humans, None, mesh_tracker.TrackerConfig(), "cpu", images=images[:, :-1]
+    )
+    assert not mismatched.has_colour and mismatched.take(slice(None)).colour is None

@@ -155,7 +155,7 @@ class FrameEvidence:
     object_masks: torch.Tensor  # (T,1,H,W) float
     depth: torch.Tensor | None  # (T,1,H,W) metres, 0 = unknown
     has_object: torch.Tensor  # (T,) bool, object mask non-empty
-    # With the video frames: blurred colour images (``colour_evidence``) in a crop around every frame's
+    # With the video frames: blurred colour images (``_colour_arrays``) in a crop around every frame's
     # object mask (float32).
     colour: torch.Tensor | None = None  # (T,3,h,w)
     colour_gradient: torch.Tensor | None = None  # (T,6,h,w): d/dx of the 3 channels, then d/dy
@@ -165,7 +165,7 @@ class FrameEvidence:
 
 @dataclass
 class Appearance:
-    """Model-frame surface points with the colour (``colour_evidence``) they showed at a known pose."""
+    """Model-frame surface points with the colour (``_colour_arrays``) they showed at a known pose."""
 
     points: torch.Tensor  # (N,3)
     colours: torch.Tensor  # (N,3)
@@ -200,21 +200,6 @@ def _colour_arrays(
     lab = lab.transpose(0, 3, 1, 2)  # (T,3,h,w)
     d_dy, d_dx = np.gradient(lab, axis=(2, 3))
     return np.ascontiguousarray(lab, dtype=np.float32), np.concatenate([d_dx, d_dy], axis=1).astype(np.float32)
-
-
-def colour_evidence(
-    images: np.ndarray, object_masks: np.ndarray, config: TrackerConfig, device: str, margin_px: int = 24
-) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]] | None:
-    """Blurred colour images and their gradients (``_colour_arrays``) in the box around all frames' object
-    masks (``colour_box``): (T,3,h,w), (T,6,h,w) float32 and the box's (left, top)."""
-    if images.shape[:3] != object_masks.shape or images.ndim != 4 or images.shape[3] != 3:
-        logger.warning("video frames %s do not match the masks %s: no colour term", images.shape, object_masks.shape)
-        return None
-    box = colour_box(object_masks, margin_px)
-    if box is None:
-        return None
-    lab, gradient = _colour_arrays(images, box, config)
-    return torch.from_numpy(lab).to(device), torch.from_numpy(gradient).to(device), box[:2]
 
 
 class EvidenceSource:
@@ -354,22 +339,6 @@ class EvidenceSource:
     def kept_bytes(self) -> int:
         """Bytes kept for every frame of the video (the outline samples)."""
         return self.contour_pixels.nbytes + self.contour_valid.nbytes + self.has_object.nbytes
-
-
-def frame_evidence(
-    object_masks: np.ndarray,
-    human_masks: np.ndarray,
-    depth: np.ndarray | None,
-    config: TrackerConfig,
-    device: str,
-    dtype: torch.dtype = torch.float32,
-    images: np.ndarray | None = None,
-) -> FrameEvidence:
-    """Distance transforms and outline samples of every frame at once (``EvidenceSource``, all frames
-    in one window); with the video's RGB frames ``images`` (T,H,W,3 uint8) also their colour."""
-    config = replace(config, evidence_cache_frames=max(config.evidence_cache_frames, object_masks.shape[0]))
-    source = EvidenceSource(object_masks, human_masks, depth, config, device, dtype, images)
-    return source.take(slice(None))
 
 
 # ---- geometry -------------------------------------------------------------------------------------
