@@ -49,6 +49,9 @@ LIMB_RADII = (0.04, 0.04, 0.03, 0.03)
 # The torso's image region reaches this many hip-to-shoulder half-heights from its centre: the pelvis extends
 # below the hip joint centres (anny: its front is still ~10 cm ahead of the hips at 1.2).
 TORSO_HALF_HEIGHT_SCALE = 1.2
+# Arm joints (anny bone labels, SMPL-X joint names) by side; LIMB_POINTS' columns of each arm (elbow, wrist).
+ARM_JOINTS = re.compile(r"clavicle|shoulder|upperarm|lowerarm|wrist|collar|elbow", re.I)
+ARM_SIDES = {"left": (re.compile(r"\.L$|^left_"), (0, 2)), "right": (re.compile(r"\.R$|^right_"), (1, 3))}
 # The lowest of these stays on the floor.
 FOOT_POINTS = [
     index(n)
@@ -104,6 +107,17 @@ class FitSettings:
     # (height of the lowest foot point above frame 0's floor)^2 in m^2: one foot stays on the floor
     # (standing, stepping, walking; not jumping or climbing).
     w_floor: float = 10000.0
+    # Last phase (iterations; 0 = off): the torso-occlusion cue carried through time. An arm's fitted pose in
+    # frames where its elbow or wrist is seen over the torso (over_torso >= ``anchor_over_torso``) is known
+    # to be in front; elsewhere the frame-0 pose prior pulled it back to frame 0's arms (box: the right arm
+    # beside the torso after frame 33 flipped behind it, upper arm +0.10 m deep where the truth is -0.15 m;
+    # the 2D fits both and the flip scored lower, its prior cost 58 less). This phase re-centres each arm's
+    # prior on its fitted pose at those frames, linearly between them in time (from frame 0's pose before the
+    # first) and held after the last. 60-frame videos seed 0 box / bottle / drill / mug, seed 1 box / drill:
+    # MPJPE 5.42 / 2.90 / 3.55 / 2.73, 4.37 / 5.02 cm -> 4.53 / 2.90 / 3.07 / 2.38, 3.91 / 4.35; 200 more
+    # iterations without re-centring: 5.40 (box), 3.53 (drill).
+    iterations_anchored: int = 200
+    anchor_over_torso: float = 0.1
 
 
 @dataclass
@@ -237,6 +251,57 @@ def torso_penetration(keypoints: torch.Tensor, extent: TorsoExtent, over_torso: 
     return (over_torso * hidden.clamp(min=0) ** 2).sum(1)
 
 
+def arm_joint_columns(joint_names: list[str], joints: list[int]) -> dict[str, list[int]]:
+    """Positions in ``joints`` (the fitted joints) of each side's arm joints, clavicle to wrist."""
+    columns: dict[str, list[int]] = {}
+    for side, (pattern, _) in ARM_SIDES.items():
+        columns[side] = [
+            k
+            for k, j in enumerate(joints)
+            if ARM_JOINTS.search(joint_names[j])
+            and not FINGER_JOINTS.search(joint_names[j])
+            and pattern.search(joint_names[j])
+        ]
+    return columns
+
+
+def anchored_prior(
+    residual: torch.Tensor, over_torso: torch.Tensor, arm_columns: dict[str, list[int]], threshold: float
+) -> torch.Tensor | None:
+    """(T, n, 3) pose-prior centre (residual from frame 0's pose) that keeps each arm where the torso-occlusion
+    cue put it, or None when no arm is anchored anywhere.
+
+    ``residual`` (T, n, 3): the fitted pose residuals; ``over_torso`` (T, 4): ``over_torso_2d``. Anchors of an
+    arm: frame 0 (residual 0: its pose is given) and the frames where its elbow or wrist is seen over the
+    torso at least ``threshold``, taking the fitted residual there. Between anchors the centre is
+    interpolated linearly in time; after the last one it is held. Non-arm joints keep 0 (frame 0's pose).
+    """
+    num_frames = residual.shape[0]
+    centre = torch.zeros_like(residual)
+    anchored_any = False
+    frames = torch.arange(num_frames, device=residual.device)
+    for side, (_, slots) in ARM_SIDES.items():
+        cols = arm_columns.get(side) or []
+        if not cols:
+            continue
+        seen = over_torso[:, list(slots)].max(dim=1).values >= threshold
+        seen[0] = True
+        anchors = torch.nonzero(seen).squeeze(1)
+        if len(anchors) == 1:
+            continue
+        anchored_any = True
+        values = residual[anchors][:, cols].clone()
+        values[0] = 0.0  # frame 0: the given pose
+        after = torch.searchsorted(anchors, frames, right=False).clamp(max=len(anchors) - 1)  # first anchor >= t
+        before = (after - (anchors[after] > frames).long()).clamp(min=0)  # last anchor <= t
+        span = (anchors[after] - anchors[before]).clamp(min=1).to(residual.dtype)
+        u = ((frames - anchors[before]).to(residual.dtype) / span).clamp(0, 1)
+        u = torch.where(frames > anchors[-1], torch.zeros_like(u), u)  # held after the last anchor
+        interpolated = (1 - u)[:, None, None] * values[before] + u[:, None, None] * values[after]
+        centre[:, cols] = interpolated
+    return centre if anchored_any else None
+
+
 def initial_translations(
     model: BodyModel,
     pose_aa: torch.Tensor,
@@ -283,12 +348,15 @@ def fit_body(
     check_cancelled: Callable[[], None] | None = None,
     body_3d: torch.Tensor | None = None,
     up: torch.Tensor | None = None,
+    start: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> BodyFitResult:
     """Fit all frames of ``keypoints_2d`` (T,75,3) given frame 0's pose (J,3) and translation (3,), camera frame.
 
     ``body_3d`` (T,33,4): optional metric hip-centred 3D body landmarks + visibility (MediaPipe's), used
     for the limbs' relative depth. ``up`` (3,): the world's up direction in the camera frame (the floor's
-    normal; frame 0 stands on the floor), else the body's up axis at frame 0.
+    normal; frame 0 stands on the floor), else the body's up axis at frame 0. ``start``: a camera-frame
+    pose (T,J,3) and translation (T,3) to start from instead of frame 0's (with no iterations, ``losses``
+    then scores that motion under this objective).
     """
     settings = settings or FitSettings()
     device, dtype = keypoints_2d.device, keypoints_2d.dtype
@@ -305,7 +373,17 @@ def fit_body(
     root_residual = torch.zeros(num_frames, 3, device=device, dtype=dtype, requires_grad=True)
     pose_residual = torch.zeros(num_frames, len(joints), 3, device=device, dtype=dtype, requires_grad=True)
     trans_start = initial_translations(model, init_pose, shape, init_trans, keypoints_2d, weights, K)
+    if start is not None:
+        start_pose, start_trans = (v.to(device=device, dtype=dtype) for v in start)
+        with torch.no_grad():
+            root_residual.copy_(
+                roma.rotmat_to_rotvec(roma.rotvec_to_rotmat(start_pose[:, 0]) @ root_rot0.transpose(1, 2))
+            )
+            pose_residual.copy_(start_pose[:, joints] - init_pose[:, joints])
+        trans_start = start_trans
     trans = trans_start.clone().requires_grad_(True)
+    # Centre of the pose prior (residual from frame 0's pose); moved to the anchored poses for the last phase.
+    prior_offset = torch.zeros_like(pose_residual)
 
     def full_pose() -> torch.Tensor:
         pose = init_pose.clone()
@@ -343,7 +421,7 @@ def fit_body(
             "reprojection": settings.w_reprojection * (use_weights * robust).sum() / use_weights.sum().clamp(min=1e-6)
         }
         local = pose[:, joints]
-        terms["pose_prior"] = settings.w_pose_prior * (pose_residual**2).sum((1, 2)).mean()
+        terms["pose_prior"] = settings.w_pose_prior * ((pose_residual - prior_offset) ** 2).sum((1, 2)).mean()
         first = (
             (pose_residual[0] ** 2).sum() + (root_residual[0] ** 2).sum() + ((trans[0] - init_trans) ** 2).sum() * 100
         )
@@ -390,16 +468,24 @@ def fit_body(
         return sum(terms.values()), terms, output.keypoints
 
     history: list[float] = []
-    total_iterations = settings.iterations_global + settings.iterations
+    anchored = settings.iterations_anchored if settings.w_torso_penetration > 0 else 0
+    total_iterations = settings.iterations_global + settings.iterations + anchored
     phases = [
         (settings.iterations_global, [root_residual, trans], torso_only if bool((torso_only > 0).any()) else weights),
         (settings.iterations, [root_residual, trans, pose_residual], weights),
+        (anchored, [root_residual, trans, pose_residual], weights),
     ]
     done = 0
     terms: dict[str, torch.Tensor] = {}
-    for iterations, variables, use_weights in phases:
+    for phase, (iterations, variables, use_weights) in enumerate(phases):
         if iterations <= 0:
             continue
+        if phase == 2:
+            columns = arm_joint_columns(model.joint_names, joints.tolist())
+            centre = anchored_prior(pose_residual.detach(), over_torso, columns, settings.anchor_over_torso)
+            if centre is None:
+                continue
+            prior_offset = centre
         groups = [{"params": [v], "lr": settings.lr_trans if v is trans else settings.lr_pose} for v in variables]
         optimizer = torch.optim.Adam(groups)
         for _ in range(iterations):
@@ -416,6 +502,7 @@ def fit_body(
                     progress(done / total_iterations)
 
     with torch.no_grad():
+        _, terms, _ = losses(weights)
         pose = full_pose()
         output = model.forward(pose, shape.expand(num_frames, -1), trans)
         error = (project(output.keypoints, K) - keypoints_2d[..., :2]).norm(dim=-1)
