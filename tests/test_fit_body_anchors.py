@@ -91,3 +91,19 @@ def test_arm_held_in_front_does_not_flip_behind(box_scene):
     without, with_anchors = arm_error(0), arm_error(FitSettings().iterations_anchored)
     assert without > 0.10  # the flip this phase is for
     assert with_anchors < 0.65 * without  # 14.8 -> 7.8 cm when written
+
+
+def test_start_scores_a_given_motion(box_scene):
+    """With no iterations, ``start`` returns that motion as it is and ``losses`` scores it (how the flip was
+    found to be the objective's minimum, not a local one)."""
+    s = box_scene
+    scene = s["scene"]
+    world_to_cam = torch.as_tensor(scene.world_to_cam[0], dtype=torch.float32)
+    pose, trans = transform_body(s["body"], scene.pose_aa, scene.shape, scene.trans, world_to_cam)
+    scored = fit_body(
+        s["body"], s["keypoints_2d"], s["K"], s["pose0"], s["trans0"], scene.shape,
+        FitSettings(iterations_global=0, iterations=0, iterations_anchored=0), up=s["up"], start=(pose, trans),
+    )  # fmt: skip
+    assert float((scored.keypoints_3d[:, :33] - s["points"][:, :33]).norm(dim=-1).max()) < 1e-3
+    assert scored.losses["reprojection"] < 0.1  # px^2: the 2D are the truth's projections
+    assert scored.losses["pose_prior"] > 0  # the truth moves away from frame 0's pose

@@ -12,8 +12,10 @@ spine's) + floor (the lowest foot point stays at frame 0's floor height) + torso
 detected over the torso in the image lies on the camera's side of it: 2D alone leaves a limb's depth free and
 the prior keeps arms by the sides).
 
-Two phases: root rotation and translation alone on the torso keypoints (gets the body to where it is in
-every frame), then everything.
+Three phases: root rotation and translation alone on the torso keypoints (gets the body to where it is in
+every frame), then everything, then everything again with each arm's pose prior re-centred on its fitted pose
+in the frames where the torso-occlusion term placed it (carries that cue to the frames where the arm is beside
+the torso, which the frame-0 prior would otherwise flip behind it; ``anchored_prior``).
 """
 
 from __future__ import annotations
@@ -355,7 +357,7 @@ def fit_body(
     ``body_3d`` (T,33,4): optional metric hip-centred 3D body landmarks + visibility (MediaPipe's), used
     for the limbs' relative depth. ``up`` (3,): the world's up direction in the camera frame (the floor's
     normal; frame 0 stands on the floor), else the body's up axis at frame 0. ``start``: a camera-frame
-    pose (T,J,3) and translation (T,3) to start from instead of frame 0's (with no iterations, ``losses``
+    pose (T,J,3) and translation (T,3) to start from instead of frame 0's (with all iterations 0, ``losses``
     then scores that motion under this objective).
     """
     settings = settings or FitSettings()
