@@ -116,9 +116,9 @@ class FitSettings:
     # the 2D fits both and the flip scored lower, its prior cost 58 less). This phase re-centres each arm's
     # prior on its fitted pose at those frames, linearly between them in time (from frame 0's pose before the
     # first) and held after the last. 60-frame videos seed 0 box / bottle / drill / mug, seed 1 box / drill:
-    # MPJPE 5.42 / 2.90 / 3.55 / 2.73, 4.37 / 5.02 cm -> 4.53 / 2.90 / 3.07 / 2.38, 3.91 / 4.35; 200 more
-    # iterations without re-centring: 5.40 (box), 3.53 (drill).
-    iterations_anchored: int = 200
+    # MPJPE 5.42 / 2.90 / 3.55 / 2.73, 4.37 / 5.02 cm -> 4.52 / 2.90 / 3.09 / 2.38, 3.91 / 4.37 (200
+    # iterations: within 0.02 cm); 200 more iterations without re-centring: 5.40 (box), 3.53 (drill).
+    iterations_anchored: int = 100
     anchor_over_torso: float = 0.1
 
 
