@@ -502,3 +502,47 @@ def test_classical_mask_settings_come_from_the_config_and_a_typo_is_named():
         ConfigError, match=r"preprocess\.classical\.diff_treshold: unknown key; did you mean 'diff_threshold'"
     ):
         load_config().merge({"preprocess": {"classical": {"diff_treshold": 9.0}}})
+
+
+def _hand_over_legs_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A still person (skin-coloured face, red shirt, dark-blue trousers) in front of a wall of random tiles
+    above a wooden floor; from frame 1 a skin-coloured hand slides down over the trousers. The background
+    behind the person is never seen, and skin is nearer the floor's colour than anything the person showed at
+    frame 0 but the small face."""
+    height, width, frames = 60, 80, 8
+    shirt, trousers, skin, floor = (200, 60, 60), (30, 30, 90), (190, 140, 110), (170, 120, 95)
+    tiles = np.random.default_rng(0).integers(0, 256, (height // 4, width // 4, 3), dtype=np.uint8)
+    wall = np.repeat(np.repeat(tiles, 4, axis=0), 4, axis=1)
+    video = np.repeat(wall[None], frames, axis=0).astype(np.float32)
+    video[:, 40:60, :] = floor
+    video[:, 2:8, 31:39] = skin
+    video[:, 8:25, 28:42] = shirt
+    video[:, 25:55, 28:42] = trousers
+    person = np.zeros((height, width), dtype=bool)
+    person[2:8, 31:39] = True
+    person[8:55, 28:42] = True
+    hand = np.zeros((frames, height, width), dtype=bool)
+    for t in range(1, frames):
+        hand[t, 26 + 2 * t : 34 + 2 * t, 30:38] = True
+    video[hand] = skin
+    video[:, 10:16, 60:70] = (30, 60, 200)  # a still blue block
+    first_object = np.zeros_like(person)
+    first_object[10:16, 60:70] = True
+    noisy = video + np.random.default_rng(1).normal(0.0, 1.0, video.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8), first_object, person, hand
+
+
+def test_hand_moving_over_the_person_stays_foreground_where_the_background_is_unknown():
+    from reconstruction.backends.classical_masks import ClassicalMaskConfig, track_masks
+
+    video, first_object, person, hand = _hand_over_legs_scene()
+    track = track_masks(video, first_object, person, ClassicalMaskConfig(use_selfie=False))
+    for t in range(1, len(video)):
+        assert track.human_masks[t][hand[t]].mean() > 0.95, t
+        assert (track.human_masks[t] & person).sum() / (track.human_masks[t] | person).sum() > 0.98, t
+        assert not track.object_masks[t][hand[t]].any()
+    # Without the carried foreground the hand's skin reads as the floor: a hole in the person.
+    without = track_masks(
+        video, first_object, person, ClassicalMaskConfig(use_selfie=False, keep_foreground_margin=None)
+    )
+    assert max(without.human_masks[t][hand[t]].mean() for t in range(1, len(video))) < 0.2
