@@ -47,7 +47,7 @@ ARM_MARKERS = ("clavicle", "shoulder", "upperarm", "lowerarm", "wrist", "_should
 FOOT_KEYPOINTS = ("left_ankle", "left_heel", "left_foot_index", "right_ankle", "right_heel", "right_foot_index")
 HAND_POINTS_PER_HAND = 400  # hand vertices posed per hand (anny: ~1,600; ~1 cm spacing)
 GRAPH_WARMUP_ITERS = 3  # eager iterations before an optimiser stage is captured in a CUDA graph
-CONTACT_POINTS_PER_HAND = 48  # of those, the ones nearest the object take part in contact / penetration
+CONTACT_POINTS_PER_HAND = 48  # of those, the ones nearest the object take part in contact (penetration: all)
 RIGID_POINTS_PER_HAND = 32  # fixed evenly spread subset for contact_smoothness (same points every frame)
 BODY_POINTS = 600  # sparse body cover for depth and penetration
 BACK_FACE_COS = 0.5  # contact partners: surfaces facing the camera or up to 30 deg past grazing
@@ -755,7 +755,7 @@ def _hand_points_near_object(ctx: _TermContext, count: int) -> torch.Tensor:
     a dense patch where the hand can touch, instead of a sparse cover of the whole hand. (Closest to the
     surface, not to the object's origin: a mesh's origin is often its base, and a hand gripping a bottle's
     neck then offered its lowest points, not those inside the bottle.)"""
-    if count in ctx.hand_patches:  # contact and penetration share one iteration's patch
+    if count in ctx.hand_patches:  # one patch per iteration and count
         return ctx.hand_patches[count]
     hands = ctx.human["hands"]
     batch, frames, num_hands, num_points, _ = hands.shape
