@@ -190,7 +190,7 @@ def mesh_sdf_grid(
     than ``min_cell`` metres. The sign is the generalised winding number's (robust where parts overlap or a
     surface is concave, where tangent planes of nearby samples disagree); the magnitude is the distance to the
     nearest of ``distance_samples`` area-uniform surface samples (exact to about half their spacing: 1-2 mm).
-    Built once per object: ~0.5-1 s on one CPU core for a few thousand triangles."""
+    Built once per object: ~1 s on one CPU core for a few thousand triangles."""
     vertices = vertices.float()
     low, high = vertices.amin(0), vertices.amax(0)
     extent = (high - low).clamp_min(1e-4)

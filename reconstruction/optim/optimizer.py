@@ -18,8 +18,10 @@ The world is the render's metric Z-up world; the camera is OpenCV (``world_to_ca
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,6 +135,26 @@ class OptimizationResult:
     seconds: float
     init_losses: dict[str, float] = field(default_factory=dict)
     final_losses: dict[str, float] = field(default_factory=dict)
+
+
+_SDF_GRID_CACHE: OrderedDict[str, geometry.SDFGrid] = OrderedDict()
+SDF_GRID_CACHE_SIZE = 8
+
+
+def _object_sdf_grid(vertices: torch.Tensor, faces: torch.Tensor) -> geometry.SDFGrid:
+    """hoiweb: ``geometry.mesh_sdf_grid`` of an object mesh (on the CPU), cached by the mesh's content: a stage-4 run
+    builds its batch twice (optimisation, then ``evaluate`` of the result), ~1 s per build."""
+    vertices = torch.as_tensor(vertices).detach().cpu().float().contiguous()
+    faces = torch.as_tensor(faces).detach().cpu().long().contiguous()
+    key = hashlib.sha1(vertices.numpy().tobytes() + faces.numpy().tobytes()).hexdigest()
+    if key in _SDF_GRID_CACHE:
+        _SDF_GRID_CACHE.move_to_end(key)
+        return _SDF_GRID_CACHE[key]
+    grid = geometry.mesh_sdf_grid(vertices, faces)
+    _SDF_GRID_CACHE[key] = grid
+    while len(_SDF_GRID_CACHE) > SDF_GRID_CACHE_SIZE:
+        _SDF_GRID_CACHE.popitem(last=False)
+    return grid
 
 
 class _Batch:
@@ -298,12 +320,7 @@ class _Batch:
         """hoiweb: each object's signed distance on a grid in its model frame (penetration): ``sdf_values``
         (B, X, Y, Z), padded to the batch's largest grid with the outside border value, ``sdf_origin`` (B, 3),
         ``sdf_cell`` (B,)."""
-        grids = [
-            geometry.mesh_sdf_grid(
-                torch.as_tensor(v.object_vertices).cpu(), torch.as_tensor(v.object_faces).long().cpu()
-            )
-            for v in videos
-        ]
+        grids = [_object_sdf_grid(v.object_vertices, v.object_faces) for v in videos]
         size = [max(g.values.shape[i] for g in grids) for i in range(3)]
         padded = []
         for g in grids:
@@ -815,7 +832,7 @@ def _t_penetration(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
     # hand points nearest 128 sparse samples, the 32 body points nearest the object's origin) against an
     # SDF from 512 samples missed most of what the evaluation finds inside: palm and thumb points farther
     # from a sparse sample than points outside, a forearm along a box, a thumb under a bottle's shoulder
-    # (samples of the neck's inner cap said "outside").
+    # (the nearest samples, on the neck's wall inside the body, said "outside").
     batch = ctx.batch
     points = torch.cat([ctx.human["hands"].flatten(2, 3), ctx.human["body_points"]], dim=2)  # (B, T, P, 3)
     local = (points - ctx.obj["t"][:, :, None, :]) @ ctx.obj["R"]  # R^T (x - t) for row vectors
