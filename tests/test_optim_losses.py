@@ -225,6 +225,75 @@ def test_signed_distance_and_penetration():
     assert inside.grad[0, 0, 2] < 0  # descent pushes the point out through the nearest surface (+z)
 
 
+def _bottle_mesh():
+    """A bottle as the synthetic objects are built: a union of closed parts, the neck's cylinder starting inside
+    the body's (its wall and bottom cap inside the body are faces of the mesh too)."""
+    import trimesh
+
+    body = trimesh.creation.cylinder(radius=0.04, height=0.2, sections=32)
+    body.apply_translation([0.0, 0.0, 0.1])
+    neck = trimesh.creation.cylinder(radius=0.015, height=0.16, sections=32)
+    neck.apply_translation([0.0, 0.0, 0.22])  # z 0.14-0.30: its lowest 6 cm lie inside the body
+    mesh = trimesh.util.concatenate([body, neck])
+    return torch.as_tensor(mesh.vertices, dtype=torch.float32), torch.as_tensor(mesh.faces, dtype=torch.long)
+
+
+def test_grid_sdf_finds_a_thumb_under_the_bottle_shoulder_that_the_sample_sdf_calls_outside():
+    vertices, faces = _bottle_mesh()
+    # 1 cm under the body's top, beside the neck: inside the bottle (the top cap is the nearest surface)
+    thumb = torch.tensor([[0.026, 0.0, 0.19]])
+    samples, normals = geometry.sample_surface(vertices, faces, 1000, seed=0)
+    old = losses.signed_distance(thumb, samples[:512], geometry.outward_normals(samples, normals)[:512])
+    assert old.item() > 0  # the neck's inner wall, 1 cm away, faces the point: judged outside, never pushed
+    grid = geometry.mesh_sdf_grid(vertices, faces)
+    assert grid.cell <= 0.0045
+
+    def lookup(p: torch.Tensor) -> torch.Tensor:
+        return losses.grid_signed_distance(p[None], grid.values[None], grid.origin[None], torch.tensor([grid.cell]))[0]
+
+    point = thumb.clone().requires_grad_(True)
+    sdf = lookup(point)
+    assert sdf.item() == pytest.approx(-0.01, abs=0.002)
+    losses.penetration_depth(sdf[None]).backward()
+    assert point.grad[0, 2] < 0 and point.grad[0, 2].abs() > 5 * point.grad[0, :2].norm()  # out through the top
+    # just outside, inside the neck, in the body's middle (4 cm from any outer face), beyond the grid (outside)
+    probes = torch.tensor([[0.043, 0.0, 0.1], [0.0, 0.0, 0.25], [0.0, 0.0, 0.1], [1.0, 1.0, 1.0]])
+    values = lookup(probes)
+    assert values[0].item() == pytest.approx(0.003, abs=0.0015)
+    assert values[1].item() == pytest.approx(-0.015, abs=0.004)  # on the medial axis: smoothed by ~a cell
+    assert values[2].item() == pytest.approx(-0.04, abs=0.004)
+    assert values[3].item() > 0
+
+
+def test_grid_sdf_pushes_a_point_under_a_face_out_along_its_normal_between_sparse_samples():
+    import trimesh
+
+    mesh = trimesh.creation.box(extents=[0.35, 0.25, 0.2])
+    vertices, faces = torch.as_tensor(mesh.vertices, dtype=torch.float32), torch.as_tensor(mesh.faces)
+    grid = geometry.mesh_sdf_grid(vertices, faces)
+    palm = torch.tensor([[0.03, 0.02, 0.092]], requires_grad=True)  # 8 mm under the top face
+    sdf = losses.grid_signed_distance(palm[None], grid.values[None], grid.origin[None], torch.tensor([grid.cell]))[0]
+    assert sdf.item() == pytest.approx(-0.008, abs=0.0015)
+    losses.penetration_depth(sdf[None]).backward()
+    assert palm.grad[0, 2] < 0 and palm.grad[0, :2].norm() < 0.1 * palm.grad[0, 2].abs()
+    # the sample SDF: its magnitude is the distance to the nearest of 512 samples (~2.8 cm apart on this box),
+    # and its gradient points at that sample, mostly sideways
+    samples, normals = geometry.sample_surface(vertices, faces, 512, seed=0)
+    point = palm.detach().clone().requires_grad_(True)
+    losses.penetration(point[None], samples[None], normals[None]).backward()
+    assert point.grad[0, :2].norm() > 0.3 * point.grad[0, 2].abs()
+
+
+def test_winding_number_matches_the_evaluation():
+    from reconstruction.eval.geometry import winding_number
+
+    vertices, faces = _bottle_mesh()
+    points = torch.rand(300, 3) * torch.tensor([0.1, 0.1, 0.32]) - torch.tensor([0.05, 0.05, 0.01])
+    assert torch.allclose(
+        geometry.winding_number(points, vertices, faces), winding_number(points, vertices, faces), atol=1e-4
+    )
+
+
 def test_huber():
     r = torch.tensor([0.0, 0.005, -0.02])
     assert torch.allclose(losses.huber(r, 0.01), torch.tensor([0.0, 0.5 * 0.005**2, 0.5e-4 + 0.01 * 0.01]))

@@ -161,3 +161,39 @@ def test_hand_grasp_bends_the_fingers_of_the_holding_hand_onto_the_object(body):
     assert changed[:, body.left_hand_joints].max() == 0  # not in contact: untouched
     assert changed[:2].max() == 0  # frames before contact keep their fingers
     assert changed[2:, body.right_hand_joints].max() > 0.05
+
+
+def test_penetration_counts_every_posed_point_at_its_exact_depth(body):
+    """The hand pushed 2.3 cm into the box: the term sums the squared depth of every posed hand and body point
+    (the old candidates were the 48 hand points nearest 128 sparse samples and 32 body points nearest the
+    box's origin), each at its exact depth, and pushes the box off the hand."""
+    from reconstruction.eval.geometry import point_mesh_signed_distance
+    from reconstruction.optim.optimizer import _Batch
+
+    from .optim_scene import WORLD_TO_CAM
+
+    gt, video = make_scene(body, 4)
+    video.body_pose, video.body_trans = gt["pose"], gt["trans"]
+    sunk = gt["obj_world"].clone()
+    sunk[:, 1, 3] += 0.025  # towards the body: the palm 2.3 cm inside the box's front face
+    video.object_poses_cam = WORLD_TO_CAM @ sunk
+    config = _config()
+    optimizer = HOIOptimizer(body, config.optimization)
+    batch = _Batch([video], body, config.optimization, torch.device("cpu"))
+    var = optimizer._init_variables(batch)
+    value = optimizer._terms(batch, var, {"penetration": config.eval_metrics["penetration"]})["penetration"]
+    with torch.no_grad():
+        human = optimizer._human(batch, var)
+        points = torch.cat([human["hands"].flatten(2, 3), human["body_points"]], dim=2)[0]  # (T, P, 3)
+        local = (points - sunk[:, None, :3, 3]) @ sunk[:, :3, :3]
+        sdf = point_mesh_signed_distance(
+            local.reshape(-1, 3).double(), video.object_vertices.double(), video.object_faces
+        )
+    depth = (-sdf).clamp_min(0.0).reshape(local.shape[:2])
+    assert 0.018 < float(depth.max()) < 0.028
+    expected = float(depth.square().sum(-1).mean())
+    assert float(value[0]) == pytest.approx(expected, rel=0.15)
+    value.sum().backward()
+    inside = depth.amax(-1) > 0.005
+    assert int(inside.sum()) >= 3
+    assert var["obj_t_res"].grad[0, inside, 1].min() > 0  # descent moves the box off the palm (-y)

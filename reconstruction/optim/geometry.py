@@ -5,6 +5,9 @@ All batched and device-agnostic; nothing here needs a renderer.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
 from reconstruction.keypoints import LEFT_HAND_SLICE, RIGHT_HAND_SLICE
@@ -132,3 +135,82 @@ def subsample_indices(count_total: int, count: int) -> torch.Tensor:
     if count >= count_total:
         return torch.arange(count_total)
     return torch.linspace(0, count_total - 1, count).round().long()
+
+
+@torch.no_grad()
+def winding_number(points: torch.Tensor, vertices: torch.Tensor, faces: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+    """hoiweb: generalised winding number (N,) of a closed, outward-oriented mesh (or a union of closed parts)
+    at points (N, 3): 1 inside, 0 outside (van Oosterom-Strackee solid angles). The same value as
+    ``reconstruction.eval.geometry.winding_number``, ~5x faster on a CPU: coordinates as separate (chunk, F)
+    arrays, small chunks that stay in cache."""
+    tri = vertices[faces]  # (F, 3, 3)
+    corners = [tri[:, c].T.contiguous() for c in range(3)]  # 3 x (3, F)
+    out = []
+    for start in range(0, points.shape[0], chunk):
+        q = points[start : start + chunk]
+        (ax, ay, az), (bx, by, bz), (cx, cy, cz) = (
+            [corner[i][None] - q[:, i : i + 1] for i in range(3)] for corner in corners
+        )
+        la, lb, lc = (
+            (ax * ax + ay * ay + az * az).sqrt(),
+            (bx * bx + by * by + bz * bz).sqrt(),
+            (cx * cx + cy * cy + cz * cz).sqrt(),
+        )
+        numerator = ax * (by * cz - bz * cy) + ay * (bz * cx - bx * cz) + az * (bx * cy - by * cx)
+        denominator = (
+            la * lb * lc + (ax * bx + ay * by + az * bz) * lc + (bx * cx + by * cy + bz * cz) * la
+            + (cx * ax + cy * ay + cz * az) * lb
+        )  # fmt: skip
+        out.append(torch.atan2(numerator, denominator).sum(-1) / (2 * math.pi))
+    return torch.cat(out) if out else points.new_zeros(0)
+
+
+@dataclass
+class SDFGrid:
+    """hoiweb: a mesh's signed distance (negative inside) sampled on a regular grid in its model frame, for
+    trilinear lookup (``losses.grid_signed_distance``). ``values`` (X, Y, Z), node (i, j, k) at
+    ``origin + cell * (i, j, k)``; the outermost layer of nodes lies outside the mesh."""
+
+    values: torch.Tensor  # (X, Y, Z)
+    origin: torch.Tensor  # (3,)
+    cell: float
+
+
+@torch.no_grad()
+def mesh_sdf_grid(
+    vertices: torch.Tensor,
+    faces: torch.Tensor,
+    max_nodes: int = 24000,
+    min_cell: float = 0.004,
+    distance_samples: int = 16384,
+    seed: int = 0,
+) -> SDFGrid:
+    """hoiweb: the signed distance of a closed triangle mesh (or a union of closed parts, like the synthetic
+    objects) on a grid of about ``max_nodes`` nodes over its bounding box grown by one cell, cells no finer
+    than ``min_cell`` metres. The sign is the generalised winding number's (robust where parts overlap or a
+    surface is concave, where tangent planes of nearby samples disagree); the magnitude is the distance to the
+    nearest of ``distance_samples`` area-uniform surface samples (exact to about half their spacing: 1-2 mm).
+    Built once per object: ~1 s on one CPU core for a few thousand triangles."""
+    vertices = vertices.float()
+    low, high = vertices.amin(0), vertices.amax(0)
+    extent = (high - low).clamp_min(1e-4)
+    cell = max(min_cell, float((extent.prod() / max_nodes) ** (1.0 / 3.0)))
+    counts = (extent / cell).ceil().long() + 3  # spans the box and one cell more on each side
+    origin = 0.5 * (low + high) - 0.5 * cell * (counts - 1).to(vertices.dtype)  # centred on the box
+    axes = [origin[i] + cell * torch.arange(int(counts[i]), dtype=vertices.dtype) for i in range(3)]
+    nodes = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    in_box = ((nodes >= low) & (nodes <= high)).all(-1)  # only these can be inside
+    inside = torch.zeros(nodes.shape[0], dtype=torch.bool, device=nodes.device)
+    inside[in_box] = winding_number(nodes[in_box], vertices, faces) > 0.5
+    from scipy.spatial import cKDTree  # nearest surface sample: ~100x faster than brute force on a CPU
+
+    # the distance is to the outer surface: samples on a part's faces that lie inside another part (a bottle's
+    # neck inside its body) are dropped: just off the surface, outwards, they are still inside the mesh
+    samples, normals = sample_surface(vertices, faces, distance_samples, seed=seed)
+    normals = outward_normals(samples, normals)
+    buried = winding_number(samples + 1e-4 * normals, vertices, faces) > 0.5
+    samples = samples[~buried] if bool((~buried).any()) else samples
+    distance, _ = cKDTree(samples.cpu().double().numpy()).query(nodes.cpu().double().numpy())
+    distance = torch.as_tensor(distance, dtype=vertices.dtype, device=nodes.device)
+    values = torch.where(inside, -distance, distance).reshape(*counts.tolist())
+    return SDFGrid(values=values, origin=origin, cell=cell)

@@ -402,3 +402,30 @@ def penetration(body_points: torch.Tensor, object_surface: torch.Tensor, object_
     (..., T, P, 3) w.r.t. the object (samples and normals (..., T, N, 3)); mean over frames."""
     sdf = signed_distance(body_points, object_surface, object_normals)
     return (-sdf).clamp_min(0.0).square().sum(-1).mean(-1)
+
+
+def grid_signed_distance(
+    points: torch.Tensor, values: torch.Tensor, origin: torch.Tensor, cell: torch.Tensor
+) -> torch.Tensor:
+    """hoiweb: signed distance of points (B, ..., 3), given in the object's model frame, by trilinear
+    interpolation of a grid (``geometry.mesh_sdf_grid``): values (B, X, Y, Z), node (i, j, k) of video b at
+    ``origin[b] + cell[b] * (i, j, k)``. Returns (B, ...). Differentiable in the points: the gradient is the
+    interpolated SDF's, along the true surface normal (not towards a nearby sample). Points beyond the grid take
+    its border values (outside, positive)."""
+    batch, rest = points.shape[0], points.shape[1:-1]
+    # (3,) cells per axis (X, Y, Z); device fills, not a host copy (CUDA graphs capture them)
+    size = torch.stack([values.new_full((), float(n - 1)) for n in values.shape[1:]])
+    flat = points.reshape(batch, 1, 1, -1, 3)
+    unit = (flat - origin.reshape(batch, 1, 1, 1, 3)) / (cell.reshape(batch, 1, 1, 1, 1) * size)
+    # grid_sample reads (x, y, z) as (W, H, D): the volume is laid out (B, 1, Z, Y, X)
+    sampled = torch.nn.functional.grid_sample(
+        values.permute(0, 3, 2, 1)[:, None], 2.0 * unit - 1.0, mode="bilinear", padding_mode="border",
+        align_corners=True,
+    )  # fmt: skip
+    return sampled.reshape(batch, *rest)
+
+
+def penetration_depth(sdf: torch.Tensor) -> torch.Tensor:
+    """hoiweb: body points inside the object from their signed distances (..., T, P): per frame, the sum of
+    squared penetration depths; mean over frames."""
+    return (-sdf).clamp_min(0.0).square().sum(-1).mean(-1)

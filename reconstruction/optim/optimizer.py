@@ -18,8 +18,10 @@ The world is the render's metric Z-up world; the camera is OpenCV (``world_to_ca
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +49,7 @@ ARM_MARKERS = ("clavicle", "shoulder", "upperarm", "lowerarm", "wrist", "_should
 FOOT_KEYPOINTS = ("left_ankle", "left_heel", "left_foot_index", "right_ankle", "right_heel", "right_foot_index")
 HAND_POINTS_PER_HAND = 400  # hand vertices posed per hand (anny: ~1,600; ~1 cm spacing)
 GRAPH_WARMUP_ITERS = 3  # eager iterations before an optimiser stage is captured in a CUDA graph
-CONTACT_POINTS_PER_HAND = 48  # of those, the ones nearest the object take part in contact / penetration
+CONTACT_POINTS_PER_HAND = 48  # of those, the ones nearest the object take part in contact (penetration: all)
 RIGID_POINTS_PER_HAND = 32  # fixed evenly spread subset for contact_smoothness (same points every frame)
 BODY_POINTS = 600  # sparse body cover for depth and penetration
 BACK_FACE_COS = 0.5  # contact partners: surfaces facing the camera or up to 30 deg past grazing
@@ -56,8 +58,6 @@ NEAR_SURFACE_SAMPLES = 128  # object samples that rank hand points by their dist
 CONTACT_SAMPLES = 384  # object samples the contact term compares hands with
 DEPTH_OBJECT_SAMPLES = 256  # object samples compared with depth points (per frame)
 DEPTH_BODY_POINTS = 300  # body points compared with depth points (per frame)
-PENETRATION_SAMPLES = 512  # object samples defining the approximate SDF
-PENETRATION_CANDIDATES = 32  # sparse body points per frame tested for penetration (besides the hands)
 # verts_tracking weight of frames stage 2 has no object mask for: stage 3 still holds a pose there (held or
 # predicted) that is better than none, but the contact and smoothness terms should win over it.
 UNTRACKED_FRAME_WEIGHT = 0.25
@@ -137,6 +137,26 @@ class OptimizationResult:
     final_losses: dict[str, float] = field(default_factory=dict)
 
 
+_SDF_GRID_CACHE: OrderedDict[str, geometry.SDFGrid] = OrderedDict()
+SDF_GRID_CACHE_SIZE = 8
+
+
+def _object_sdf_grid(vertices: torch.Tensor, faces: torch.Tensor) -> geometry.SDFGrid:
+    """hoiweb: ``geometry.mesh_sdf_grid`` of an object mesh (on the CPU), cached by the mesh's content: a stage-4 run
+    builds its batch twice (optimisation, then ``evaluate`` of the result), ~1 s per build."""
+    vertices = torch.as_tensor(vertices).detach().cpu().float().contiguous()
+    faces = torch.as_tensor(faces).detach().cpu().long().contiguous()
+    key = hashlib.sha1(vertices.numpy().tobytes() + faces.numpy().tobytes()).hexdigest()
+    if key in _SDF_GRID_CACHE:
+        _SDF_GRID_CACHE.move_to_end(key)
+        return _SDF_GRID_CACHE[key]
+    grid = geometry.mesh_sdf_grid(vertices, faces)
+    _SDF_GRID_CACHE[key] = grid
+    while len(_SDF_GRID_CACHE) > SDF_GRID_CACHE_SIZE:
+        _SDF_GRID_CACHE.popitem(last=False)
+    return grid
+
+
 class _Batch:
     """Constant tensors of B stacked videos on the device."""
 
@@ -208,6 +228,7 @@ class _Batch:
         if len({t.shape[0] for t in track}) != 1:
             raise OptimizerInputError("object meshes of one batch need at least 256 vertices or the same count")
         self.obj_samples = torch.stack(samples)  # (B, N, 3)
+        self._sdf_grids(videos, device)
         # mean spacing of the contact term's samples: sqrt(surface area / samples)
         self.contact_sample_radius = (torch.stack(areas) / CONTACT_SAMPLES).sqrt()  # (B,)
         # known frame-0 poses (render config): where the object rests until a hand reaches it
@@ -294,6 +315,21 @@ class _Batch:
                     reason = "no depth on the object or the human in any frame (background-only depth)"
                     self.inactive_terms["depth_pointcloud"] = reason
                     logger.warning("%s: depth_pointcloud is inactive (0)", reason)
+
+    def _sdf_grids(self, videos: list[VideoInputs], device: torch.device) -> None:
+        """hoiweb: each object's signed distance on a grid in its model frame (penetration): ``sdf_values``
+        (B, X, Y, Z), padded to the batch's largest grid with the outside border value, ``sdf_origin`` (B, 3),
+        ``sdf_cell`` (B,)."""
+        grids = [_object_sdf_grid(v.object_vertices, v.object_faces) for v in videos]
+        size = [max(g.values.shape[i] for g in grids) for i in range(3)]
+        padded = []
+        for g in grids:
+            values = g.values.new_full(size, float(g.values.amax()))
+            values[: g.values.shape[0], : g.values.shape[1], : g.values.shape[2]] = g.values
+            padded.append(values)
+        self.sdf_values = torch.stack(padded).to(device)
+        self.sdf_origin = torch.stack([g.origin for g in grids]).to(device)
+        self.sdf_cell = torch.tensor([g.cell for g in grids], device=device)
 
     def _still_frames(self, videos: list[VideoInputs], frames: torch.Tensor) -> None:
         """Frames where stage 3 shows the object still (obj_still_reg): ``still_start`` (B, T) before it first
@@ -736,7 +772,7 @@ def _hand_points_near_object(ctx: _TermContext, count: int) -> torch.Tensor:
     a dense patch where the hand can touch, instead of a sparse cover of the whole hand. (Closest to the
     surface, not to the object's origin: a mesh's origin is often its base, and a hand gripping a bottle's
     neck then offered its lowest points, not those inside the bottle.)"""
-    if count in ctx.hand_patches:  # contact and penetration share one iteration's patch
+    if count in ctx.hand_patches:  # one patch per iteration and count
         return ctx.hand_patches[count]
     hands = ctx.human["hands"]
     batch, frames, num_hands, num_points, _ = hands.shape
@@ -791,15 +827,17 @@ def _t_contact_smoothness(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tenso
 
 
 def _t_penetration(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
-    # Only body points near the object can be inside it: the hand patches nearest the object plus, per
-    # frame, the PENETRATION_CANDIDATES sparse body points closest to the object's centre.
-    hands = _hand_points_near_object(ctx, CONTACT_POINTS_PER_HAND).flatten(2, 3)
-    body_points = ctx.human["body_points"]
-    centre = ctx.obj["t"][:, :, None, :]
-    near = (body_points - centre).detach().norm(dim=-1).topk(PENETRATION_CANDIDATES, dim=-1, largest=False).indices
-    candidates = torch.cat([hands, body_points.gather(2, near[..., None].expand(-1, -1, -1, 3))], dim=2)
-    surface = ctx.object_points(subset=PENETRATION_SAMPLES)
-    return losses.penetration(candidates, surface, ctx.object_normals(subset=PENETRATION_SAMPLES))
+    # hoiweb: every posed body point (all the optimiser's hand vertices and the sparse body cover, every frame)
+    # against the object's exact signed distance (a grid in its model frame). The earlier candidates (the 48
+    # hand points nearest 128 sparse samples, the 32 body points nearest the object's origin) against an
+    # SDF from 512 samples missed most of what the evaluation finds inside: palm and thumb points farther
+    # from a sparse sample than points outside, a forearm along a box, a thumb under a bottle's shoulder
+    # (the nearest samples, on the neck's wall inside the body, said "outside").
+    batch = ctx.batch
+    points = torch.cat([ctx.human["hands"].flatten(2, 3), ctx.human["body_points"]], dim=2)  # (B, T, P, 3)
+    local = (points - ctx.obj["t"][:, :, None, :]) @ ctx.obj["R"]  # R^T (x - t) for row vectors
+    sdf = losses.grid_signed_distance(local, batch.sdf_values, batch.sdf_origin, batch.sdf_cell)
+    return losses.penetration_depth(sdf)
 
 
 TERM_FUNCTIONS: dict[str, Callable[[_TermContext, LossTermConfig], torch.Tensor]] = {
