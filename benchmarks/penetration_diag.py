@@ -83,7 +83,7 @@ def main() -> None:
         set(ids[geometry.subsample_indices(len(ids), opt.HAND_POINTS_PER_HAND)].tolist())
         for ids in (torch.as_tensor(body.vertex_segments[s]) for s in ("left_hand", "right_hand"))
     ]
-    body_sub = set(geometry.subsample_indices(body.num_vertices, opt.BODY_POINTS).tolist())
+    body_sub = set(opt.body_cover_ids(body.vertex_segments, body.num_vertices).tolist())
     summary = {}
     for vid in vids:
         hoi = layout.raw_hoi_data(vid)
@@ -131,7 +131,7 @@ def main() -> None:
             if hand >= 0:
                 candidate = "hand400" if v in hand_sub[hand] else "hand(not posed)"
             else:
-                candidate = "body600" if v in body_sub else "none"
+                candidate = "body" if v in body_sub else "none"
             point = local[f, v].float()[None]
             sd = losses.signed_distance(point, pts, nrm)[0]
             grid_sd = losses.grid_signed_distance(point[None], grid.values[None], grid.origin[None], cell)[0, 0]

@@ -233,6 +233,8 @@ def test_anny_vertex_segments_and_hand_joints(anny_body):
         ("right_hand", ("right_hand_wrist", "right_hand_middle_tip")),
         ("left_foot", ("left_heel", "left_foot_index")),
         ("right_foot", ("right_heel", "right_foot_index")),
+        ("left_forearm", ("left_elbow", "left_wrist")),
+        ("right_forearm", ("right_elbow", "right_wrist")),
     ):
         ids = body.vertex_segments[segment]
         assert ids.dtype == torch.long and 200 < len(ids) < 3000, segment
@@ -325,7 +327,10 @@ def test_smplx_loads_from_env_and_runs(monkeypatch, smplx_dir):
     assert body.name == "smplx" and len(body.joint_names) == 55 and body.num_shape == 10
     assert body.faces.shape == (20908, 3)
     assert body.left_hand_joints == list(range(25, 40)) and body.right_hand_joints == list(range(40, 55))
-    assert all(len(body.vertex_segments[s]) > 0 for s in ("left_hand", "right_hand", "left_foot", "right_foot"))
+    assert all(
+        len(body.vertex_segments[s]) > 0
+        for s in ("left_hand", "right_hand", "left_foot", "right_foot", "left_forearm", "right_forearm")
+    )
 
     pose = 0.2 * torch.randn(3, 55, 3, generator=torch.Generator().manual_seed(0))
     trans = torch.tensor([[0.0, 0.0, 1.0], [1.0, -2.0, 0.9], [0.3, 0.3, 0.3]])

@@ -197,3 +197,44 @@ def test_penetration_counts_every_posed_point_at_its_exact_depth(body):
     inside = depth.amax(-1) > 0.005
     assert int(inside.sum()) >= 3
     assert var["obj_t_res"].grad[0, inside, 1].min() > 0  # descent moves the box off the palm (-y)
+
+
+def test_penetration_covers_the_forearm(body, monkeypatch):
+    """A box pushed onto the right forearm (not the hand): the sparse body cover (~5 cm apart) sees little of
+    it; the forearm points posed for penetration see it at its exact depth."""
+    from reconstruction.eval.geometry import point_mesh_signed_distance
+    from reconstruction.optim import optimizer as optimizer_module
+    from reconstruction.optim.optimizer import _Batch
+
+    from .optim_scene import WORLD_TO_CAM
+
+    gt, video = make_scene(body, 4)
+    video.body_pose, video.body_trans = gt["pose"], gt["trans"]
+    forearm = body.vertex_segments["right_forearm"]
+    hand = body.vertex_segments["right_hand"]
+    assert len(forearm) > 100 and not set(forearm.tolist()) & set(hand.tolist())
+    with torch.no_grad():
+        posed = body.forward(gt["pose"], gt["shape"], gt["trans"]).vertices
+    on_arm = gt["obj_world"].clone()
+    on_arm[:, :3, 3] = posed[:, forearm].mean(1)  # the box's centre on the forearm's axis
+    video.object_poses_cam = WORLD_TO_CAM @ on_arm
+    config = _config()
+    optimizer = HOIOptimizer(body, config.optimization)
+
+    def term(batch):
+        var = optimizer._init_variables(batch)
+        return float(optimizer._terms(batch, var, {"penetration": config.eval_metrics["penetration"]})["penetration"])
+
+    with_forearm = _Batch([video], body, config.optimization, torch.device("cpu"))
+    arm_ids = set(forearm.tolist()) & set(with_forearm.body_vertex_ids.tolist())
+    assert len(arm_ids) >= 100
+    monkeypatch.setattr(optimizer_module, "FOREARM_POINTS_PER_ARM", 0)
+    without = _Batch([video], body, config.optimization, torch.device("cpu"))
+    # exact: the squared depths of the posed forearm points, per frame, averaged
+    ids = torch.tensor(sorted(arm_ids))
+    local = (posed[:, ids] - on_arm[:, None, :3, 3]) @ on_arm[:, :3, :3]
+    sdf = point_mesh_signed_distance(local.reshape(-1, 3).double(), video.object_vertices.double(), video.object_faces)
+    forearm_only = float((-sdf).clamp_min(0.0).reshape(local.shape[:2]).square().sum(-1).mean())
+    assert forearm_only > 0
+    assert term(with_forearm) - term(without) == pytest.approx(forearm_only, rel=0.15)
+    assert term(without) < 0.5 * term(with_forearm)

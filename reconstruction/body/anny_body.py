@@ -225,6 +225,10 @@ class AnnyBody(StandingHeightMixin):
         # Skinning weights (V, J), the dense form anny builds for plain LBS.
         self.skinning_weights: torch.Tensor = model.dense_vertex_bone_weights
         self.vertex_segments = {seg: self._subtree_vertices(bone) for seg, bone in _SEGMENT_ROOT_BONES.items()}
+        for side, suffix in (("left", "L"), ("right", "R")):  # the lower arm without the hand
+            arm = self._subtree_vertices(f"lowerarm01.{suffix}")
+            hand = self.vertex_segments[f"{side}_hand"]
+            self.vertex_segments[f"{side}_forearm"] = arm[~torch.isin(arm, hand)]
         self.left_hand_joints = [i for i in self.subtree("wrist.L") if i != self.joint_index("wrist.L")]
         self.right_hand_joints = [i for i in self.subtree("wrist.R") if i != self.joint_index("wrist.R")]
         self._build_keypoint_regressor()

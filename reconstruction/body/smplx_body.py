@@ -195,6 +195,9 @@ class SmplxBody(StandingHeightMixin):
         self.left_hand_joints = list(range(25, 40))
         self.right_hand_joints = list(range(40, 55))
         self.vertex_segments = {seg: self._segment_vertices(seg) for seg in _SEGMENT_JOINTS}
+        for side in ("left", "right"):  # the lower arm: skinned to the elbow joint
+            weight = self._layer.lbs_weights[:, self.joint_index(f"{side}_elbow")]
+            self.vertex_segments[f"{side}_forearm"] = torch.nonzero(weight >= 0.5).flatten()
         self._build_keypoint_regressor()
         logger.info("SMPL-X (%s) loaded from %s on %s", gender, path, self.device)
 

@@ -52,6 +52,9 @@ GRAPH_WARMUP_ITERS = 3  # eager iterations before an optimiser stage is captured
 CONTACT_POINTS_PER_HAND = 48  # of those, the ones nearest the object take part in contact (penetration: all)
 RIGID_POINTS_PER_HAND = 32  # fixed evenly spread subset for contact_smoothness (same points every frame)
 BODY_POINTS = 600  # sparse body cover for depth and penetration
+# forearm vertices posed per arm for penetration only (after the sparse cover): a forearm along a held bottle
+# went 2.5-3 cm into it between the sparse cover's points (~5 cm apart)
+FOREARM_POINTS_PER_ARM = 150
 BACK_FACE_COS = 0.5  # contact partners: surfaces facing the camera or up to 30 deg past grazing
 PALM_FACING_COS = 0.5  # contact partners: surfaces whose normal is within 60 deg of facing the palm
 NEAR_SURFACE_SAMPLES = 128  # object samples that rank hand points by their distance to the surface
@@ -135,6 +138,18 @@ class OptimizationResult:
     seconds: float
     init_losses: dict[str, float] = field(default_factory=dict)
     final_losses: dict[str, float] = field(default_factory=dict)
+
+
+def body_cover_ids(segments: dict[str, torch.Tensor], num_vertices: int) -> torch.Tensor:
+    """The body vertices posed besides the hands (CPU): the sparse cover (``BODY_POINTS``, first: the depth term
+    indexes into it), then ``FOREARM_POINTS_PER_ARM`` of each forearm segment the body model has."""
+    forearms = [
+        torch.as_tensor(segments[side], device="cpu") for side in ("left_forearm", "right_forearm") if side in segments
+    ]
+    return torch.cat(
+        [geometry.subsample_indices(num_vertices, BODY_POINTS)]
+        + [ids[geometry.subsample_indices(ids.shape[0], FOREARM_POINTS_PER_ARM)] for ids in forearms if len(ids)]
+    )
 
 
 _SDF_GRID_CACHE: OrderedDict[str, geometry.SDFGrid] = OrderedDict()
@@ -259,7 +274,7 @@ class _Batch:
         self.rigid_hand_points = geometry.subsample_indices(self.hand_vertex_ids.shape[1], RIGID_POINTS_PER_HAND).to(
             device
         )
-        self.body_vertex_ids = geometry.subsample_indices(num_vertices, BODY_POINTS).to(device)
+        self.body_vertex_ids = body_cover_ids(segments, num_vertices).to(device)
         self.depth_body_points = geometry.subsample_indices(BODY_POINTS, DEPTH_BODY_POINTS).to(device)
         point_ids = torch.cat([self.hand_vertex_ids.flatten(), self.body_vertex_ids])
         # one posing function per distinct body shape (usually one for the whole batch)
