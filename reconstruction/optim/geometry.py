@@ -5,11 +5,11 @@ All batched and device-agnostic; nothing here needs a renderer.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
+from reconstruction.eval.geometry import winding_number
 from reconstruction.keypoints import LEFT_HAND_SLICE, RIGHT_HAND_SLICE
 
 
@@ -138,33 +138,6 @@ def subsample_indices(count_total: int, count: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def winding_number(points: torch.Tensor, vertices: torch.Tensor, faces: torch.Tensor, chunk: int = 32) -> torch.Tensor:
-    """hoiweb: generalised winding number (N,) of a closed, outward-oriented mesh (or a union of closed parts)
-    at points (N, 3): 1 inside, 0 outside (van Oosterom-Strackee solid angles). The same value as
-    ``reconstruction.eval.geometry.winding_number``, ~5x faster on a CPU: coordinates as separate (chunk, F)
-    arrays, small chunks that stay in cache."""
-    tri = vertices[faces]  # (F, 3, 3)
-    corners = [tri[:, c].T.contiguous() for c in range(3)]  # 3 x (3, F)
-    out = []
-    for start in range(0, points.shape[0], chunk):
-        q = points[start : start + chunk]
-        (ax, ay, az), (bx, by, bz), (cx, cy, cz) = (
-            [corner[i][None] - q[:, i : i + 1] for i in range(3)] for corner in corners
-        )
-        la, lb, lc = (
-            (ax * ax + ay * ay + az * az).sqrt(),
-            (bx * bx + by * by + bz * bz).sqrt(),
-            (cx * cx + cy * cy + cz * cz).sqrt(),
-        )
-        numerator = ax * (by * cz - bz * cy) + ay * (bz * cx - bx * cz) + az * (bx * cy - by * cx)
-        denominator = (
-            la * lb * lc + (ax * bx + ay * by + az * bz) * lc + (bx * cx + by * cy + bz * cz) * la
-            + (cx * ax + cy * ay + cz * az) * lb
-        )  # fmt: skip
-        out.append(torch.atan2(numerator, denominator).sum(-1) / (2 * math.pi))
-    return torch.cat(out) if out else points.new_zeros(0)
-
-
 @dataclass
 class SDFGrid:
     """hoiweb: a mesh's signed distance (negative inside) sampled on a regular grid in its model frame, for

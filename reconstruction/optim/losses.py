@@ -397,13 +397,6 @@ def signed_distance(points: torch.Tensor, surface: torch.Tensor, normals: torch.
     return torch.where(inside, -magnitude, magnitude)
 
 
-def penetration(body_points: torch.Tensor, object_surface: torch.Tensor, object_normals: torch.Tensor) -> torch.Tensor:
-    """Body vertices inside the object: per frame, sum of squared penetration depths of body points
-    (..., T, P, 3) w.r.t. the object (samples and normals (..., T, N, 3)); mean over frames."""
-    sdf = signed_distance(body_points, object_surface, object_normals)
-    return (-sdf).clamp_min(0.0).square().sum(-1).mean(-1)
-
-
 def grid_signed_distance(
     points: torch.Tensor, values: torch.Tensor, origin: torch.Tensor, cell: torch.Tensor
 ) -> torch.Tensor:

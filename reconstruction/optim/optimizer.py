@@ -842,8 +842,8 @@ def _t_contact_smoothness(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tenso
 
 
 def _t_penetration(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
-    # hoiweb: every posed body point (all the optimiser's hand vertices and the sparse body cover, every frame)
-    # against the object's exact signed distance (a grid in its model frame). The earlier candidates (the 48
+    # hoiweb: every posed body point (all the optimiser's hand vertices, the sparse body cover and the forearm
+    # points, every frame) against the object's exact signed distance (a grid in its model frame). The earlier candidates (the 48
     # hand points nearest 128 sparse samples, the 32 body points nearest the object's origin) against an
     # SDF from 512 samples missed most of what the evaluation finds inside: palm and thumb points farther
     # from a sparse sample than points outside, a forearm along a box, a thumb under a bottle's shoulder
