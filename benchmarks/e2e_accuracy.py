@@ -26,6 +26,7 @@ instance maps are re-rendered from the (deterministic) scene when missing.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -217,16 +218,33 @@ def metrics_cache_path(layout: Layout, vid: VideoId) -> Path:
     return layout.results_dir / "benchmark" / "metrics" / vid.rel.with_suffix(".json")
 
 
+def metric_sources_digest(layout: Layout, vid: VideoId) -> str:
+    """SHA-1 of the stage outputs the metrics are computed from (stage 1, 3 and 4 results; absent ones count as
+    absent): the benchmark's metrics cache is valid for exactly these bytes. (A modification time is not enough:
+    ``cp -r`` of a results dir gives every file a new one, and a stale cache copied after the outputs looked fresh.)"""
+    digest = hashlib.sha1()
+    for source in (layout.hmr_result(vid), layout.object_poses(vid), layout.raw_hoi_data(vid)):
+        digest.update(source.name.encode())
+        digest.update(source.read_bytes() if source.exists() else b"absent")
+    return digest.hexdigest()
+
+
 def _cached_metrics(layout: Layout, vid: VideoId) -> dict[str, Any] | None:
-    """A metrics report (the benchmark's cache, else stage 4's metrics.json) newer than every stage output
-    it was computed from."""
+    """The benchmark's cached metrics report when it was computed from the current stage outputs (same
+    ``metric_sources_digest``), else stage 4's metrics.json when it is newer than every stage output it was
+    computed from (stage 4 writes it beside its result)."""
+    cache = metrics_cache_path(layout, vid)
+    if cache.exists():
+        report = json.loads(cache.read_text())
+        if isinstance(report.get("stages"), dict) and report.get("sources_sha1") == metric_sources_digest(layout, vid):
+            return report
     sources = [layout.hmr_result(vid), layout.object_poses(vid), layout.raw_hoi_data(vid)]
     newest = max((src.stat().st_mtime_ns for src in sources if src.exists()), default=0)
-    for path in (metrics_cache_path(layout, vid), layout.metrics(vid)):
-        if path.exists() and path.stat().st_mtime_ns >= newest:
-            report = json.loads(path.read_text())
-            if isinstance(report.get("stages"), dict):
-                return report
+    path = layout.metrics(vid)
+    if path.exists() and path.stat().st_mtime_ns >= newest:
+        report = json.loads(path.read_text())
+        if isinstance(report.get("stages"), dict):
+            return report
     return None
 
 
@@ -237,7 +255,9 @@ def evaluate(layout: Layout, vid: VideoId, device: str, stage4: bool = True) -> 
     report = _cached_metrics(layout, vid)
     if report is None and stage4:
         report = evaluate_video(layout, vid, device)
-        fileio.write_json(metrics_cache_path(layout, vid), report)
+        fileio.write_json(
+            metrics_cache_path(layout, vid), {**report, "sources_sha1": metric_sources_digest(layout, vid)}
+        )
     elif report is None:
         gt = load_ground_truth(layout.ground_truth(vid))
         model_points = _model_points(_load_mesh(gt.object_mesh_path)[0])
