@@ -137,7 +137,6 @@ def subsample_indices(count_total: int, count: int) -> torch.Tensor:
     return torch.linspace(0, count_total - 1, count).round().long()
 
 
-@torch.no_grad()
 @dataclass
 class SDFGrid:
     """hoiweb: a mesh's signed distance (negative inside) sampled on a regular grid in its model frame, for
