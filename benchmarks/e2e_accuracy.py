@@ -218,12 +218,17 @@ def metrics_cache_path(layout: Layout, vid: VideoId) -> Path:
     return layout.results_dir / "benchmark" / "metrics" / vid.rel.with_suffix(".json")
 
 
+def _metric_sources(layout: Layout, vid: VideoId) -> list[Path]:
+    """The stage outputs the ground-truth metrics are computed from: stage 1, 3 and 4 results."""
+    return [layout.hmr_result(vid), layout.object_poses(vid), layout.raw_hoi_data(vid)]
+
+
 def metric_sources_digest(layout: Layout, vid: VideoId) -> str:
     """SHA-1 of the stage outputs the metrics are computed from (stage 1, 3 and 4 results; absent ones count as
     absent): the benchmark's metrics cache is valid for exactly these bytes. (A modification time is not enough:
     ``cp -r`` of a results dir gives every file a new one, and a stale cache copied after the outputs looked fresh.)"""
     digest = hashlib.sha1()
-    for source in (layout.hmr_result(vid), layout.object_poses(vid), layout.raw_hoi_data(vid)):
+    for source in _metric_sources(layout, vid):
         digest.update(source.name.encode())
         digest.update(source.read_bytes() if source.exists() else b"absent")
     return digest.hexdigest()
@@ -238,8 +243,7 @@ def _cached_metrics(layout: Layout, vid: VideoId) -> dict[str, Any] | None:
         report = json.loads(cache.read_text())
         if isinstance(report.get("stages"), dict) and report.get("sources_sha1") == metric_sources_digest(layout, vid):
             return report
-    sources = [layout.hmr_result(vid), layout.object_poses(vid), layout.raw_hoi_data(vid)]
-    newest = max((src.stat().st_mtime_ns for src in sources if src.exists()), default=0)
+    newest = max((src.stat().st_mtime_ns for src in _metric_sources(layout, vid) if src.exists()), default=0)
     path = layout.metrics(vid)
     if path.exists() and path.stat().st_mtime_ns >= newest:
         report = json.loads(path.read_text())

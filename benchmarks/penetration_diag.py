@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reconstruction.eval.geometry import point_mesh_distance, winding_number
+from reconstruction.eval.geometry import depth_inside
 from reconstruction.layout import Layout
 from reconstruction.optim import geometry, losses
 from reconstruction.optim import optimizer as opt
@@ -45,19 +45,6 @@ def part_of(bone: str) -> str:
             side = ".l" in name and "L " or ".r" in name and "R " or ""
             return side + part
     return bone
-
-
-def inside_depth(local: torch.Tensor, verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """(T, V, 3) points in the mesh frame -> depth inside (T, V), 0 outside (exact)."""
-    low, high = verts.amin(0), verts.amax(0)
-    frame, vertex = ((local >= low) & (local <= high)).all(-1).nonzero(as_tuple=True)
-    depth = local.new_zeros(local.shape[:2])
-    if frame.numel():
-        cand = local[frame, vertex]
-        inside = winding_number(cand, verts, faces) > 0.5
-        if inside.any():
-            depth[frame[inside], vertex[inside]] = point_mesh_distance(cand[inside], verts, faces)
-    return depth
 
 
 def main() -> None:
@@ -104,7 +91,7 @@ def main() -> None:
         scale = float(np.asarray(obj.get("obj_scale", 1.0)).reshape(-1)[0])
         mv = verts * scale
         local = (vw - t[:, None]) @ R
-        depth = inside_depth(local, mv, faces)  # (T, V)
+        depth = depth_inside(local, mv, faces)  # (T, V)
         labels_file = layout.contact_labels(vid)
         labels = (
             np.asarray(json.loads(labels_file.read_text())["frames"], dtype=bool)

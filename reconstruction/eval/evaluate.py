@@ -19,7 +19,7 @@ import torch
 from reconstruction import fileio
 from reconstruction import keypoints as kp
 from reconstruction.eval import metrics
-from reconstruction.eval.geometry import point_mesh_distance, winding_number
+from reconstruction.eval.geometry import depth_inside
 from reconstruction.layout import Layout, VideoId
 from reconstruction.render_config import load_pickle
 from reconstruction.stages.scene_inputs import load_object_mesh
@@ -137,20 +137,11 @@ def body_penetration(
     mesh_vertices: torch.Tensor,
     mesh_faces: torch.Tensor,
 ) -> dict[str, float]:
-    """Penetration of body vertices (T,V,3) into the object mesh posed by (T,4,4), from exact distances of
-    the vertices inside it. Only those count (depths are clipped at 0), so the winding number is taken for
-    the vertices in the object's bounding box alone and the exact distance for the ones inside."""
+    """Penetration of body vertices (T,V,3) into the object mesh posed by (T,4,4): per frame, the deepest
+    vertex's exact depth inside it (``geometry.depth_inside``; depths are clipped at 0)."""
     rotation, translation = object_poses_world[:, :3, :3], object_poses_world[:, :3, 3]
     local = (body_vertices_world - translation[:, None]) @ rotation  # (T, V, 3) in the mesh frame
-    low, high = mesh_vertices.amin(0), mesh_vertices.amax(0)
-    frame, vertex = ((local >= low) & (local <= high)).all(-1).nonzero(as_tuple=True)
-    candidates = local[frame, vertex]
-    depth = local.new_zeros(local.shape[0])
-    if candidates.shape[0]:
-        inside = winding_number(candidates, mesh_vertices, mesh_faces) > 0.5
-        if inside.any():
-            distance = point_mesh_distance(candidates[inside], mesh_vertices, mesh_faces)
-            depth = depth.scatter_reduce(0, frame[inside], distance, reduce="amax")
+    depth = depth_inside(local, mesh_vertices, mesh_faces).amax(-1)  # (T,)
     out = metrics.penetration_depth(-depth[:, None].numpy())
     return {"penetration_max_m": out["max"], "penetration_mean_m": out["mean"], "penetration_frame_ratio": out["ratio"]}
 

@@ -87,3 +87,17 @@ def point_mesh_signed_distance(
     distance = point_mesh_distance(points, vertices, faces, chunk)
     inside = winding_number(points, vertices, faces) > 0.5
     return torch.where(inside, -distance, distance)
+
+
+def depth_inside(points: torch.Tensor, vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """(..., 3) points in the mesh's frame -> (...) exact depth inside the closed mesh, 0 outside. The winding
+    number is taken only for the points in the mesh's bounding box, the exact distance only for those inside."""
+    flat = points.reshape(-1, 3)
+    low, high = vertices.amin(0), vertices.amax(0)
+    (candidate,) = ((flat >= low) & (flat <= high)).all(-1).nonzero(as_tuple=True)
+    depth = flat.new_zeros(flat.shape[0])
+    if candidate.numel():
+        inside = winding_number(flat[candidate], vertices, faces) > 0.5
+        if inside.any():
+            depth[candidate[inside]] = point_mesh_distance(flat[candidate[inside]], vertices, faces)
+    return depth.reshape(points.shape[:-1])
