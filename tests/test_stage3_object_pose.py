@@ -182,3 +182,37 @@ def test_corrupt_masks_cache(scene, tmp_path):
     layout, vid, _ = _copy(scene, tmp_path)
     fileio.write_bytes(layout.masks_cache(vid), pickle.dumps("not an npz"))
     _expect_error_keeps_cache(layout, vid, "not a masks cache")
+
+
+# ---- the held-frame depth prior from stage 1's hands ------------------------------------------------
+def _write_stage1_hands(layout, vid, truth, value: float | None = None) -> None:
+    """A stage-1 result whose right hand (18 cm, fingers down) holds the object; ``value`` fills it."""
+    from reconstruction import keypoints as kp
+
+    keypoints = np.zeros((NUM_FRAMES, kp.NUM_BODY + 2 * kp.NUM_HAND, 3))
+    keypoints[..., 2] = 5.0
+    hand = np.zeros((kp.NUM_HAND, 3))
+    hand[:, 1] = np.linspace(0.0, 0.18, kp.NUM_HAND)
+    keypoints[:, kp.RIGHT_HAND_SLICE] = truth.object_poses_cam[:, None, :3, 3] + hand
+    if value is not None:
+        keypoints[NUM_FRAMES // 2, kp.RIGHT_HAND_SLICE] = value
+    fileio.write_torch(layout.hmr_result(vid), {"keypoints_3d_cam": torch.as_tensor(keypoints)})
+
+
+def test_held_depth_prior_follows_the_holding_hand(scene, tmp_path):
+    layout, vid, truth = _copy(scene, tmp_path)
+    result = object_pose.run(StageContext(video=vid, layout=layout, config={}))
+    assert result.info["held_depth_prior_hands"] == "no stage-1 result"
+    _write_stage1_hands(layout, vid, truth)
+    result = object_pose.run(StageContext(video=vid, layout=layout, config={}))
+    assert result.info["held_depth_prior_hands"] == ["right"]
+    trans_err, _ = pose_errors(load_pickle(layout.object_poses(vid)), truth.object_poses_cam)
+    assert np.median(trans_err) < 0.02, trans_err
+    off = {"object_pose": {"mesh_tracker": {"hand_depth_prior": False}}}
+    assert "held_depth_prior_hands" not in object_pose.run(StageContext(video=vid, layout=layout, config=off)).info
+
+
+def test_nan_in_stage1_hands(scene, tmp_path):
+    layout, vid, truth = _copy(scene, tmp_path)
+    _write_stage1_hands(layout, vid, truth, value=float("nan"))
+    _expect_error_keeps_cache(layout, vid, r"hmr_results\.pt: keypoints_3d_cam .* is not finite")

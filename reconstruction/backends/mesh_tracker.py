@@ -125,6 +125,9 @@ class TrackerConfig:
     colour_samples: int = 1000  # visible points per frame with the colour term (every pixel of a small object)
     use_anchors: bool = True  # static start / final rest segments from image evidence (pose_anchors)
     two_way: bool = True  # held frames between two still segments: tracked from both ends, combined
+    # Held-frame depth prior from stage 1's holding hand(s) (``held_hand_depth``): the hand's departure
+    # from its own straight line between the grasp and release frames is added to the object's line.
+    hand_depth_prior: bool = True
     seed: int = 0
 
     @classmethod
@@ -1235,12 +1238,14 @@ def track_object(
     check_cancelled: Callable[[], None] | None = None,
     anchors: Anchors | None = None,
     images: np.ndarray | None = None,
+    hand_depth: np.ndarray | None = None,
 ) -> TrackResult:
     """Track the mesh through T frames from ``initial_pose`` (object->camera at frame 0, kept as is).
 
     With ``anchors``: the static start keeps the frame-0 pose, the final rest segment gets one pose fitted
     on the support plane, and the frames between are tracked with a soft depth prior interpolated between
-    those two (the held object's depth is barely observable in its silhouette).
+    those two (the held object's depth is barely observable in its silhouette). With ``hand_depth`` (T,) (the
+    holding hand's camera depth, ``held_hand_depth``), the prior follows the hand's motion between them.
 
     With ``images`` (the video's uint8 (T,H,W,3) RGB frames): the surface colours seen at the frame-0 pose
     are a reference that every later frame's visible points are compared with (``weight_colour``)."""
@@ -1292,8 +1297,12 @@ def track_object(
         t = torch.arange(num_frames, dtype=dtype, device=device)
         weight = ((t - (prefix - 1)) / (rest_start - (prefix - 1))).clamp(0, 1)
         turn = roma.rotmat_to_rotvec(rotations[rest_start] @ rotations[prefix - 1].T)
+        depth = (1 - weight) * centres[prefix - 1, 2] + weight * centres[rest_start, 2]
+        if hand_depth is not None:
+            hand = torch.as_tensor(hand_depth, dtype=dtype, device=device)
+            depth = depth + hand - ((1 - weight) * hand[prefix - 1] + weight * hand[rest_start])
         prior = HeldPrior(
-            depth=(1 - weight) * centres[prefix - 1, 2] + weight * centres[rest_start, 2],
+            depth=depth,
             rotation=roma.rotvec_to_rotmat(weight[:, None] * turn) @ rotations[prefix - 1],
         )
 

@@ -78,6 +78,37 @@ def still_anchors(
     )  # fmt: skip
 
 
+def holding_hand_depth(
+    layout, vid, K: np.ndarray, object_masks: np.ndarray, anchors, info: dict[str, object]
+) -> np.ndarray | None:
+    """Stage 1's depth track of the hand(s) holding the object while it moves (``held_hand_depth``), or
+    None (recorded in ``info``) when no hand is near it or stage 1 has not run."""
+    import torch
+
+    from reconstruction.backends import held_hand_depth
+
+    path = layout.hmr_result(vid)
+    if not path.exists():  # the pipeline runs stage 1 first; a stage-3 call of its own may not have
+        logger.warning("%s: no stage-1 result %s: the held-frame depth prior is the line between the still "
+                       "depths (object_pose.mesh_tracker.hand_depth_prior)", vid, path)  # fmt: skip
+        info["held_depth_prior_hands"] = "no stage-1 result"
+        return None
+    keypoints = torch.load(path, map_location="cpu", weights_only=False).get("keypoints_3d_cam")
+    if keypoints is None:
+        raise StageInputError(f"{path}: no keypoints_3d_cam (object_pose.mesh_tracker.hand_depth_prior)")
+    keypoints = np.asarray(keypoints, dtype=np.float64)
+    if keypoints.shape[0] != len(object_masks) or not np.isfinite(keypoints).all():
+        raise StageInputError(f"{path}: keypoints_3d_cam {keypoints.shape} is not finite (T,75,3) for "
+                              f"{len(object_masks)} frames")  # fmt: skip
+    moving = np.zeros(len(object_masks), dtype=bool)
+    moving[anchors.static_prefix : len(object_masks) - anchors.rest_suffix] = True
+    depth, hands = held_hand_depth.holding_hand_depth(keypoints, K, object_masks, moving)
+    info["held_depth_prior_hands"] = [("left", "right")[side] for side in hands]
+    logger.info("%s: held-frame depth prior from stage 1's %s", vid,
+                " and ".join(info["held_depth_prior_hands"]) + " hand" if hands else "line (no hand near the object)")  # fmt: skip
+    return depth
+
+
 def run(ctx: StageContext) -> StageResult:
     start = time.perf_counter()
     layout, vid = ctx.layout, ctx.video
@@ -137,11 +168,14 @@ def run(ctx: StageContext) -> StageResult:
             if tracker_config.use_anchors and frames is not None:
                 anchors = still_anchors(layout, vid, object_masks, human_masks, mesh.vertices, initial_pose, K,
                                         frames)  # fmt: skip
+            hand_depth = None
+            if anchors is not None and tracker_config.hand_depth_prior:
+                hand_depth = holding_hand_depth(layout, vid, K, object_masks, anchors, info)
             result = mesh_tracker.track_object(
                 mesh.vertices, mesh.faces, K, initial_pose, object_masks, human_masks, depth,
                 tracker_config, ctx.device, progress=lambda f, msg: ctx.progress(0.05 + 0.9 * f, msg),
                 check_cancelled=ctx.check_cancelled, anchors=anchors,
-                images=frames if tracker_config.weight_colour > 0 else None,
+                images=frames if tracker_config.weight_colour > 0 else None, hand_depth=hand_depth,
             )  # fmt: skip
             if anchors is not None:
                 info["static_prefix_frames"] = anchors.static_prefix
