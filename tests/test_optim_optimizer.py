@@ -223,7 +223,9 @@ def test_penetration_covers_the_forearm(body, monkeypatch):
 
     def term(batch):
         var = optimizer._init_variables(batch)
-        return float(optimizer._terms(batch, var, {"penetration": config.eval_metrics["penetration"]})["penetration"])
+        return float(
+            optimizer._terms(batch, var, {"penetration": config.eval_metrics["penetration"]})["penetration"].detach()
+        )
 
     with_forearm = _Batch([video], body, config.optimization, torch.device("cpu"))
     arm_ids = set(forearm.tolist()) & set(with_forearm.body_vertex_ids.tolist())
@@ -238,3 +240,39 @@ def test_penetration_covers_the_forearm(body, monkeypatch):
     assert forearm_only > 0
     assert term(with_forearm) - term(without) == pytest.approx(forearm_only, rel=0.15)
     assert term(without) < 0.5 * term(with_forearm)
+
+
+def test_eval_keypoint_tracking_is_in_percent_of_the_person_height(body):
+    """Stage 5's keypoint check means the same fit quality at any resolution: the same scene seen with twice
+    the focal length on a twice larger image scores the same (in px^2 it scored 4x)."""
+    gt, video = make_scene(body, 8)
+    config = _config()
+    eval_cfg = {"keypoint_tracking": config.eval_metrics["keypoint_tracking"]}
+    optimizer = HOIOptimizer(body, config.optimization)
+    value = optimizer.evaluate(video, eval_cfg)["keypoint_tracking"]
+    zoomed = copy.copy(video)
+    zoomed.K = video.K.clone()
+    zoomed.K[:2] *= 2.0
+    zoomed.image_size = (video.image_size[0] * 2, video.image_size[1] * 2)
+    zoomed.keypoints_2d = video.keypoints_2d.clone()
+    zoomed.keypoints_2d[..., :2] *= 2.0
+    assert optimizer.evaluate(zoomed, eval_cfg)["keypoint_tracking"] == pytest.approx(value, rel=1e-4)
+    # the unit: 0.1 x the weighted mean squared error in percent of the keypoints' vertical extent
+    kp = video.keypoints_2d
+    height = float((kp[:, :33, 1].amax(-1) - kp[:, :33, 1].amin(-1)).median())
+    assert float(losses.person_height_px(kp[..., :2], kp[..., 2], torch.arange(75) >= 33)) == pytest.approx(height)
+    raw = optimizer._terms(*_eval_batch(optimizer, video), eval_cfg)["keypoint_tracking"]
+    assert value == pytest.approx(0.1 * float(raw[0]) * (100.0 / height) ** 2, rel=1e-4)
+    # stage 1's perturbed arms and 6 cm offset fail the reference's threshold (2.0); the truth scores 0
+    assert value > eval_cfg["keypoint_tracking"].threshold, value
+    truth = copy.copy(video)
+    truth.body_pose, truth.body_trans = gt["pose"], gt["trans"]
+    assert optimizer.evaluate(truth, eval_cfg)["keypoint_tracking"] < 1e-3
+
+
+def _eval_batch(optimizer, video):
+    from reconstruction.optim.optimizer import _Batch
+
+    batch = _Batch([video], optimizer.body, optimizer.config, optimizer.device)
+    zero = {k: torch.zeros_like(v) for k, v in optimizer._init_variables(batch).items()}
+    return batch, zero

@@ -78,6 +78,20 @@ def keypoint_tracking(
     return (weight * error).sum((-2, -1)) / weight.sum((-2, -1)).clamp_min(_EPS)
 
 
+def person_height_px(target_2d: torch.Tensor, confidence: torch.Tensor, hand_mask: torch.Tensor) -> torch.Tensor:
+    """The person's image height (px) from the 2D body keypoints (..., T, K, 2): per frame the vertical
+    extent of the body keypoints detected with confidence > 0.5 (nose to heels), median over the frames
+    with at least 4 of them; (...). 1 where no frame has."""
+    body = ~hand_mask
+    y = target_2d[..., body, 1]
+    seen = confidence[..., body] > 0.5
+    top = torch.where(seen, y, torch.full_like(y, float("inf"))).amin(-1)
+    bottom = torch.where(seen, y, torch.full_like(y, float("-inf"))).amax(-1)
+    extent = torch.where(seen.sum(-1) >= 4, bottom - top, torch.full_like(top, float("nan")))
+    height = torch.nanmedian(extent, dim=-1).values
+    return torch.where(torch.isfinite(height) & (height > 0), height, torch.ones_like(height))
+
+
 def human_smoothness(joints: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
     """1st + 2nd order temporal smoothness of body joints (..., T, J, 3): mean |a|^2 + beta mean |v|^2."""
     return _temporal(joints, beta)

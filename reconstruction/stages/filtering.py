@@ -112,6 +112,12 @@ def check_object_mask(errors: np.ndarray, frame_tol: float, total_tol: float, mi
     return [per_frame, total]
 
 
+# What each eval metric's value measures (the filter report's detail).
+EVAL_UNITS = {
+    "keypoint_tracking": "weight x confidence-weighted mean squared 2D keypoint error, in % of the person's image height",
+}
+
+
 def check_eval_metrics(eval_data: dict[str, float], thresholds: dict[str, float | None]) -> list[Check]:
     checks = []
     for name, threshold in thresholds.items():
@@ -122,7 +128,9 @@ def check_eval_metrics(eval_data: dict[str, float], thresholds: dict[str, float 
             checks.append(Check(f"eval/{name}", None, threshold, FAIL, "metric missing from eval_data"))
         else:
             ok = np.isfinite(value) and value <= threshold
-            checks.append(Check(f"eval/{name}", float(value), threshold, PASS if ok else FAIL))
+            checks.append(
+                Check(f"eval/{name}", float(value), threshold, PASS if ok else FAIL, EVAL_UNITS.get(name, ""))
+            )
     return checks
 
 
