@@ -546,3 +546,61 @@ def test_hand_moving_over_the_person_stays_foreground_where_the_background_is_un
         video, first_object, person, ClassicalMaskConfig(use_selfie=False, keep_foreground_margin=None)
     )
     assert max(without.human_masks[t][hand[t]].mean() for t in range(1, len(video))) < 0.2
+
+
+def _shaded_head_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A drill-like yellow object (handle and head) carried from beside a person onto their olive-brown legs;
+    from frame 4 its head is turned from the light: the same yellow at 0.4 of its brightness, which in Lab
+    is nearer the legs than anything the object showed at frame 0. Returns video, first masks, true object
+    masks and the head's true masks."""
+    frames, height, width = 14, 120, 160
+    wall, shirt, legs, yellow = (100, 140, 150), (40, 150, 60), (80, 70, 42), np.array((235, 185, 30))
+    rng = np.random.default_rng(0)
+    video = np.empty((frames, height, width, 3), dtype=np.uint8)
+    truth = np.zeros((frames, height, width), dtype=bool)
+    head = np.zeros_like(truth)
+    human = np.zeros((height, width), dtype=bool)
+    human[10:40, 80:130] = True  # shirt
+    human[40:115, 85:125] = True  # legs
+    for t in range(frames):
+        image = np.empty((height, width, 3), dtype=np.float64)
+        image[:] = wall
+        image[10:40, 80:130] = shirt
+        image[40:115, 85:125] = legs
+        x = 50 + min(t, 10) * 4  # from over the wall to over the legs
+        truth[t, 60:90, x + 3 : x + 11] = True  # handle
+        head[t, 50:60, x : x + 16] = True
+        image[truth[t]] = yellow
+        image[head[t]] = yellow if t < 4 else 0.4 * yellow
+        truth[t] |= head[t]
+        video[t] = np.clip(image + rng.normal(0, 1.5, image.shape), 0, 255).astype(np.uint8)
+    return video, truth[0], human & ~truth[0], truth, head
+
+
+def test_shaded_face_of_the_object_stays_the_objects():
+    """Lab calls the shaded head surely human (the legs' colour); its chromaticity is the object's, and the
+    rigid carry puts it where the object's shape is."""
+    from reconstruction.backends.classical_masks import ClassicalMaskConfig, track_masks
+
+    video, first_object, first_human, truth, head = _shaded_head_scene()
+    track = track_masks(video, first_object, first_human, ClassicalMaskConfig(use_selfie=False))
+    for t in range(5, len(video)):
+        assert track.object_masks[t][head[t]].mean() > 0.9, t
+        assert track.human_masks[t][head[t]].mean() < 0.05, t
+        iou = (track.object_masks[t] & truth[t]).sum() / (track.object_masks[t] | truth[t]).sum()
+        assert iou > 0.95, (t, iou)
+    # Without the rule the shaded head goes to the person.
+    without = track_masks(
+        video, first_object, first_human, ClassicalMaskConfig(use_selfie=False, shade_chroma_margin=None)
+    )
+    assert max(without.object_masks[t][head[t]].mean() for t in range(5, len(video))) < 0.1
+    assert min(without.human_masks[t][head[t]].mean() for t in range(5, len(video))) > 0.9
+
+
+def test_chromaticity_ignores_shading_and_dark_pixels():
+    from reconstruction.backends.classical_masks import chromaticity_bins
+
+    yellow = np.array([[[235, 185, 30], [94, 74, 12], [20, 16, 2], [80, 70, 42]]], dtype=np.uint8)
+    chroma, bright = chromaticity_bins(yellow, 32, 60.0)
+    assert chroma[0, 0] == chroma[0, 1] != chroma[0, 3]  # lit and shaded yellow alike, olive skin apart
+    assert bright.tolist() == [[True, True, False, True]]
