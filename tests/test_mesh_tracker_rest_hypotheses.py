@@ -68,3 +68,25 @@ def test_rest_hypothesis_chosen_by_colour_then_silhouette():
     # Listed the other way round, the same turn wins (not the first, nor the smaller turn).
     flipped = (rotations.flip(0), centres.flip(0), *args[2:])
     assert mesh_tracker.choose_rest_hypothesis(*flipped) == 0
+
+
+def test_pick_rest_hypothesis_same_look_decided_by_colour_then_turn():
+    """Costs logged on the seed-0 mug (session 7): three turns look the same (silhouette within 3%); the
+    smallest (1 deg) rested 25 deg off, the one whose colours agree clearly best (26.7 deg) within 2 deg."""
+    config = mesh_tracker.TrackerConfig()
+    turns = torch.tensor([29.7, 1.0, 21.8, 26.7])
+    silhouette = torch.tensor([8.004, 8.163, 8.29, 7.982], dtype=torch.float64)
+    colour = torch.tensor([7.247, 7.726, 6.92, 7.094], dtype=torch.float64)
+    assert mesh_tracker.pick_rest_hypothesis(silhouette, colour, turns, config) == 3
+    # 21.8 deg has the lowest colour cost of all but not the same look (8.29 > 3% over 7.982)
+    # with the tie-break off, the smallest turn of the same looks
+    off = mesh_tracker.TrackerConfig(rest_colour_tiebreak=0.0)
+    assert mesh_tracker.pick_rest_hypothesis(silhouette, colour, turns, off) == 1
+    # colours that barely differ (a bottle's turns) leave the smallest turn
+    even = torch.tensor([7.30, 7.25, 7.0, 7.20], dtype=torch.float64)
+    assert mesh_tracker.pick_rest_hypothesis(silhouette, even, turns, config) == 1
+    # no colour (no video frames): the smallest turn of the same looks
+    assert mesh_tracker.pick_rest_hypothesis(silhouette, torch.zeros(4, dtype=torch.float64), turns, config) == 1
+    # the colour gate still rules out a mirror turn whatever its silhouette
+    mirror = torch.tensor([7.25, 7.73, 6.92, 14.0], dtype=torch.float64)
+    assert mesh_tracker.pick_rest_hypothesis(silhouette, mirror, turns, config) == 0

@@ -119,6 +119,11 @@ class TrackerConfig:
     # seed-0 mug the true turn cost 2.1% more than the one 56 deg off, on the GPU-rendered one a turn 43
     # deg off 4.3% more than the true one; the smaller turn decides within this margin.
     rest_same_cost: float = 0.03
+    # Of those same looks, the one whose colour cost is lower than the smallest turn's by more than this
+    # fraction wins (0: off). On the seed-0 mug with the session-7 masks, turns 29.7 / 1.0 / 26.7 deg had
+    # silhouette costs 8.004 / 8.163 / 7.982 (the same look) and colour costs 7.25 / 7.73 / 7.09: the
+    # smallest turn rested 25 deg off, the clearest colour within 2 deg. A bottle's turns share colours.
+    rest_colour_tiebreak: float = 0.05
     # Frames whose image evidence is kept (``EvidenceSource``, ~10 MB each at 640x480); the others are
     # rebuilt when asked for again. 64 holds a 60-frame video whole (each frame built once).
     evidence_cache_frames: int = 64
@@ -1006,6 +1011,27 @@ def _colour_allowed(colour: torch.Tensor, config: TrackerConfig) -> torch.Tensor
     return colour <= colour.min() * config.rest_colour_gate
 
 
+def pick_rest_hypothesis(
+    silhouette: torch.Tensor, colour: torch.Tensor, turns: torch.Tensor, config: TrackerConfig
+) -> int:
+    """The decision of ``choose_rest_hypothesis`` from the candidates' (N,) silhouette and colour costs and
+    turns from frame 0 (deg)."""
+    silhouette, colour, turns = silhouette.cpu(), colour.cpu(), turns.cpu().to(silhouette.dtype)
+    allowed = _colour_allowed(colour, config)
+    best = int(torch.where(allowed, silhouette, torch.full_like(silhouette, float("inf"))).argmin())
+    # "The best one's silhouette": the same cost within mask noise (rest_same_cost). Comparing the
+    # outlines as well (IoU >= 0.97) let a mug turned 17 deg the wrong way look the same as the true one.
+    same = allowed & (silhouette <= silhouette[best] * (1 + config.rest_same_cost))
+    choice = int(torch.where(same, turns, torch.full_like(turns, float("inf"))).argmin())
+    if config.rest_colour_tiebreak > 0 and bool((colour > 0).any()):
+        # Of the same looks, one whose colours clearly agree better with frame 0 than the smallest turn's
+        # wins (a mug's handle turned 27 deg towards the camera or 1 deg: nearly the same outline).
+        clearest = int(torch.where(same, colour, torch.full_like(colour, float("inf"))).argmin())
+        if colour[clearest] < colour[choice] * (1 - config.rest_colour_tiebreak):
+            choice = clearest
+    return choice
+
+
 def choose_rest_hypothesis(
     rotations: torch.Tensor, centres: torch.Tensor, rotation0: torch.Tensor, centroid: torch.Tensor,
     mesh: tuple[torch.Tensor, torch.Tensor], evidence: FrameEvidence, K: np.ndarray, size: tuple[int, int],
@@ -1019,15 +1045,11 @@ def choose_rest_hypothesis(
     never-seen back) is out. Of the rest, the silhouette decides (the colour's fine optimum was 27 deg
     off on the mug's rest masks), and of those with the best one's silhouette cost (within
     ``rest_same_cost``) the smallest turn from frame 0 is kept (a bottle looks the same at any turn;
-    mask noise should not pick one)."""
+    mask noise should not pick one), unless another of them shows frame 0's colours clearly better
+    (``rest_colour_tiebreak``; ``pick_rest_hypothesis``)."""
     silhouette, colour = rest_scores(rotations, centres, centroid, mesh, evidence, K, size, config)
-    allowed = _colour_allowed(colour, config)
-    best = int(torch.where(allowed, silhouette, torch.full_like(silhouette, float("inf"))).argmin())
     turns = torch.tensor([_turn_deg(r, rotation0) for r in rotations], dtype=silhouette.dtype)
-    # "The best one's silhouette": the same cost within mask noise (rest_same_cost). Comparing the
-    # outlines as well (IoU >= 0.97) let a mug turned 17 deg the wrong way look the same as the true one.
-    same = (allowed & (silhouette <= silhouette[best] * (1 + config.rest_same_cost))).cpu()
-    choice = int(torch.where(same, turns, torch.full_like(turns, float("inf"))).argmin())
+    choice = pick_rest_hypothesis(silhouette, colour, turns, config)
     logger.info(
         "resting pose: %d hypotheses, turns %s deg, silhouette costs %s, colour costs %s: turn %.1f deg",
         len(rotations), [round(float(t), 1) for t in turns], [round(float(c), 3) for c in silhouette],
