@@ -15,6 +15,7 @@ from reconstruction.stages.fit_body import (
     over_torso_2d,
     transform_body,
 )
+from tests.fit_scene import scene_keypoints
 
 ANNY_ARM = ["clavicle.L", "shoulder01.L", "upperarm01.L", "lowerarm02.L", "wrist.L"]
 
@@ -47,21 +48,7 @@ def test_anchored_prior_interpolates_then_holds():
 @pytest.fixture(scope="module")
 def box_scene():
     """The generator's 30-frame box scene (no render): the ground-truth camera-frame keypoints and their 2D."""
-    from reconstruction.body import load_body_model
-    from reconstruction.synth.scene import SceneConfig, build_scene
-
-    body = load_body_model("anny", device="cpu")
-    scene = build_scene(SceneConfig(category="box", num_frames=30, seed=0, ik_steps=30), body)
-    world_to_cam = torch.as_tensor(scene.world_to_cam[0], dtype=torch.float32)
-    points = scene.keypoints_world @ world_to_cam[:3, :3].T + world_to_cam[:3, 3]
-    K = torch.as_tensor(scene.K, dtype=torch.float32)
-    uv = points[..., :2] / points[..., 2:3] * torch.stack([K[0, 0], K[1, 1]]) + K[:2, 2]
-    keypoints_2d = torch.cat([uv, torch.full_like(uv[..., :1], 0.9)], -1)
-    pose0, trans0 = transform_body(body, scene.pose_aa[:1], scene.shape, scene.trans[:1], world_to_cam)
-    return {
-        "body": body, "scene": scene, "points": points, "keypoints_2d": keypoints_2d, "K": K,
-        "pose0": pose0[0], "trans0": trans0[0], "up": world_to_cam[:3, 2],
-    }  # fmt: skip
+    return scene_keypoints("box", 30, 0)
 
 
 def test_arm_held_in_front_does_not_flip_behind(box_scene):

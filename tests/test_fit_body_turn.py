@@ -9,7 +9,8 @@ import torch
 
 from reconstruction import keypoints as kp
 from reconstruction.keypoints import index
-from reconstruction.stages.fit_body import FitSettings, anchored_prior, fit_body, transform_body, view_turn
+from reconstruction.stages.fit_body import FitSettings, anchored_prior, fit_body, view_turn
+from tests.fit_scene import scene_keypoints
 
 UP = torch.tensor([0.0, -1.0, 0.0])  # camera y points down
 
@@ -72,21 +73,7 @@ def test_turned_frames_carry_the_pose_from_before_the_turn():
 def turning_scene():
     """The generator's seed-1 bottle scene (no render): the right hand holds the bottle in front of the chest
     while the body turns ~30 degrees (frames ~32-40); ground-truth camera-frame keypoints and their 2D."""
-    from reconstruction.body import load_body_model
-    from reconstruction.synth.scene import SceneConfig, build_scene
-
-    body = load_body_model("anny", device="cpu")
-    scene = build_scene(SceneConfig(category="bottle", num_frames=60, seed=1, ik_steps=30), body)
-    world_to_cam = torch.as_tensor(scene.world_to_cam[0], dtype=torch.float32)
-    points = scene.keypoints_world @ world_to_cam[:3, :3].T + world_to_cam[:3, 3]
-    K = torch.as_tensor(scene.K, dtype=torch.float32)
-    uv = points[..., :2] / points[..., 2:3] * torch.stack([K[0, 0], K[1, 1]]) + K[:2, 2]
-    keypoints_2d = torch.cat([uv, torch.full_like(uv[..., :1], 0.9)], -1)
-    pose0, trans0 = transform_body(body, scene.pose_aa[:1], scene.shape, scene.trans[:1], world_to_cam)
-    return {
-        "body": body, "scene": scene, "points": points, "keypoints_2d": keypoints_2d, "K": K,
-        "pose0": pose0[0], "trans0": trans0[0], "up": world_to_cam[:3, 2],
-    }  # fmt: skip
+    return scene_keypoints("bottle", 60, 1)
 
 
 def test_arm_held_in_front_does_not_flip_when_the_body_turns(turning_scene):
