@@ -215,4 +215,6 @@ def test_held_depth_prior_follows_the_holding_hand(scene, tmp_path):
 def test_nan_in_stage1_hands(scene, tmp_path):
     layout, vid, truth = _copy(scene, tmp_path)
     _write_stage1_hands(layout, vid, truth, value=float("nan"))
-    _expect_error_keeps_cache(layout, vid, r"hmr_results\.pt: keypoints_3d_cam .* is not finite")
+    _expect_error_keeps_cache(layout, vid, r"hmr_results\.pt: keypoints_3d_cam .* is not a finite")
+    fileio.write_torch(layout.hmr_result(vid), {"keypoints_3d_cam": torch.zeros(NUM_FRAMES, 33, 3)})
+    _expect_error_keeps_cache(layout, vid, r"keypoints_3d_cam \(\d+, 33, 3\) is not a finite \(\d+, 75, 3\) array")

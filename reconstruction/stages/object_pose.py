@@ -97,9 +97,10 @@ def holding_hand_depth(
     if keypoints is None:
         raise StageInputError(f"{path}: no keypoints_3d_cam (object_pose.mesh_tracker.hand_depth_prior)")
     keypoints = np.asarray(keypoints, dtype=np.float64)
-    if keypoints.shape[0] != len(object_masks) or not np.isfinite(keypoints).all():
-        raise StageInputError(f"{path}: keypoints_3d_cam {keypoints.shape} is not finite (T,75,3) for "
-                              f"{len(object_masks)} frames")  # fmt: skip
+    expected = (len(object_masks), len(held_hand_depth.kp.ALL_KEYPOINTS), 3)
+    if keypoints.shape != expected or not np.isfinite(keypoints).all():
+        raise StageInputError(f"{path}: keypoints_3d_cam {keypoints.shape} is not a finite {expected} array "
+                              f"(object_pose.mesh_tracker.hand_depth_prior)")  # fmt: skip
     moving = np.zeros(len(object_masks), dtype=bool)
     moving[anchors.static_prefix : len(object_masks) - anchors.rest_suffix] = True
     depth, hands = held_hand_depth.holding_hand_depth(keypoints, K, object_masks, moving)
