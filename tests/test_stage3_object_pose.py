@@ -196,7 +196,14 @@ def _write_stage1_hands(layout, vid, truth, value: float | None = None) -> None:
     keypoints[:, kp.RIGHT_HAND_SLICE] = truth.object_poses_cam[:, None, :3, 3] + hand
     if value is not None:
         keypoints[NUM_FRAMES // 2, kp.RIGHT_HAND_SLICE] = value
-    fileio.write_torch(layout.hmr_result(vid), {"keypoints_3d_cam": torch.as_tensor(keypoints)})
+    fileio.write_torch(layout.hmr_result(vid), _stage1_result(torch.as_tensor(keypoints)))
+
+
+def _stage1_result(keypoints_3d_cam: torch.Tensor) -> dict:
+    """A stage-1 result in the contract's layout (``human_pose.load_hmr_result`` validates it)."""
+    motion = {"pose_aa": torch.zeros(NUM_FRAMES, 1, 3), "shape": torch.zeros(10), "trans": torch.zeros(NUM_FRAMES, 3)}
+    return {"body_model": "anny", "motion_incam": motion, "motion_global": dict(motion),
+            "keypoints_3d_cam": keypoints_3d_cam}  # fmt: skip
 
 
 def test_held_depth_prior_follows_the_holding_hand(scene, tmp_path):
@@ -215,6 +222,8 @@ def test_held_depth_prior_follows_the_holding_hand(scene, tmp_path):
 def test_nan_in_stage1_hands(scene, tmp_path):
     layout, vid, truth = _copy(scene, tmp_path)
     _write_stage1_hands(layout, vid, truth, value=float("nan"))
-    _expect_error_keeps_cache(layout, vid, r"hmr_results\.pt: keypoints_3d_cam .* is not a finite")
-    fileio.write_torch(layout.hmr_result(vid), {"keypoints_3d_cam": torch.zeros(NUM_FRAMES, 33, 3)})
+    _expect_error_keeps_cache(layout, vid, r"hmr_results\.pt: keypoints_3d_cam holds NaN or infinite values")
+    fileio.write_torch(layout.hmr_result(vid), _stage1_result(torch.zeros(NUM_FRAMES, 33, 3)))
     _expect_error_keeps_cache(layout, vid, r"keypoints_3d_cam \(\d+, 33, 3\) is not a finite \(\d+, 75, 3\) array")
+    fileio.write_bytes(layout.hmr_result(vid), b"not a torch file")
+    _expect_error_keeps_cache(layout, vid, r"hmr_results\.pt: not a readable stage-1 result")

@@ -83,9 +83,9 @@ def holding_hand_depth(
 ) -> np.ndarray | None:
     """Stage 1's depth track of the hand(s) holding the object while it moves (``held_hand_depth``), or
     None (recorded in ``info``) when no hand is near it or stage 1 has not run."""
-    import torch
-
     from reconstruction.backends import held_hand_depth
+    from reconstruction.keypoints import ALL_KEYPOINTS
+    from reconstruction.stages.human_pose import load_hmr_result
 
     path = layout.hmr_result(vid)
     if not path.exists():  # the pipeline runs stage 1 first; a stage-3 call of its own may not have
@@ -93,11 +93,11 @@ def holding_hand_depth(
                        "depths (object_pose.mesh_tracker.hand_depth_prior)", vid, path)  # fmt: skip
         info["held_depth_prior_hands"] = "no stage-1 result"
         return None
-    keypoints = torch.load(path, map_location="cpu", weights_only=False).get("keypoints_3d_cam")
+    keypoints = load_hmr_result(path).get("keypoints_3d_cam")  # unreadable, malformed or NaN: a clear error
     if keypoints is None:
         raise StageInputError(f"{path}: no keypoints_3d_cam (object_pose.mesh_tracker.hand_depth_prior)")
     keypoints = np.asarray(keypoints, dtype=np.float64)
-    expected = (len(object_masks), len(held_hand_depth.kp.ALL_KEYPOINTS), 3)
+    expected = (len(object_masks), len(ALL_KEYPOINTS), 3)
     if keypoints.shape != expected or not np.isfinite(keypoints).all():
         raise StageInputError(f"{path}: keypoints_3d_cam {keypoints.shape} is not a finite {expected} array "
                               f"(object_pose.mesh_tracker.hand_depth_prior)")  # fmt: skip
