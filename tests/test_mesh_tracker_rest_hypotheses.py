@@ -87,6 +87,23 @@ def test_pick_rest_hypothesis_same_look_decided_by_colour_then_turn():
     assert mesh_tracker.pick_rest_hypothesis(silhouette, even, turns, config) == 1
     # no colour (no video frames): the smallest turn of the same looks
     assert mesh_tracker.pick_rest_hypothesis(silhouette, torch.zeros(4, dtype=torch.float64), turns, config) == 1
-    # the colour gate still rules out a mirror turn whatever its silhouette
+    # the colour gate still rules out a mirror turn with the same outline
     mirror = torch.tensor([7.25, 7.73, 6.92, 14.0], dtype=torch.float64)
     assert mesh_tracker.pick_rest_hypothesis(silhouette, mirror, turns, config) == 0
+
+
+def test_pick_rest_hypothesis_clearly_better_outline_overrides_colour_gate():
+    """Costs logged on the seed-2 box (session 8; truth 29.8 deg): the true turn shows box faces frame 0 never
+    saw, so its colour cost is 1.64x the lowest, over the gate; its outline is clearly the best (18.1
+    against 24.7 for the 17.9 deg turn the gate left). The 180 deg turn draws the same outline but is the
+    larger turn and shows the wrong colours."""
+    config = mesh_tracker.TrackerConfig()
+    turns = torch.tensor([17.9, 21.4, 30.5, 148.7])
+    silhouette = torch.tensor([24.706, 37.929, 18.084, 18.371], dtype=torch.float64)
+    colour = torch.tensor([3.54, 2.953, 4.848, 12.596], dtype=torch.float64)
+    assert mesh_tracker.pick_rest_hypothesis(silhouette, colour, turns, config) == 2
+    off = mesh_tracker.TrackerConfig(rest_silhouette_override=0.0)
+    assert mesh_tracker.pick_rest_hypothesis(silhouette, colour, turns, off) == 0
+    # an outline only a little better (within the override's 15%) stays ruled out by its colours
+    close = torch.tensor([24.706, 37.929, 22.0, 23.0], dtype=torch.float64)
+    assert mesh_tracker.pick_rest_hypothesis(close, colour, turns, config) == 0

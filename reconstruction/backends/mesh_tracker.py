@@ -113,6 +113,12 @@ class TrackerConfig:
     # 0: off. On the mug's GPU-rendered rest masks the front turns' costs were within 1.13x of the lowest,
     # the mirror turns' 1.9x; the box's 180 deg turn (seed 0) 8.7x.
     rest_colour_gate: float = 1.25
+    # A candidate the colour gate rules out comes back when its silhouette cost is lower than the best
+    # allowed one's by more than this fraction (0: off). The colour cost counts never-seen surface
+    # (``colour_unknown_cost``), so a larger true turn that shows more of it is penalised: on the seed-2
+    # box the true turn (30.7 deg, silhouette 19.5) sat at 1.69x the lowest colour cost, and a 16.6 deg
+    # turn with a clearly worse outline (25.0) won. Mirror turns draw nearly the same outline.
+    rest_silhouette_override: float = 0.15
     # Resting hypotheses within this relative silhouette cost of the best count as the same look, of
     # which the smallest turn is kept (a symmetric bottle). A mug's handle turned ~30
     # deg towards the camera or away from it looks nearly the same and its colours do not differ: on the
@@ -1018,6 +1024,9 @@ def pick_rest_hypothesis(
     turns from frame 0 (deg)."""
     silhouette, colour, turns = silhouette.cpu(), colour.cpu(), turns.cpu().to(silhouette.dtype)
     allowed = _colour_allowed(colour, config)
+    if config.rest_silhouette_override > 0:
+        allowed_best = torch.where(allowed, silhouette, torch.full_like(silhouette, float("inf"))).min()
+        allowed = allowed | (silhouette < allowed_best * (1 - config.rest_silhouette_override))
     best = int(torch.where(allowed, silhouette, torch.full_like(silhouette, float("inf"))).argmin())
     # "The best one's silhouette": the same cost within mask noise (rest_same_cost). Comparing the
     # outlines as well (IoU >= 0.97) let a mug turned 17 deg the wrong way look the same as the true one.
@@ -1042,7 +1051,7 @@ def choose_rest_hypothesis(
 
     The colour vets: a candidate whose surface colours disagree with frame 0's much more than another
     candidate's (over ``rest_colour_gate`` times the lowest colour cost: the mug's mirror turn shows its
-    never-seen back) is out. Of the rest, the silhouette decides (the colour's fine optimum was 27 deg
+    never-seen back) is out, unless its silhouette is clearly the better (``rest_silhouette_override``). Of the rest, the silhouette decides (the colour's fine optimum was 27 deg
     off on the mug's rest masks), and of those with the best one's silhouette cost (within
     ``rest_same_cost``) the smallest turn from frame 0 is kept (a bottle looks the same at any turn;
     mask noise should not pick one), unless another of them shows frame 0's colours clearly better
