@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reconstruction.body import load_body_model  # noqa: E402
 from reconstruction.config import load_config  # noqa: E402
-from reconstruction.optim import geometry, losses  # noqa: E402
+from reconstruction.optim import geometry  # noqa: E402
 from reconstruction.optim.optimizer import HOIOptimizer, VideoInputs  # noqa: E402
+from reconstruction.projection import project  # noqa: E402
 
 K = torch.tensor([[500.0, 0.0, 320.0], [0.0, 500.0, 240.0], [0.0, 0.0, 1.0]])
 WORLD_TO_CAM = torch.tensor([[1.0, 0, 0, 0], [0, 0, -1.0, 1.0], [0, 1.0, 0, 3.0], [0, 0, 0, 1.0]])
@@ -78,7 +79,7 @@ def make_video(body, num_frames: int, seed: int, with_depth: bool) -> VideoInput
     obj_world = torch.eye(4).repeat(T, 1, 1)
     obj_world[:, :3, 3] = hand.mean(1)
     obj_world[:, 1, 3] = hand[..., 1].min(1).values - 0.072
-    kp = losses.project(geometry.apply_homogeneous(out.keypoints, WORLD_TO_CAM), K)
+    kp = project(geometry.apply_homogeneous(out.keypoints, WORLD_TO_CAM), K)
     depth = obj_masks = human_masks = None
     if with_depth:
         from reconstruction.render import Mesh, render

@@ -9,8 +9,9 @@ import math
 
 import torch
 
-from reconstruction.optim import geometry, losses
+from reconstruction.optim import geometry
 from reconstruction.optim.optimizer import VideoInputs
+from reconstruction.projection import project
 
 K = torch.tensor([[300.0, 0.0, 160.0], [0.0, 300.0, 120.0], [0.0, 0.0, 1.0]])
 # camera 3 m in front of the body (anny faces -Y), 1 m high, looking along +Y
@@ -57,7 +58,7 @@ def make_scene(body, num_frames: int = 12, name: str = "Synthetic/box/v0", conta
     obj_world[:contact_from] = obj_world[contact_from]
     obj_cam = WORLD_TO_CAM @ obj_world
     kp_cam = geometry.apply_homogeneous(out.keypoints, WORLD_TO_CAM)
-    kp2d = losses.project(kp_cam, K)
+    kp2d = project(kp_cam, K)
     keypoints = torch.cat([kp2d, torch.ones(T, kp2d.shape[1], 1)], -1)
     gt = {"pose": pose, "trans": trans, "shape": shape, "keypoints_world": out.keypoints, "obj_world": obj_world,
           "contact_from": contact_from}  # fmt: skip

@@ -9,16 +9,17 @@ import torch
 
 from reconstruction import keypoints as kp
 from reconstruction.optim import geometry, losses
+from reconstruction.projection import project
 
 K = torch.tensor([[100.0, 0.0, 50.0], [0.0, 100.0, 40.0], [0.0, 0.0, 1.0]])
 
 
 def test_project_pinhole_and_batched_K():
     pts = torch.tensor([[0.0, 0.0, 2.0], [1.0, -0.5, 2.0]])
-    assert torch.allclose(losses.project(pts, K), torch.tensor([[50.0, 40.0], [100.0, 15.0]]))
-    batched = losses.project(pts.expand(3, 4, 2, 3), torch.stack([K, 2 * K.triu(), K]))
+    assert torch.allclose(project(pts, K), torch.tensor([[50.0, 40.0], [100.0, 15.0]]))
+    batched = project(pts.expand(3, 4, 2, 3), torch.stack([K, 2 * K.triu(), K]))
     assert batched.shape == (3, 4, 2, 2)
-    assert torch.allclose(batched[0, 1], losses.project(pts, K))
+    assert torch.allclose(batched[0, 1], project(pts, K))
 
 
 def test_keypoint_tracking_value_weights_and_gradient():

@@ -21,7 +21,8 @@ from reconstruction.body import SMPLX_MODEL_DIR_ENV, load_body_model
 from reconstruction.config import load_config
 from reconstruction.keypoints import index
 from reconstruction.layout import Layout, VideoId
-from reconstruction.optim import geometry, losses
+from reconstruction.optim import geometry
+from reconstruction.projection import project
 from reconstruction.render import Mesh, render
 from reconstruction.render.scene import ground_plane
 from reconstruction.render_config import (
@@ -124,7 +125,7 @@ def _native_vertices_cam(body, params) -> torch.Tensor:
 def _keypoints_2d(gt) -> tuple[np.ndarray, np.ndarray]:
     """ViTPose COCO-17 (T,17,3) and the reference's hand keypoints (T,32,3) projected from the truth."""
     kp_cam = geometry.apply_homogeneous(gt["out"].keypoints, WORLD_TO_CAM)
-    uv = losses.project(kp_cam, K).numpy()
+    uv = project(kp_cam, K).numpy()
     vitpose = np.concatenate([uv[:, [index(n) for n in COCO17]], np.full((T, 17, 1), 0.9)], -1)
     hands = [uv[:, [index(f"{side}_hand_{n}") for n in HAND_SLOTS]] for side in ("left", "right")]
     hand_kp = np.concatenate([np.concatenate(hands, 1), np.ones((T, 32, 1))], -1)
@@ -200,7 +201,7 @@ def write_reference_results_dir(root, body, gt) -> Layout:
     )  # fmt: skip
     # The synthetic SMPL-X's faces join random vertices (slow to rasterise): the human mask is its splatted
     # vertices instead, and the human occludes the object there.
-    uv = losses.project(geometry.apply_homogeneous(out.vertices, WORLD_TO_CAM), K).round().long().numpy()
+    uv = project(geometry.apply_homogeneous(out.vertices, WORLD_TO_CAM), K).round().long().numpy()
     human = np.zeros((T, 240, 320), bool)
     inside = (uv[..., 0] >= 0) & (uv[..., 0] < 320) & (uv[..., 1] >= 0) & (uv[..., 1] < 240)
     frames = np.broadcast_to(np.arange(T)[:, None], inside.shape)
@@ -271,7 +272,7 @@ def test_native_stage1_output_is_converted(smplx_body, scene, reference_dir, tmp
     kp_cam = geometry.apply_homogeneous(scene["out"].keypoints, WORLD_TO_CAM)
     assert torch.allclose(torch.as_tensor(result["keypoints_3d_cam"]), kp_cam, atol=1e-4)
     # 2D keypoints: ViTPose and WiLoR points land on the same-named keypoints; the rest have no confidence
-    uv = losses.project(kp_cam, K).numpy()
+    uv = project(kp_cam, K).numpy()
     points = keypoints["keypoints_2d"]
     assert points.shape == (T, 75, 3) and tuple(keypoints["image_size"]) == (240, 320)
     for name in ("nose", "left_wrist", "right_ankle", "left_hand_thumb_cmc", "right_hand_pinky_dip"):

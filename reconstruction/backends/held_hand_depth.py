@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 
 from reconstruction import keypoints as kp
+from reconstruction.projection import project
 
 HAND_SLICES = (kp.LEFT_HAND_SLICE, kp.RIGHT_HAND_SLICE)
-
-
-def _project(points_cam: np.ndarray, K: np.ndarray) -> np.ndarray:
-    z = np.clip(points_cam[..., 2:3], 1e-6, None)
-    return (points_cam[..., :2] / z) @ np.asarray(K)[:2, :2].T + np.asarray(K)[:2, 2]
 
 
 def hand_object_distance(keypoints_3d_cam: np.ndarray, K: np.ndarray, object_masks: np.ndarray) -> np.ndarray:
@@ -33,13 +30,14 @@ def hand_object_distance(keypoints_3d_cam: np.ndarray, K: np.ndarray, object_mas
     num_frames, height, width = object_masks.shape
     out = np.full((num_frames, 2), np.inf)
     middle_tip = kp.HAND_LANDMARKS.index("middle_tip")
+    K_t = torch.as_tensor(np.asarray(K, dtype=np.float64))
     for t in range(num_frames):
         if not object_masks[t].any():
             continue
         # distance (px) of every pixel to the nearest object pixel
         distance = cv2.distanceTransform((~object_masks[t]).astype(np.uint8), cv2.DIST_L2, 5)
         for side, hand in enumerate(HAND_SLICES):
-            pixels = _project(keypoints_3d_cam[t, hand], K)
+            pixels = project(torch.from_numpy(keypoints_3d_cam[t, hand]), K_t).numpy()
             length = max(float(np.linalg.norm(pixels[middle_tip] - pixels[0])), 1.0)
             cols = np.clip(np.round(pixels[:, 0]).astype(int), 0, width - 1)
             rows = np.clip(np.round(pixels[:, 1]).astype(int), 0, height - 1)

@@ -48,6 +48,8 @@ import roma
 import torch
 import torch.nn.functional as F
 
+from reconstruction.projection import project
+
 logger = logging.getLogger(__name__)
 
 MIN_DEPTH_M, MAX_DEPTH_M = 0.05, 100.0  # object centres outside this range mean the track is lost
@@ -356,12 +358,6 @@ class EvidenceSource:
 
 
 # ---- geometry -------------------------------------------------------------------------------------
-def project(points_cam: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """(...,N,3) camera points -> (...,N,2) continuous pixel coordinates (pixel centres at +0.5)."""
-    z = points_cam[..., 2:3].clamp(min=1e-4)
-    return points_cam[..., :2] / z * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
-
-
 def sample_image(
     image: torch.Tensor, pixels: torch.Tensor, size: tuple[int, int], mode: str = "bilinear"
 ) -> torch.Tensor:

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from reconstruction.projection import project
+
 logger = logging.getLogger(__name__)
 
 
@@ -275,8 +277,7 @@ def project_points(points_cam: Any, K: Any) -> np.ndarray:
     z = pts[..., 2:3]
     if np.any(z <= 0):
         raise ValueError("project_points: points at or behind the camera (z <= 0)")
-    uvw = (pts / z) @ k.T
-    return uvw[..., :2]
+    return project(torch.as_tensor(pts, dtype=torch.float64), torch.as_tensor(k, dtype=torch.float64)).numpy()
 
 
 def keypoint_2d_errors(pred_xy: Any, gt_xy: Any, visible: Any) -> np.ndarray:

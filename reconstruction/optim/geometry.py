@@ -11,6 +11,7 @@ import torch
 
 from reconstruction.eval.geometry import winding_number
 from reconstruction.keypoints import LEFT_HAND_SLICE, RIGHT_HAND_SLICE
+from reconstruction.projection import project
 
 
 def sample_surface(
@@ -86,8 +87,6 @@ def visible_points(
     Each point falls in a ``cell_px`` screen cell; it is visible when in front of the camera, inside the
     image and within ``tol`` metres of the nearest point of its cell. Back-facing and occluded samples
     (the far side of the body, an object behind a hand) are thereby excluded without rasterising."""
-    from reconstruction.optim.losses import project
-
     height, width = image_size
     pixels = project(points_cam, K)
     z = points_cam[..., 2]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from reconstruction.projection import project
+
 _EPS = 1e-8
 
 
@@ -21,18 +23,6 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor, dims: tuple[int, ...]
     """Mean of ``values`` where ``mask`` over ``dims``; 0 where the mask is empty."""
     mask = mask.to(values.dtype)
     return (values * mask).sum(dims) / mask.sum(dims).clamp_min(1.0)
-
-
-def project(points_cam: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """Pinhole projection of camera-frame points (..., N, 3) -> pixels (..., N, 2).
-
-    K is (3, 3) or (B..., 3, 3) whose batch dims are the leading dims of ``points_cam``."""
-    while K.dim() - 2 < points_cam.dim() - 1:
-        K = K.unsqueeze(-3)
-    z = points_cam[..., 2].clamp_min(1e-4)  # points behind the camera would flip; keep them finite
-    u = points_cam[..., 0] / z * K[..., 0, 0] + K[..., 0, 2]
-    v = points_cam[..., 1] / z * K[..., 1, 1] + K[..., 1, 2]
-    return torch.stack([u, v], dim=-1)
 
 
 def huber(residual: torch.Tensor, delta: float) -> torch.Tensor:

@@ -33,6 +33,7 @@ from reconstruction.config import LossTermConfig, OptimizationConfig, OptStageSp
 from reconstruction.keypoints import ALL_KEYPOINTS, LEFT_HAND_SLICE, NUM_BODY, RIGHT_HAND_SLICE
 from reconstruction.optim import geometry, losses
 from reconstruction.optim.body_points import PointBody
+from reconstruction.projection import project
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +259,7 @@ class _Batch:
         self.obj_R_init = pose_world[..., :3, :3]
         self.obj_t_init = pose_world[..., :3, 3]
         track_cam = geometry.transform(self.obj_track_verts[:, None], pose_cam[..., :3, :3], pose_cam[..., :3, 3])
-        self.obj_track_target = losses.project(track_cam, self.K)  # (B, T, Nv, 2)
+        self.obj_track_target = project(track_cam, self.K)  # (B, T, Nv, 2)
 
         # human point subsets
         segments = getattr(body, "vertex_segments", {})
@@ -706,7 +707,7 @@ class _TermContext:
 
 
 def _t_keypoint_tracking(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
-    pred = losses.project(ctx.to_cam(ctx.human["keypoints"]), ctx.batch.K)
+    pred = project(ctx.to_cam(ctx.human["keypoints"]), ctx.batch.K)
     beta = 0.1 if cfg.beta is None else cfg.beta
     return losses.keypoint_tracking(pred, ctx.batch.kp_target, ctx.batch.kp_conf, ctx.batch.hand_mask, beta)
 
@@ -736,7 +737,7 @@ def _t_reg(var_name: str) -> Callable[[_TermContext, LossTermConfig], torch.Tens
 
 def _t_verts_tracking(ctx: _TermContext, cfg: LossTermConfig) -> torch.Tensor:
     verts = geometry.transform(ctx.batch.obj_track_verts[:, None], ctx.obj["R"], ctx.obj["t"])
-    pred = losses.project(ctx.to_cam(verts), ctx.batch.K)
+    pred = project(ctx.to_cam(verts), ctx.batch.K)
     return losses.verts_tracking(pred, ctx.batch.obj_track_target, ctx.batch.tracked_weight)
 
 

@@ -33,6 +33,7 @@ import torch
 
 from reconstruction.body.base import BodyModel
 from reconstruction.keypoints import NUM_BODY, index
+from reconstruction.projection import project
 
 logger = logging.getLogger(__name__)
 
@@ -175,13 +176,6 @@ def transform_body(
         target = model.forward(pose_aa, shape, trans).joints @ rotation.T + offset
         rotated = model.forward(new_pose, shape, torch.zeros_like(trans)).joints
     return new_pose, (target - rotated).mean(dim=1)
-
-
-def project(points: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """(..., 3) camera-frame points -> (..., 2) pixels; depth clamped so points behind stay finite."""
-    z = points[..., 2:3].clamp(min=1e-3)
-    uv = points[..., :2] / z
-    return uv * torch.stack([K[0, 0], K[1, 1]]) + torch.stack([K[0, 2], K[1, 2]])
 
 
 def keypoint_weights(keypoints_2d: torch.Tensor, settings: FitSettings) -> torch.Tensor:
