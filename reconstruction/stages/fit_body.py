@@ -18,7 +18,8 @@ in the frames where the torso-occlusion term placed it (carries that cue to the 
 the torso, which the frame-0 prior would otherwise flip behind it; ``anchored_prior``) and, in the frames
 where the torso has turned about the vertical away from frame 0's view, on its pose before the turn (there
 the frame-0 prior's choice between the arm's two depth solutions is made for another view; ``view_turn``),
-until the arm leaves that pose (its elbow moves in the image once the torso has done turning; ``carry_release``).
+until the arm goes back (its elbow heads back to its frame-0 place in the image once the torso has done turning;
+``carry_release``).
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ FOOT_POINTS = [
 # Joint names (anny bone labels and SMPL-X joint names) left out of the body fit: fingers, toes, face.
 NON_BODY_JOINTS = re.compile(r"finger|metacarpal|thumb|index|middle|ring|pinky|toe|eye|jaw|tongue|^root$", re.I)
 FINGER_JOINTS = re.compile(r"finger|metacarpal|thumb|index|middle|ring|pinky", re.I)
+# The shortest way back (torso heights in the image) that ``carry_release`` measures a return against: an elbow
+# held within a few centimetres of its frame-0 place in the image has no direction back that jitter would not swamp.
+MIN_RETURN_TORSO = 0.05
 
 
 @dataclass(frozen=True)
@@ -137,20 +141,21 @@ class FitSettings:
     # 0.04 cm, box hand 8.3). Left: a hand lowered after the turn stays forward with the held pose (seed-1
     # bottle frame 56: 16 cm too close).
     anchor_turn_deg: float = 15.0
-    # A carried arm lets go where its upper arm moves (elbow distance in torso heights in the image, fading from
-    # the first value to the second). The carry was held to the end of the video, so a hand lowered after
-    # releasing the object stayed forward (seed-1 bottle frames 54-58 6-25 cm, seed-0 bottle 9-23 cm too near);
-    # in each frame the 2D fits that and the lowered arm alike. Once the torso has done turning (its view within
-    # ``carry_settle_deg`` of the carried run's largest turn), an arm that keeps its pose stays where it was in
-    # the image relative to the torso (``carry_release``). The elbow, not the wrist: a hand that moves what it
-    # holds (lowering the bottle to put it down, frames 43-50 of the seed-1 bottle scene) swings the forearm
-    # about a still elbow, and counting the wrist (0.08-0.16) let the carry go there (on the exact 2D the hand
-    # came out 15-20 cm too far in frames 48-52). The arm going back to rest swings the upper arm. Seed 0 bottle
-    # / seed 1 bottle: S1 MPJPE 2.85 / 3.06 -> 2.73 / 2.91 cm, hand error in contact 4.46 / 4.78 -> 4.47 / 4.79,
-    # over all frames 4.83 / 4.73 -> 4.20 / 4.05; the other four videos' MPJPE and hand in contact within
-    # 0.01 cm (after the release their arms keep the torso-occlusion anchor held past its last frame, as before).
+    # A carried arm lets go where its elbow goes back to frame 0's place in the image (the share of the way back,
+    # fading from the first value to the second). The carry was held to the end of the video, so a hand lowered
+    # after releasing the object stayed forward (seed-1 bottle frames 54-58 6-25 cm, seed-0 bottle 9-23 cm too
+    # near); in each frame the 2D fits that and the lowered arm alike. Once the torso has done turning (its view
+    # within ``carry_settle_deg`` of the carried run's largest turn), an arm that keeps its pose keeps its place
+    # in the image relative to the torso (``arm_layout_2d``), and an upper arm hanging as at frame 0 lies along
+    # the turn's axis, so its elbow's place does not depend on the turn (``carry_release``). The elbow, not the
+    # wrist: a hand that moves what it holds (lowering the bottle to put it down, frames 43-50 of the seed-1
+    # bottle scene) swings the forearm about a nearly still elbow. Back towards frame 0, not any move: the elbow
+    # also moves while holding (0.06-0.08 torso heights on seed-2 bottle and mug, away from its rest), and after
+    # the release the return is 0.08-0.24 (50-100% of the way by the last frame). Ten 60-frame videos: seed-0 /
+    # seed-1 bottle S1 MPJPE 2.85 / 3.06 -> 2.71 / 2.93 cm, hand error in contact 4.46 / 4.78 -> 4.47 / 4.76,
+    # over all frames 4.83 / 4.73 -> 4.10 / 3.99; seed-2 box MPJPE 4.19 -> 3.96; the others within 0.05 cm.
     carry_settle_deg: float = 5.0
-    carry_release_torso: tuple[float, float] = (0.03, 0.09)
+    carry_release_share: tuple[float, float] = (0.25, 0.75)
 
 
 @dataclass
@@ -346,18 +351,22 @@ def carry_release(
     layout: torch.Tensor,
     valid: torch.Tensor,
     settle: float,
-    torso: tuple[float, float],
+    shares: tuple[float, float],
 ) -> torch.Tensor:
     """(T,) in [0, 1]: how far one arm's carried pose has let go (0 carried, 1 not).
 
     ``carried`` (T,) bool: the arm's turn-carried frames; ``turn`` (T,): ``view_turn`` (rad); ``layout`` (T, 4)
-    and ``valid`` (T,): that arm's ``arm_layout_2d``. In each run of carried frames the torso has settled from
-    the first frame whose turn is within ``settle`` (rad) of the run's largest; the arm's layout there is where
-    it holds. From then on the release grows from 0 to 1 as the elbow moves from ``torso[0]`` to ``torso[1]``
-    torso heights away from that place, and does not come back (the arm has left the pose). The frame the run
-    is carried from counts as its first: it may be turned already.
+    and ``valid`` (T,): that arm's ``arm_layout_2d``, frame 0's being where the frame-0 prior holds it. In each
+    run of carried frames (with the frame it is carried from: it may be turned already) the torso has settled
+    from the first frame whose turn is within ``settle`` (rad) of the run's largest; the elbow's place there is
+    where the arm holds. From then on the release grows from 0 to 1 as the elbow goes from ``shares[0]`` to
+    ``shares[1]`` of the way from that place back to frame 0's (the distance along that line, over the line's
+    length, at least ``MIN_RETURN_TORSO``), and does not come back (the arm has left the pose).
     """
     release = torch.zeros_like(turn)
+    if not bool(valid[0]):
+        return release
+    rest = layout[0, :2]
     for start, stop in _runs(carried):
         start = max(start - 1, 0)
         frames = torch.arange(start, stop, device=turn.device)
@@ -366,11 +375,13 @@ def carry_release(
             continue
         # The place the arm holds: the settled frame and the next two (MediaPipe's detections jitter).
         hold = settled[:3]
-        place = layout[hold].median(dim=0).values
+        place = layout[hold, :2].median(dim=0).values
+        back = rest - place
+        length = float(back.norm())
         after = frames[frames >= int(hold[0])]
-        moved = (layout[after, :2] - place[:2]).norm(dim=-1)  # the elbow
-        moved = torch.where(valid[after], moved, torch.zeros_like(moved))
-        share = ((moved - torso[0]) / max(torso[1] - torso[0], 1e-6)).clamp(0, 1)
+        returned = (layout[after, :2] - place) @ back / max(length, MIN_RETURN_TORSO) ** 2
+        returned = torch.where(valid[after], returned, torch.zeros_like(returned))
+        share = ((returned - shares[0]) / max(shares[1] - shares[0], 1e-6)).clamp(0, 1)
         release[after] = torch.cummax(share, dim=0).values
     return release * carried
 
@@ -378,18 +389,18 @@ def carry_release(
 @dataclass(frozen=True)
 class ArmMotion:
     """What tells whether a turn-carried arm still holds its pose: the torso's ``view_turn`` (T,) (rad), each arm's
-    ``arm_layout_2d`` (T, 2, 4) and its validity (T, 2), and ``carry_release``'s settle (rad) and distances."""
+    ``arm_layout_2d`` (T, 2, 4) and its validity (T, 2), and ``carry_release``'s settle (rad) and shares."""
 
     turn: torch.Tensor
     layout: torch.Tensor
     valid: torch.Tensor
     settle: float
-    torso: tuple[float, float]
+    shares: tuple[float, float]
 
     def release(self, side: str, carried: torch.Tensor) -> torch.Tensor:
         """(T,) ``carry_release`` of the ``side`` ("left" or "right") arm's ``carried`` (T,) frames."""
         s = 0 if side == "left" else 1
-        return carry_release(carried, self.turn, self.layout[:, s], self.valid[:, s], self.settle, self.torso)
+        return carry_release(carried, self.turn, self.layout[:, s], self.valid[:, s], self.settle, self.shares)
 
 
 def _interpolate(values: torch.Tensor, anchors: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -641,7 +652,7 @@ def fit_body(
                 turned = turn > np.radians(settings.anchor_turn_deg)
                 motion = ArmMotion(
                     turn, *arm_layout_2d(keypoints_2d, weights), float(np.radians(settings.carry_settle_deg)),
-                    settings.carry_release_torso,
+                    settings.carry_release_share,
                 )  # fmt: skip
             centre = anchored_prior(
                 pose_residual.detach(), over_torso, columns, settings.anchor_over_torso, turned=turned, motion=motion
