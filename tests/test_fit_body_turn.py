@@ -109,6 +109,13 @@ def test_carry_release_follows_the_elbow_back_to_its_frame0_place():
                        (0.25, 0.75))  # fmt: skip
     centre = anchored_prior(residual, torch.zeros(frames, 4), {"right": [0]}, 0.1, turned=carried, motion=motion)
     assert torch.allclose(centre[3:, 0, 0], 4.0 * (1 - expected[3:]))
+    # The same with frame 2 seen over the torso: its anchor, held past it, would keep 4; released, it goes too.
+    over = torch.zeros(frames, 4)
+    over[2, 3] = 1.0
+    held = anchored_prior(residual, over, {"right": [0]}, 0.1)
+    assert torch.allclose(held[3:, 0, 0], torch.full((9,), 4.0))
+    centre = anchored_prior(residual, over, {"right": [0]}, 0.1, turned=carried, motion=motion)
+    assert torch.allclose(centre[3:, 0, 0], 4.0 * (1 - expected[3:]))
 
 
 def test_arm_layout_2d_is_in_torso_heights():

@@ -151,9 +151,12 @@ class FitSettings:
     # wrist: a hand that moves what it holds (lowering the bottle to put it down, frames 43-50 of the seed-1
     # bottle scene) swings the forearm about a nearly still elbow. Back towards frame 0, not any move: the elbow
     # also moves while holding (0.06-0.08 torso heights on seed-2 bottle and mug, away from its rest), and after
-    # the release the return is 0.08-0.24 (50-100% of the way by the last frame). Ten 60-frame videos: seed-0 /
-    # seed-1 bottle S1 MPJPE 2.85 / 3.06 -> 2.71 / 2.93 cm, hand error in contact 4.46 / 4.78 -> 4.47 / 4.76,
-    # over all frames 4.83 / 4.73 -> 4.10 / 3.99; seed-2 box MPJPE 4.19 -> 3.96; the others within 0.05 cm.
+    # the release the return is 0.08-0.24 (50-100% of the way by the last frame). Released frames after the
+    # last torso-occlusion anchor go to frame 0's pose: that anchor was held past its last frame, a carry too
+    # (box, drill, mug: the hand 5-19 cm too near after the release). Ten 60-frame videos, S1 MPJPE / hand error
+    # over all frames: seed-0 bottle 2.85 / 4.83 -> 2.71 / 4.10 cm, seed-1 bottle 3.06 / 4.73 -> 2.93 / 3.99,
+    # seed-0 box 4.52 / 6.57 -> 4.47 / 6.25, seed-2 box 4.19 / 8.29 -> 3.96 / 7.18; hand error in contact
+    # within 0.05 cm everywhere.
     carry_settle_deg: float = 5.0
     carry_release_share: tuple[float, float] = (0.25, 0.75)
 
@@ -433,9 +436,9 @@ def anchored_prior(
     interpolated linearly in time; after the last one it is held. ``turned`` (T,) bool: frames seen from
     another side than frame 0 (``view_turn``); there, unless over the torso, the centre is instead the
     fitted residual of the other frames carried in the same way (from the frames before the turn, towards
-    those after it). ``motion``: where an arm has moved since (``ArmMotion.release``), its carried centre gives
-    way, by that share, to the one it replaced.
-    Non-arm joints keep 0 (frame 0's pose).
+    those after it). ``motion``: where an arm has gone back since (``ArmMotion.release``), its carried centre
+    gives way, by that share, to the one it replaced, or to frame 0's pose after the last torso-occlusion
+    anchor (held there, that anchor is carried too). Non-arm joints keep 0 (frame 0's pose).
     """
     num_frames = residual.shape[0]
     centre = torch.zeros_like(residual)
@@ -459,7 +462,9 @@ def anchored_prior(
             held = _interpolate(values[sources], sources, num_frames)
             if motion is not None:
                 share = motion.release(side, carried).reshape(-1, 1, 1)
-                held = (1 - share) * held + share * centre[:, cols]
+                past_anchors = torch.arange(num_frames, device=seen.device) > anchors.max()
+                target = torch.where(past_anchors[:, None, None], torch.zeros_like(held), centre[:, cols])
+                held = (1 - share) * held + share * target
             centre[:, cols] = torch.where(carried[:, None, None], held, centre[:, cols])
     return centre if anchored_any else None
 
