@@ -96,7 +96,7 @@ class ClassicalMaskConfig:
     # motions (grown by a pixel) is what earlier frames added; there, a pixel that Lab finds ambiguous and whose
     # chromaticity is the person's by more than this log-odds is not the object's (None: off). A blue sleeve
     # beside a blue bottle rode along in the carried shape and grew for 30 frames (bottle seed 2: object IoU
-    # mean 0.818 -> 0.879, worst frame 0.59 -> 0.73; stage 5's object_mask 0.65 -> 0.40).
+    # mean 0.818 -> 0.885, worst frame 0.59 -> 0.75).
     foreign_chroma_margin: float | None = 2.0
     chroma_bins: int = 32  # chromaticity histogram bins per axis (r, g)
     chroma_min_sum: float = 60.0  # R+G+B (0-765) below which a pixel is too dark for its chromaticity to count
@@ -510,6 +510,11 @@ def track_masks(
     if config.unchanged_band_px > 0:
         person_region = cv2.dilate(first_human.astype(np.uint8), _disk(config.unchanged_band_px)).astype(bool)
     template_motion: np.ndarray | None = np.eye(2, 3)  # frame 0 -> this frame, while every step had a fit
+    # The same, refitted every frame to the frame-0 sure pixels: composed frame-to-frame fits drift (a tenth of a
+    # pixel a frame, or a bad fit's jump: bottle seed 2, 6 px in 50 frames), which the carried shape's memory
+    # absorbs, but the test for what lies beyond the frame-0 shape needs that shape where the object is.
+    anchored_motion: np.ndarray | None = np.eye(2, 3)
+    sure_first = sure_previous.copy()
     for t in range(1, num_frames):
         flow = flow_engine.calc(gray[t], gray[t - 1], None)
 
@@ -541,7 +546,7 @@ def track_masks(
             # sure-colour pixels move with the whole rigid object, its ambiguous parts included.
             shift = -np.median(flow[sure_now], axis=0)
             motion = rigid_motion(sure_previous, sure_now, shift, carry_reach)
-        template_shape = None  # the frame-0 mask under the composed rigid motions, while every step had one
+        anchored_shape = None  # the frame-0 mask under ``anchored_motion``
         if motion is not None:
             carried_object = warp_rigid(object_masks[t - 1], motion)
             object_prior = warp_rigid(object_prior, motion)
@@ -550,10 +555,14 @@ def track_masks(
                 # The frame-0 mask carried by all motions so far: ambiguous parts dropped once (a
                 # resampled edge, a frame where colour said human) come back.
                 template_motion = _compose(motion, template_motion)
-                template_shape = warp_rigid(first_object, template_motion)
-                carried_shape = carried_object | template_shape
+                carried_shape = carried_object | warp_rigid(first_object, template_motion)
+            if anchored_motion is not None and config.foreign_chroma_margin is not None:
+                anchored_motion = _compose(motion, anchored_motion)
+                refit = rigid_motion(warp_rigid(sure_first, anchored_motion), sure_now, np.zeros(2), carry_reach)
+                anchored_motion = anchored_motion if refit is None else _compose(refit, anchored_motion)
+                anchored_shape = warp_rigid(first_object, anchored_motion)
         else:
-            template_motion = None
+            template_motion = anchored_motion = None
             carried_object = warp_with_flow(object_masks[t - 1], flow, grid)
             object_prior = warp_with_flow(object_prior, flow, grid)
 
@@ -578,11 +587,11 @@ def track_masks(
                     )
                     near_shape = cv2.dilate(carried_shape.astype(np.uint8), _disk(config.kernel_px)).astype(bool)
                     object_vote |= shaded & near_shape
-                if config.foreign_chroma_margin is not None and template_shape is not None:
-                    # The carried shape beyond the frame-0 template is what earlier frames added; where its
+                if config.foreign_chroma_margin is not None and anchored_shape is not None:
+                    # The carried shape beyond the frame-0 shape is what earlier frames added; where its
                     # Lab colour is ambiguous and its chromaticity surely the person's (a blue sleeve beside
                     # a blue bottle), only the carry's memory holds it there, and it grew frame after frame.
-                    near_template = cv2.dilate(template_shape.astype(np.uint8), _disk(1)).astype(bool)  # resampling
+                    near_template = cv2.dilate(anchored_shape.astype(np.uint8), _disk(1)).astype(bool)  # resampling
                     foreign = (bright & (chroma_odds[chroma] < -config.foreign_chroma_margin)
                                & (np.abs(margin) <= config.sure_margin) & ~near_template)  # fmt: skip
                     object_vote &= ~foreign
