@@ -604,3 +604,68 @@ def test_chromaticity_ignores_shading_and_dark_pixels():
     chroma, bright = chromaticity_bins(yellow, 32, 60.0)
     assert chroma[0, 0] == chroma[0, 1] != chroma[0, 3]  # lit and shaded yellow alike, olive skin apart
     assert bright.tolist() == [[True, True, False, True]]
+
+
+def _sleeve_between_parts_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A two-part object (a cyan part and a blue one, joined on top by a cyan bridge) carried from left to right
+    over the wall; from frame 2 a sleeve of the shirt's blue reaches down through the 14-px gap between the parts.
+    The object's blue is in the shirt's Lab bin's neighbour, so Lab finds the sleeve ambiguous, while its
+    chromaticity (r, g) is three bins from the object's blue. Returns video, first masks, true object masks, the
+    sleeve's pixels in the gap and the blue part's true masks."""
+    frames, height, width, gap = 16, 120, 160, 14
+    wall, shirt, trousers = (150, 120, 100), (27, 58, 162), (60, 60, 60)
+    cyan, blue = (40, 150, 210), (50, 50, 160)
+    rng = np.random.default_rng(0)
+    video = np.empty((frames, height, width, 3), dtype=np.uint8)
+    truth = np.zeros((frames, height, width), dtype=bool)
+    blue_part, sleeve_in_gap = np.zeros_like(truth), np.zeros_like(truth)
+    human = np.zeros((height, width), dtype=bool)
+    human[10:40, 95:140] = True  # shirt
+    human[40:115, 100:135] = True  # trousers
+    for t in range(frames):
+        image = np.empty((height, width, 3), dtype=np.float64)
+        image[:] = wall
+        image[10:40, 95:140] = shirt
+        image[40:115, 100:135] = trousers
+        x = 20 + 3 * t
+        truth[t, 50:95, x : x + 10] = True  # cyan part
+        truth[t, 50:56, x : x + gap + 18] = True  # bridge
+        blue_part[t, 56:95, x + 10 + gap : x + 18 + gap] = True
+        truth[t] |= blue_part[t]
+        image[truth[t]] = cyan
+        image[blue_part[t]] = blue
+        if t >= 2:
+            image[20:56, x + 10 : x + 10 + gap] = shirt  # the arm down to the bridge
+            sleeve_in_gap[t, 56:95, x + 10 : x + 10 + gap] = True
+            image[sleeve_in_gap[t]] = shirt
+        video[t] = np.clip(image + rng.normal(0, 1.5, image.shape), 0, 255).astype(np.uint8)
+    return video, truth[0], human & ~truth[0], truth, sleeve_in_gap, blue_part
+
+
+def test_sleeve_of_the_objects_blue_beside_it_is_not_carried_as_the_object():
+    """The sleeve in the gap is joined to the object (an ambiguous band between its parts, outline pixels of a
+    like colour) and then the carried shape keeps it; its chromaticity is the person's and it lies beyond the
+    frame-0 shape, so it is not the object's. The blue part, as ambiguous in Lab but of the object's
+    chromaticity, stays the object's."""
+    from reconstruction.backends.classical_masks import ClassicalMaskConfig, track_masks
+
+    video, first_object, first_human, truth, sleeve, blue_part = _sleeve_between_parts_scene()
+    track = track_masks(video, first_object, first_human, ClassicalMaskConfig(use_selfie=False))
+    for t in range(3, len(video)):
+        assert track.object_masks[t][sleeve[t]].mean() < 0.2, t
+        assert track.human_masks[t][sleeve[t]].mean() > 0.75, t
+        assert track.object_masks[t][blue_part[t]].mean() > 0.9, t
+        iou = (track.object_masks[t] & truth[t]).sum() / (track.object_masks[t] | truth[t]).sum()
+        assert iou > 0.85, (t, iou)
+    # Without the rule the whole gap is the object's from the sleeve's first frame on.
+    without = track_masks(
+        video, first_object, first_human, ClassicalMaskConfig(use_selfie=False, foreign_chroma_margin=None)
+    )
+    assert min(without.object_masks[t][sleeve[t]].mean() for t in range(3, len(video))) > 0.9
+    assert (
+        max(
+            (without.object_masks[t] & truth[t]).sum() / (without.object_masks[t] | truth[t]).sum()
+            for t in range(3, len(video))
+        )
+        < 0.7
+    )
