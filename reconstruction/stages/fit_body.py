@@ -17,9 +17,7 @@ every frame), then everything, then everything again with each arm's pose prior 
 in the frames where the torso-occlusion term placed it (carries that cue to the frames where the arm is beside
 the torso, which the frame-0 prior would otherwise flip behind it; ``anchored_prior``) and, in the frames
 where the torso has turned about the vertical away from frame 0's view, on its pose before the turn (there
-the frame-0 prior's choice between the arm's two depth solutions is made for another view; ``view_turn``),
-until the arm goes back (its elbow heads back to its frame-0 place in the image once the torso has done turning;
-``carry_release``).
+the frame-0 prior's choice between the arm's two depth solutions is made for another view; ``view_turn``).
 """
 
 from __future__ import annotations
@@ -67,9 +65,6 @@ FOOT_POINTS = [
 # Joint names (anny bone labels and SMPL-X joint names) left out of the body fit: fingers, toes, face.
 NON_BODY_JOINTS = re.compile(r"finger|metacarpal|thumb|index|middle|ring|pinky|toe|eye|jaw|tongue|^root$", re.I)
 FINGER_JOINTS = re.compile(r"finger|metacarpal|thumb|index|middle|ring|pinky", re.I)
-# The shortest way back (torso heights in the image) that ``carry_release`` measures a return against: an elbow
-# held within a few centimetres of its frame-0 place in the image has no direction back that jitter would not swamp.
-MIN_RETURN_TORSO = 0.05
 
 
 @dataclass(frozen=True)
@@ -142,24 +137,6 @@ class FitSettings:
     # 0.04 cm, box hand 8.3). Left: a hand lowered after the turn stays forward with the held pose (seed-1
     # bottle frame 56: 16 cm too close).
     anchor_turn_deg: float = 15.0
-    # A carried arm lets go where its elbow goes back to frame 0's place in the image (the share of the way back,
-    # fading from the first value to the second). The carry was held to the end of the video, so a hand lowered
-    # after releasing the object stayed forward (seed-1 bottle frames 54-58 6-25 cm, seed-0 bottle 9-23 cm too
-    # near); in each frame the 2D fits that and the lowered arm alike. Once the torso has done turning (its view
-    # within ``carry_settle_deg`` of the carried run's largest turn), an arm that keeps its pose keeps its place
-    # in the image relative to the torso (``arm_layout_2d``), and an upper arm hanging as at frame 0 lies along
-    # the turn's axis, so its elbow's place does not depend on the turn (``carry_release``). The elbow, not the
-    # wrist: a hand that moves what it holds (lowering the bottle to put it down, frames 43-50 of the seed-1
-    # bottle scene) swings the forearm about a nearly still elbow. Back towards frame 0, not any move: the elbow
-    # also moves while holding (0.06-0.08 torso heights on seed-2 bottle and mug, away from its rest), and after
-    # the release the return is 0.08-0.24 (50-100% of the way by the last frame). Released frames after the
-    # last torso-occlusion anchor go to frame 0's pose: that anchor was held past its last frame, a carry too
-    # (box, drill, mug: the hand 5-19 cm too near after the release). Ten 60-frame videos, S1 MPJPE / hand error
-    # over all frames: seed-0 bottle 2.85 / 4.83 -> 2.71 / 4.10 cm, seed-1 bottle 3.06 / 4.73 -> 2.93 / 3.99,
-    # seed-0 box 4.52 / 6.57 -> 4.47 / 6.25, seed-2 box 4.19 / 8.29 -> 3.96 / 7.18; hand error in contact
-    # within 0.05 cm everywhere.
-    carry_settle_deg: float = 5.0
-    carry_release_share: tuple[float, float] = (0.25, 0.75)
 
 
 @dataclass
@@ -315,91 +292,6 @@ def view_turn(keypoints: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return torch.atan2(torch.sin(change), torch.cos(change)).abs()
 
 
-def arm_layout_2d(keypoints_2d: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T, 2, 4) each arm's (left, right) elbow and wrist offsets from its shoulder in the image, in the detected
-    torso's own axes (across, down) and in units of its height (shoulders to hips), and (T, 2) whether all of
-    them were detected. Turning about the vertical moves these only while the torso turns."""
-    ls, rs, lh, rh = (keypoints_2d[:, i, :2] for i in TORSO_KEYPOINTS)
-    up = (ls + rs - lh - rh) / 2
-    height = up.norm(dim=-1, keepdim=True).clamp(min=1e-6)
-    up = up / height
-    across = torch.stack([up[:, 1], -up[:, 0]], dim=-1)
-    layouts, valid = [], []
-    for side in ("left", "right"):
-        points = [index(f"{side}_{name}") for name in ("shoulder", "elbow", "wrist")]
-        offset = keypoints_2d[:, points[1:], :2] - keypoints_2d[:, points[:1], :2]  # (T, 2, 2)
-        coords = torch.stack([(offset * across[:, None]).sum(-1), -(offset * up[:, None]).sum(-1)], -1)
-        layouts.append((coords / height[:, None]).flatten(1))
-        valid.append((weights[:, points + TORSO_KEYPOINTS] > 0).all(1))
-    return torch.stack(layouts, 1), torch.stack(valid, 1)
-
-
-def _runs(mask: torch.Tensor) -> list[tuple[int, int]]:
-    """Maximal runs [start, stop) of True in a (T,) bool mask."""
-    edges = torch.diff(mask.long(), prepend=mask.new_zeros(1).long(), append=mask.new_zeros(1).long())
-    starts = torch.nonzero(edges == 1).squeeze(1).tolist()
-    stops = torch.nonzero(edges == -1).squeeze(1).tolist()
-    return list(zip(starts, stops, strict=True))
-
-
-def carry_release(
-    carried: torch.Tensor,
-    turn: torch.Tensor,
-    layout: torch.Tensor,
-    valid: torch.Tensor,
-    settle: float,
-    shares: tuple[float, float],
-) -> torch.Tensor:
-    """(T,) in [0, 1]: how far one arm's carried pose has let go (0 carried, 1 not).
-
-    ``carried`` (T,) bool: the arm's turn-carried frames; ``turn`` (T,): ``view_turn`` (rad); ``layout`` (T, 4)
-    and ``valid`` (T,): that arm's ``arm_layout_2d``, frame 0's being where the frame-0 prior holds it. In each
-    run of carried frames (with the frame it is carried from: it may be turned already) the torso has settled
-    from the first frame whose turn is within ``settle`` (rad) of the run's largest; the elbow's place there is
-    where the arm holds. From then on the release grows from 0 to 1 as the elbow goes from ``shares[0]`` to
-    ``shares[1]`` of the way from that place back to frame 0's (the distance along that line, over the line's
-    length, at least ``MIN_RETURN_TORSO``), and does not come back (the arm has left the pose).
-    """
-    release = torch.zeros_like(turn)
-    if not bool(valid[0]):
-        return release
-    rest = layout[0, :2]
-    for start, stop in _runs(carried):
-        start = max(start - 1, 0)
-        frames = torch.arange(start, stop, device=turn.device)
-        settled = frames[(turn[start:stop] >= turn[start:stop].max() - settle) & valid[start:stop]]
-        if len(settled) == 0:
-            continue
-        # The place the arm holds: the settled frame and the next two (MediaPipe's detections jitter).
-        hold = settled[:3]
-        place = layout[hold, :2].median(dim=0).values
-        back = rest - place
-        length = float(back.norm())
-        after = frames[frames >= int(hold[0])]
-        returned = (layout[after, :2] - place) @ back / max(length, MIN_RETURN_TORSO) ** 2
-        returned = torch.where(valid[after], returned, torch.zeros_like(returned))
-        share = ((returned - shares[0]) / max(shares[1] - shares[0], 1e-6)).clamp(0, 1)
-        release[after] = torch.cummax(share, dim=0).values
-    return release * carried
-
-
-@dataclass(frozen=True)
-class ArmMotion:
-    """What tells whether a turn-carried arm still holds its pose: the torso's ``view_turn`` (T,) (rad), each arm's
-    ``arm_layout_2d`` (T, 2, 4) and its validity (T, 2), and ``carry_release``'s settle (rad) and shares."""
-
-    turn: torch.Tensor
-    layout: torch.Tensor
-    valid: torch.Tensor
-    settle: float
-    shares: tuple[float, float]
-
-    def release(self, side: str, carried: torch.Tensor) -> torch.Tensor:
-        """(T,) ``carry_release`` of the ``side`` ("left" or "right") arm's ``carried`` (T,) frames."""
-        s = 0 if side == "left" else 1
-        return carry_release(carried, self.turn, self.layout[:, s], self.valid[:, s], self.settle, self.shares)
-
-
 def _interpolate(values: torch.Tensor, anchors: torch.Tensor, num_frames: int) -> torch.Tensor:
     """(T, ...) from ``values`` (A, ...) at the sorted frames ``anchors`` (A,): linear in time between them,
     held after the last."""
@@ -419,7 +311,6 @@ def anchored_prior(
     arm_columns: dict[str, list[int]],
     threshold: float,
     turned: torch.Tensor | None = None,
-    motion: ArmMotion | None = None,
 ) -> torch.Tensor | None:
     """(T, n, 3) pose-prior centre (residual from frame 0's pose) that keeps each arm where the torso-occlusion
     cue put it and as it was before the body turned, or None when no arm is anchored anywhere.
@@ -430,9 +321,7 @@ def anchored_prior(
     interpolated linearly in time; after the last one it is held. ``turned`` (T,) bool: frames seen from
     another side than frame 0 (``view_turn``); there, unless over the torso, the centre is instead the
     fitted residual of the other frames carried in the same way (from the frames before the turn, towards
-    those after it). ``motion``: where an arm has gone back since (``ArmMotion.release``), its carried centre
-    gives way, by that share, to the one it replaced, or to frame 0's pose after the last torso-occlusion
-    anchor (held there, that anchor is carried too). Non-arm joints keep 0 (frame 0's pose).
+    those after it). Non-arm joints keep 0 (frame 0's pose).
     """
     num_frames = residual.shape[0]
     centre = torch.zeros_like(residual)
@@ -454,11 +343,6 @@ def anchored_prior(
             anchored_any = True
             sources = torch.nonzero(~carried).squeeze(1)
             held = _interpolate(values[sources], sources, num_frames)
-            if motion is not None:
-                share = motion.release(side, carried).reshape(-1, 1, 1)
-                past_anchors = torch.arange(num_frames, device=seen.device) > anchors.max()
-                target = torch.where(past_anchors[:, None, None], torch.zeros_like(held), centre[:, cols])
-                held = (1 - share) * held + share * target
             centre[:, cols] = torch.where(carried[:, None, None], held, centre[:, cols])
     return centre if anchored_any else None
 
@@ -643,18 +527,13 @@ def fit_body(
             continue
         if phase == 2:
             columns = arm_joint_columns(model.joint_names, joints.tolist())
-            turned, motion = None, None
+            turned = None
             if settings.anchor_turn_deg > 0:
                 with torch.no_grad():
                     fitted = model.forward(full_pose(), shape.expand(num_frames, -1), trans).keypoints
-                turn = view_turn(fitted, up)
-                turned = turn > np.radians(settings.anchor_turn_deg)
-                motion = ArmMotion(
-                    turn, *arm_layout_2d(keypoints_2d, weights), float(np.radians(settings.carry_settle_deg)),
-                    settings.carry_release_share,
-                )  # fmt: skip
+                turned = view_turn(fitted, up) > np.radians(settings.anchor_turn_deg)
             centre = anchored_prior(
-                pose_residual.detach(), over_torso, columns, settings.anchor_over_torso, turned=turned, motion=motion
+                pose_residual.detach(), over_torso, columns, settings.anchor_over_torso, turned=turned
             )
             if centre is None:
                 continue
