@@ -222,10 +222,7 @@ def clean_mask(mask: np.ndarray, kernel_px: int, min_blob: int) -> np.ndarray:
     kernel = _disk(kernel_px // 2 + 1)
     m = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel)
     m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, kernel)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
-    keep = np.zeros(count, dtype=bool)
-    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_blob
-    return keep[labels]
+    return large_components(m, min_blob)
 
 
 def large_components(mask: np.ndarray, min_pixels: int) -> np.ndarray:

@@ -31,13 +31,14 @@ def hand_object_distance(keypoints_3d_cam: np.ndarray, K: np.ndarray, object_mas
     out = np.full((num_frames, 2), np.inf)
     middle_tip = kp.HAND_LANDMARKS.index("middle_tip")
     K_t = torch.as_tensor(np.asarray(K, dtype=np.float64))
+    pixels_all = project(torch.as_tensor(keypoints_3d_cam, dtype=torch.float64), K_t).numpy()  # (T, 75, 2)
     for t in range(num_frames):
         if not object_masks[t].any():
             continue
         # distance (px) of every pixel to the nearest object pixel
         distance = cv2.distanceTransform((~object_masks[t]).astype(np.uint8), cv2.DIST_L2, 5)
         for side, hand in enumerate(HAND_SLICES):
-            pixels = project(torch.from_numpy(keypoints_3d_cam[t, hand]), K_t).numpy()
+            pixels = pixels_all[t, hand]
             length = max(float(np.linalg.norm(pixels[middle_tip] - pixels[0])), 1.0)
             cols = np.clip(np.round(pixels[:, 0]).astype(int), 0, width - 1)
             rows = np.clip(np.round(pixels[:, 1]).astype(int), 0, height - 1)

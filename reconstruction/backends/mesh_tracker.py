@@ -1047,11 +1047,11 @@ def choose_rest_hypothesis(
 
     The colour vets: a candidate whose surface colours disagree with frame 0's much more than another
     candidate's (over ``rest_colour_gate`` times the lowest colour cost: the mug's mirror turn shows its
-    never-seen back) is out, unless its silhouette is clearly the better (``rest_silhouette_override``). Of the rest, the silhouette decides (the colour's fine optimum was 27 deg
-    off on the mug's rest masks), and of those with the best one's silhouette cost (within
-    ``rest_same_cost``) the smallest turn from frame 0 is kept (a bottle looks the same at any turn;
-    mask noise should not pick one), unless another of them shows frame 0's colours clearly better
-    (``rest_colour_tiebreak``; ``pick_rest_hypothesis``)."""
+    never-seen back) is out, unless its silhouette is clearly the better (``rest_silhouette_override``). Of
+    the rest, the silhouette decides (the colour's fine optimum was 27 deg off on the mug's rest masks), and
+    of those with the best one's silhouette cost (within ``rest_same_cost``) the smallest turn from frame 0
+    is kept (a bottle looks the same at any turn; mask noise should not pick one), unless another of them
+    shows frame 0's colours clearly better (``rest_colour_tiebreak``; ``pick_rest_hypothesis``)."""
     silhouette, colour = rest_scores(rotations, centres, centroid, mesh, evidence, K, size, config)
     turns = torch.tensor([_turn_deg(r, rotation0) for r in rotations], dtype=silhouette.dtype)
     choice = pick_rest_hypothesis(silhouette, colour, turns, config)
