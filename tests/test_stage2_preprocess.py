@@ -384,6 +384,20 @@ def test_revealed_object_spot_becomes_background_not_human():
     assert without.human_masks[-1][inner].mean() > 0.5
 
 
+def _person_over_wall(
+    height: int, width: int, wall, shirt, lower, shirt_cols: tuple[int, int], lower_cols: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A standing person in front of a plain wall, for the carried-object scenes: float (H,W,3) image (shirt on
+    rows 10-40, trousers or legs on rows 40-115, in the given column ranges) and the person's (H,W) mask."""
+    image = np.empty((height, width, 3), dtype=np.float64)
+    image[:] = wall
+    human = np.zeros((height, width), dtype=bool)
+    for rows, cols, colour in ((slice(10, 40), shirt_cols, shirt), (slice(40, 115), lower_cols, lower)):
+        image[rows, cols[0] : cols[1]] = colour
+        human[rows, cols[0] : cols[1]] = True
+    return image, human
+
+
 def _black_on_black_scene(hide: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A drill-like object (yellow handle, black base) carried from beside a person until its base is
     in front of the person's black trousers, or (``hide``) on until it is wholly behind them (from
@@ -393,14 +407,9 @@ def _black_on_black_scene(hide: bool) -> tuple[np.ndarray, np.ndarray, np.ndarra
     rng = np.random.default_rng(0)
     video = np.empty((frames, height, width, 3), dtype=np.uint8)
     truth = np.zeros((frames, height, width), dtype=bool)
-    human = np.zeros((height, width), dtype=bool)
-    human[10:40, 80:130] = True  # shirt
-    human[40:115, 85:125] = True  # trousers
+    backdrop, human = _person_over_wall(height, width, wall, shirt, black, (80, 130), (85, 125))
     for t in range(frames):
-        image = np.empty((height, width, 3), dtype=np.float64)
-        image[:] = wall
-        image[10:40, 80:130] = shirt
-        image[40:115, 85:125] = black
+        image = backdrop.copy()
         obj = np.zeros((height, width), dtype=bool)
         # From x=40 (over the wall) to x=80 (its base over the trousers), or on to x=100 (behind them).
         x = 40 + min(t, 15 if hide else 10) * 4
@@ -559,14 +568,9 @@ def _shaded_head_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
     video = np.empty((frames, height, width, 3), dtype=np.uint8)
     truth = np.zeros((frames, height, width), dtype=bool)
     head = np.zeros_like(truth)
-    human = np.zeros((height, width), dtype=bool)
-    human[10:40, 80:130] = True  # shirt
-    human[40:115, 85:125] = True  # legs
+    backdrop, human = _person_over_wall(height, width, wall, shirt, legs, (80, 130), (85, 125))
     for t in range(frames):
-        image = np.empty((height, width, 3), dtype=np.float64)
-        image[:] = wall
-        image[10:40, 80:130] = shirt
-        image[40:115, 85:125] = legs
+        image = backdrop.copy()
         x = 50 + min(t, 10) * 4  # from over the wall to over the legs
         truth[t, 60:90, x + 3 : x + 11] = True  # handle
         head[t, 50:60, x : x + 16] = True
@@ -619,14 +623,9 @@ def _sleeve_between_parts_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     video = np.empty((frames, height, width, 3), dtype=np.uint8)
     truth = np.zeros((frames, height, width), dtype=bool)
     blue_part, sleeve_in_gap = np.zeros_like(truth), np.zeros_like(truth)
-    human = np.zeros((height, width), dtype=bool)
-    human[10:40, 95:140] = True  # shirt
-    human[40:115, 100:135] = True  # trousers
+    backdrop, human = _person_over_wall(height, width, wall, shirt, trousers, (95, 140), (100, 135))
     for t in range(frames):
-        image = np.empty((height, width, 3), dtype=np.float64)
-        image[:] = wall
-        image[10:40, 95:140] = shirt
-        image[40:115, 100:135] = trousers
+        image = backdrop.copy()
         x = 20 + 3 * t
         truth[t, 50:95, x : x + 10] = True  # cyan part
         truth[t, 50:56, x : x + gap + 18] = True  # bridge
