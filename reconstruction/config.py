@@ -184,6 +184,8 @@ class ContactLabellingConfig:
     depth_slack: float = _nonneg(0.5)
     # hand speed against the object (m/frame, image plane) above which an interval's ends are reach / release
     approach_speed: float = _nonneg(0.008)
+    # frames of contact kept before / after the object's motion in an interval over which it moves
+    still_contact_frames: int = _nonneg(3)
 
 
 @dataclass(frozen=True)

@@ -113,8 +113,9 @@ def test_reach_and_release_frames_are_trimmed_by_the_hands_speed_against_the_obj
     hands = hands.clone()
     hands[:10, 0, :, 0] = hands[10:11, 0, :, 0] - torch.tensor([0.4, 0.3, 0.2, 0.14, 0.1, 0.07, 0.05, 0.035, 0.02, 0.01])[:, None]  # fmt: skip
     hands[28:, 0, :, 0] = hands[27:28, 0, :, 0] - 0.012 * torch.arange(1, 13, dtype=torch.float32)[:, None]
-    loose = contact.label_contacts(hands, obj, params=contact.ContactParams(approach_speed=0.0))
-    labels = contact.label_contacts(hands, obj)
+    unbounded = {"still_contact_frames": 1000}
+    loose = contact.label_contacts(hands, obj, params=contact.ContactParams(approach_speed=0.0, **unbounded))
+    labels = contact.label_contacts(hands, obj, params=contact.ContactParams(**unbounded))
     left, left_loose = np.flatnonzero(labels.hands[:, 0]), np.flatnonzero(loose.hands[:, 0])
     assert left_loose[0] <= 9 and left_loose[-1] >= 29, "untrimmed: the reach and release count as contact"
     assert left[0] == 10 and left[-1] == 27
@@ -124,3 +125,22 @@ def test_reach_and_release_frames_are_trimmed_by_the_hands_speed_against_the_obj
     assert trimmed.tolist() == [False, False, True, True, True, True, False], "inner frames keep their label"
     jitter = contact.trim_approach(np.ones(4, dtype=bool), np.full(4, 0.05), np.full(4, 0.05), 0.008)
     assert jitter.all(), "fast throughout: a jittering track, not a reach"
+
+
+def test_a_hand_left_over_the_set_down_object_is_not_in_contact_after_the_release():
+    """Stage 1 leaves the hand over the object after the set-down (frame 25 on): nearness alone would label
+    contact to the last frame. Contact is kept only ``still_contact_frames`` around the motion; a touch of an
+    object that never moves keeps its proximity label."""
+    hands, obj = _pick_and_place()
+    hands = hands.clone()
+    hands[28:, 0] = hands[27:28, 0]  # the hand never leaves
+    near_only = contact.label_contacts(hands, obj, params=contact.ContactParams(still_contact_frames=1000))
+    labels = contact.label_contacts(hands, obj)
+    moving = np.flatnonzero(labels.object_moving)
+    assert np.flatnonzero(near_only.hands[:, 0])[-1] == 39, "nearness alone: contact to the last frame"
+    left = np.flatnonzero(labels.hands[:, 0])
+    assert left[-1] == moving[-1] + contact.ContactParams().still_contact_frames
+    assert left[0] >= moving[0] - contact.ContactParams().still_contact_frames
+    assert contact.bound_to_motion(np.ones(6, bool), np.zeros(6, bool), 1).all(), "no motion: kept"
+    cut = contact.bound_to_motion(np.ones(9, bool), np.array([0, 0, 0, 1, 1, 0, 0, 0, 0], bool), 1)
+    assert cut.tolist() == [False, False, True, True, True, True, False, False, False]

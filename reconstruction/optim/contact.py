@@ -11,7 +11,8 @@ when the object moves, the hand is within ``coupling_dist`` and moves with it, o
 as the motion went on and stays within ``coupling_dist`` (a grip is not let go mid-carry). Gaps up to ``max_gap``
 frames are closed; then each interval's first and last frames are trimmed while the hand moves against the
 object faster than ``approach_speed`` (it is still reaching for it or already leaving: a hand over the object
-in the image is not yet on it), and intervals shorter than ``min_interval`` frames dropped. Feet are in contact with the
+in the image is not yet on it), an interval over which the object moves is cut to ``still_contact_frames``
+before and after that motion, and intervals shorter than ``min_interval`` frames dropped. Feet are in contact with the
 ground when their lowest point is within ``foot_height`` of the ground.
 """
 
@@ -49,6 +50,11 @@ class ContactParams:
     # of a contact interval are the reach and the release, not contact: the hand passes over the object's image
     # a few frames before it grips it. 0 = no trimming.
     approach_speed: float = 0.008
+    # Frames of contact kept before an interval's first and after its last frame of object motion (the grip
+    # before lift-off, the release after set-down). With the object still, nearness in the image is the only
+    # evidence, and stage 1 leaves a hand that let go of a set-down object over it: labels ran on to the
+    # video's last frame (seed-1 bottle: 51-59 after a set-down at 50). Intervals without motion are kept.
+    still_contact_frames: int = 3
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None) -> ContactParams:
@@ -211,6 +217,20 @@ def trim_approach(flags: np.ndarray, leaving: np.ndarray, arriving: np.ndarray, 
     return trimmed
 
 
+def bound_to_motion(flags: np.ndarray, moving: np.ndarray, margin: int) -> np.ndarray:
+    """(T,) bool contact flags -> the same with each run that overlaps object motion (``moving`` (T,) bool)
+    cut to at most ``margin`` frames before its first moving frame and after its last."""
+    bounded = flags.astype(bool).copy()
+    for start, end in _runs(bounded):
+        inside = np.flatnonzero(moving[start : end + 1])
+        if inside.size == 0:
+            continue
+        first, last = start + int(inside[0]) - margin, start + int(inside[-1]) + margin
+        bounded[start : max(first, start)] = False
+        bounded[min(last, end) + 1 : end + 1] = False
+    return bounded
+
+
 def hold_while_moving(contact: np.ndarray, moving: np.ndarray, within_reach: np.ndarray) -> np.ndarray:
     """(T,) bool -> (T,) bool: a hand in contact stays in contact through the following frames while the
     object keeps moving and the hand stays ``within_reach`` (stage 1's arm depth can jump mid-carry; an object
@@ -292,8 +312,9 @@ def label_contacts(
     hands[np.flatnonzero(orphan & reachable), closer[orphan & reachable]] = True
     for h in range(2):
         closed = clean_intervals(hands[:, h], params.max_gap, 1)
+        trimmed = trim_approach(closed, leaving[:, h], arriving[:, h], params.approach_speed)
         hands[:, h] = clean_intervals(
-            trim_approach(closed, leaving[:, h], arriving[:, h], params.approach_speed), 0, params.min_interval
+            bound_to_motion(trimmed, moving, params.still_contact_frames), 0, params.min_interval
         )
 
     intervals = [
