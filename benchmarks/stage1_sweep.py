@@ -21,6 +21,7 @@ import torch
 from reconstruction import keypoints as kp
 from reconstruction.body import load_body_model
 from reconstruction.eval.evaluate import contact_hand_error, keypoint_metrics, videos_with_ground_truth
+from reconstruction.eval.metrics import project_points
 from reconstruction.layout import Layout, VideoId
 from reconstruction.render_config import load_cam_k, load_character_data, load_render_config
 from reconstruction.stages.fit_body import FitSettings, fit_body, transform_body
@@ -39,14 +40,23 @@ def arm_depth_bias(pred: np.ndarray, gt: np.ndarray, contact: np.ndarray) -> dic
     return out
 
 
-def refit(layout: Layout, vid: VideoId, settings: FitSettings, model) -> np.ndarray:
-    """Stage 1's fit of ``vid`` under ``settings``: (T,75,3) camera-frame keypoints."""
+def refit(
+    layout: Layout, vid: VideoId, settings: FitSettings, model, oracle_2d: np.ndarray | None = None
+) -> np.ndarray:
+    """Stage 1's fit of ``vid`` under ``settings``: (T,75,3) camera-frame keypoints. ``oracle_2d`` (T,75,2):
+    fit these pixel positions (every keypoint seen) instead of MediaPipe's."""
     with np.load(layout.hmr_keypoints(vid)) as data:
         keypoints_2d = torch.as_tensor(data["keypoints_2d"], dtype=torch.float32)
         body_3d = torch.as_tensor(data["body_landmarks_3d"], dtype=torch.float32)
+    if oracle_2d is not None:
+        keypoints_2d = torch.cat(
+            [torch.as_tensor(oracle_2d, dtype=torch.float32), torch.ones_like(keypoints_2d[..., :1])], -1
+        )
     render_config = load_render_config(layout.render_config(vid))
     cam_k_path = layout.cam_k(vid)
-    K = torch.as_tensor(load_cam_k(cam_k_path) if cam_k_path.exists() else render_config.intrinsics(), dtype=torch.float32)
+    K = torch.as_tensor(
+        load_cam_k(cam_k_path) if cam_k_path.exists() else render_config.intrinsics(), dtype=torch.float32
+    )
     character = load_character_data(layout.character_data(vid))
     shape = (
         torch.as_tensor(character["shape"], dtype=torch.float32)
@@ -69,6 +79,11 @@ def main() -> None:
     parser.add_argument("--videos", nargs="*", default=None, help="dataset/category/name (default: all with gt)")
     parser.add_argument("--variant", action="append", default=[], help="JSON object of FitSettings overrides")
     parser.add_argument("--json", default=None, help="write every row here")
+    parser.add_argument(
+        "--oracle_2d",
+        action="store_true",
+        help="fit the true keypoints' projections (the fit's floor, not MediaPipe's)",
+    )
     args = parser.parse_args()
     layout = Layout.create(args.results_dir)
     vids = [VideoId.parse(v) for v in args.videos] if args.videos else videos_with_ground_truth(layout)
@@ -80,7 +95,8 @@ def main() -> None:
         gt = load_ground_truth(layout.ground_truth(vid))
         for name, overrides in variants:
             started = time.perf_counter()
-            pred = refit(layout, vid, replace(FitSettings(), **overrides), model)
+            oracle = project_points(gt.keypoints_3d_cam, gt.K) if args.oracle_2d else None
+            pred = refit(layout, vid, replace(FitSettings(), **overrides), model, oracle)
             scores = keypoint_metrics(pred, gt.keypoints_3d_cam)
             in_contact = contact_hand_error(pred, gt.keypoints_3d_cam, gt.contact)
             bias = arm_depth_bias(pred, gt.keypoints_3d_cam, gt.contact)
@@ -102,7 +118,9 @@ def main() -> None:
     print("\nmeans over videos:")
     for name, _ in variants:
         mine = [r for r in rows if r["variant"] == name]
-        means = {k: np.nanmean([r[k] for r in mine]) for k in ("mpjpe_cm", "hand_contact_cm", "wrist_dz_cm", "elbow_dz_cm")}
+        means = {
+            k: np.nanmean([r[k] for r in mine]) for k in ("mpjpe_cm", "hand_contact_cm", "wrist_dz_cm", "elbow_dz_cm")
+        }
         print(f"  {name[:60]:60s} " + " ".join(f"{k} {v:6.2f}" for k, v in means.items()))
     if args.json:
         with open(args.json, "w") as handle:
