@@ -215,7 +215,9 @@ def test_held_depth_prior_follows_the_holding_hand(scene, tmp_path):
     assert result.info["held_depth_prior_hands"] == ["right"]
     trans_err, _ = pose_errors(load_pickle(layout.object_poses(vid)), truth.object_poses_cam)
     assert np.median(trans_err) < 0.02, trans_err
-    off = {"object_pose": {"mesh_tracker": {"hand_depth_prior": False}}}
+    # This stage-1 hand's keypoints lie on a line (no palm): no rotation prior from it.
+    assert result.info["held_rotation_prior_hands"] == []
+    off = {"object_pose": {"mesh_tracker": {"hand_depth_prior": False, "hand_rotation_prior": False}}}
     assert "held_depth_prior_hands" not in object_pose.run(StageContext(video=vid, layout=layout, config=off)).info
 
 

@@ -79,10 +79,11 @@ def still_anchors(
 
 
 def holding_hand_depth(
-    layout, vid, K: np.ndarray, object_masks: np.ndarray, anchors, info: dict[str, object]
-) -> np.ndarray | None:
-    """Stage 1's depth track of the hand(s) holding the object while it moves (``held_hand_depth``), or
-    None (recorded in ``info``) when no hand is near it or stage 1 has not run."""
+    layout, vid, K: np.ndarray, object_masks: np.ndarray, anchors, info: dict[str, object], rotations: bool = False
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Stage 1's depth track (T,) of the hand(s) holding the object while it moves (``held_hand_depth``) and,
+    with ``rotations``, their orientations (H,T,3,3), or None (recorded in ``info``) when no hand is near it
+    or stage 1 has not run."""
     from reconstruction.backends import held_hand_depth
     from reconstruction.keypoints import ALL_KEYPOINTS
     from reconstruction.stages.human_pose import load_hmr_result
@@ -92,7 +93,7 @@ def holding_hand_depth(
         logger.warning("%s: no stage-1 result %s: the held-frame depth prior is the line between the still "
                        "depths (object_pose.mesh_tracker.hand_depth_prior)", vid, path)  # fmt: skip
         info["held_depth_prior_hands"] = "no stage-1 result"
-        return None
+        return None, None
     keypoints = load_hmr_result(path).get("keypoints_3d_cam")  # unreadable, malformed or NaN: a clear error
     if keypoints is None:
         raise StageInputError(f"{path}: no keypoints_3d_cam (object_pose.mesh_tracker.hand_depth_prior)")
@@ -107,7 +108,11 @@ def holding_hand_depth(
     info["held_depth_prior_hands"] = [("left", "right")[side] for side in hands]
     logger.info("%s: held-frame depth prior from stage 1's %s", vid,
                 " and ".join(info["held_depth_prior_hands"]) + " hand" if hands else "line (no hand near the object)")  # fmt: skip
-    return depth
+    if not rotations or not hands:
+        return depth, None
+    hand_rotations, turning = held_hand_depth.holding_hand_rotations(keypoints, hands)
+    info["held_rotation_prior_hands"] = [("left", "right")[side] for side in turning]
+    return depth, hand_rotations
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -169,14 +174,18 @@ def run(ctx: StageContext) -> StageResult:
             if tracker_config.use_anchors and frames is not None:
                 anchors = still_anchors(layout, vid, object_masks, human_masks, mesh.vertices, initial_pose, K,
                                         frames)  # fmt: skip
-            hand_depth = None
-            if anchors is not None and tracker_config.hand_depth_prior:
-                hand_depth = holding_hand_depth(layout, vid, K, object_masks, anchors, info)
+            hand_depth, hand_rotation = None, None
+            if anchors is not None and (tracker_config.hand_depth_prior or tracker_config.hand_rotation_prior):
+                hand_depth, hand_rotation = holding_hand_depth(
+                    layout, vid, K, object_masks, anchors, info, tracker_config.hand_rotation_prior
+                )
+                hand_depth = hand_depth if tracker_config.hand_depth_prior else None
             result = mesh_tracker.track_object(
                 mesh.vertices, mesh.faces, K, initial_pose, object_masks, human_masks, depth,
                 tracker_config, ctx.device, progress=lambda f, msg: ctx.progress(0.05 + 0.9 * f, msg),
                 check_cancelled=ctx.check_cancelled, anchors=anchors,
                 images=frames if tracker_config.weight_colour > 0 else None, hand_depth=hand_depth,
+                hand_rotation=hand_rotation,
             )  # fmt: skip
             if anchors is not None:
                 info["static_prefix_frames"] = anchors.static_prefix
