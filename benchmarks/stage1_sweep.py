@@ -24,7 +24,8 @@ from reconstruction.eval.evaluate import contact_hand_error, keypoint_metrics, v
 from reconstruction.eval.metrics import project_points
 from reconstruction.layout import Layout, VideoId
 from reconstruction.render_config import load_cam_k, load_character_data, load_render_config
-from reconstruction.stages.fit_body import FitSettings, fit_body, transform_body
+from reconstruction.stages.fit_body import FitSettings, fit_body
+from reconstruction.stages.human_pose import first_frame_body
 from reconstruction.synth.ground_truth import load_ground_truth
 
 ARM_POINTS = {"wrist": ("left_wrist", "right_wrist"), "elbow": ("left_elbow", "right_elbow")}
@@ -58,15 +59,7 @@ def refit(
         load_cam_k(cam_k_path) if cam_k_path.exists() else render_config.intrinsics(), dtype=torch.float32
     )
     character = load_character_data(layout.character_data(vid))
-    shape = (
-        torch.as_tensor(character["shape"], dtype=torch.float32)
-        if "shape" in character
-        else model.shape_for_height(float(character["height_m"])).float()
-    )
-    world_to_cam = torch.as_tensor(render_config.world_to_cam(), dtype=torch.float32)
-    pose0 = torch.as_tensor(character["pose_aa"], dtype=torch.float32)[None]
-    trans0 = torch.as_tensor(character["trans"], dtype=torch.float32).reshape(1, 3)
-    pose_cam0, trans_cam0 = transform_body(model, pose0, shape, trans0, world_to_cam)
+    shape, pose_cam0, trans_cam0, world_to_cam = first_frame_body(model, character, render_config)
     fit = fit_body(
         model, keypoints_2d, K, pose_cam0[0], trans_cam0[0], shape, settings, body_3d=body_3d, up=world_to_cam[:3, 2]
     )

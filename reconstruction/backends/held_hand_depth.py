@@ -96,15 +96,22 @@ def holding_hand_depth(
     return smooth(depth, sigma_frames), hands
 
 
+def palm_normals(keypoints_3d_cam: np.ndarray, side: int) -> np.ndarray:
+    """(T,3) unnormalised palm normal of one hand (0 left, 1 right): the cross product of the index and pinky
+    knuckles about the wrist (its length is twice the palm triangle's area)."""
+    hand = np.asarray(keypoints_3d_cam, dtype=np.float64)[:, HAND_SLICES[side]]
+    names = kp.HAND_LANDMARKS
+    wrist = hand[:, names.index("wrist")]
+    return np.cross(hand[:, names.index("index_mcp")] - wrist, hand[:, names.index("pinky_mcp")] - wrist)
+
+
 def hand_rotations(keypoints_3d_cam: np.ndarray, side: int) -> np.ndarray:
     """(T,3,3) camera-frame orientation of one hand (0 left, 1 right) from its keypoints: x from the wrist
     to the middle finger's knuckle, z the palm's normal (index and pinky knuckles about the wrist), y = z x x.
     Only its change over time is used, so the choice of axes does not matter."""
     hand = np.asarray(keypoints_3d_cam, dtype=np.float64)[:, HAND_SLICES[side]]
-    names = kp.HAND_LANDMARKS
-    wrist = hand[:, names.index("wrist")]
-    x = hand[:, names.index("middle_mcp")] - wrist
-    z = np.cross(hand[:, names.index("index_mcp")] - wrist, hand[:, names.index("pinky_mcp")] - wrist)
+    x = hand[:, kp.HAND_LANDMARKS.index("middle_mcp")] - hand[:, kp.HAND_LANDMARKS.index("wrist")]
+    z = palm_normals(keypoints_3d_cam, side)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-9)
     y = np.cross(z, x)
     y = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-9)
@@ -129,14 +136,7 @@ def holding_hand_rotations(
     """(H,T,3,3) orientations (``hand_rotations``) of those of the holding hands ``hands`` whose palm spans a
     triangle (wrist, index and pinky knuckles: twice its area over ``min_palm_m2``, a real hand's ~2e-3) in
     every frame, smoothed over ``sigma_frames``, and those hands; None when no hand qualifies."""
-    names = kp.HAND_LANDMARKS
-    kept = []
-    for side in hands:
-        hand = np.asarray(keypoints_3d_cam, dtype=np.float64)[:, HAND_SLICES[side]]
-        wrist = hand[:, names.index("wrist")]
-        palm = np.cross(hand[:, names.index("index_mcp")] - wrist, hand[:, names.index("pinky_mcp")] - wrist)
-        if np.linalg.norm(palm, axis=1).min() > min_palm_m2:
-            kept.append(side)
+    kept = [side for side in hands if np.linalg.norm(palm_normals(keypoints_3d_cam, side), axis=1).min() > min_palm_m2]
     if not kept:
         return None, kept
     return np.stack([smooth_rotations(hand_rotations(keypoints_3d_cam, side), sigma_frames) for side in kept]), kept

@@ -301,6 +301,24 @@ def detector_settings(settings: dict[str, Any]) -> MediaPipePoseSettings:
     )
 
 
+def first_frame_body(
+    model, character: dict[str, Any], render_config, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The character's shape (S,) and its frame-0 pose (1,J,3) and translation (1,3) in the camera frame, with
+    the render's world-to-camera transform (4,4), all float32: where stage 1's fit starts."""
+    dtype = torch.float32
+    shape = (
+        torch.as_tensor(character["shape"], dtype=dtype)
+        if "shape" in character
+        else model.shape_for_height(float(character["height_m"])).to(dtype)
+    ).to(device)
+    world_to_cam = torch.as_tensor(render_config.world_to_cam(), dtype=dtype, device=device)
+    pose_world0 = torch.as_tensor(character["pose_aa"], dtype=dtype, device=device)[None]
+    trans_world0 = torch.as_tensor(character["trans"], dtype=dtype, device=device).reshape(1, 3)
+    pose_cam0, trans_cam0 = transform_body(model, pose_world0, shape, trans_world0, world_to_cam)
+    return shape, pose_cam0, trans_cam0, world_to_cam
+
+
 def run_mediapipe(ctx: StageContext, settings: dict[str, Any]) -> StageResult:
     fit_settings = fit_settings_from(settings)  # a bad setting fails before any work
     mediapipe_settings = detector_settings(settings)
@@ -328,15 +346,7 @@ def run_mediapipe(ctx: StageContext, settings: dict[str, Any]) -> StageResult:
     model = body_model_for(ctx, body_model_name)
     device = torch.device(ctx.device)
     dtype = torch.float32
-    shape = (
-        torch.as_tensor(character["shape"], dtype=dtype)
-        if "shape" in character
-        else model.shape_for_height(float(character["height_m"])).to(dtype)
-    ).to(device)
-    world_to_cam = torch.as_tensor(render_config.world_to_cam(), dtype=dtype, device=device)
-    pose_world0 = torch.as_tensor(character["pose_aa"], dtype=dtype, device=device)[None]
-    trans_world0 = torch.as_tensor(character["trans"], dtype=dtype, device=device).reshape(1, 3)
-    pose_cam0, trans_cam0 = transform_body(model, pose_world0, shape, trans_world0, world_to_cam)
+    shape, pose_cam0, trans_cam0, world_to_cam = first_frame_body(model, character, render_config, device)
     fit = fit_body(
         model,
         torch.as_tensor(keypoints_2d, dtype=dtype, device=device),

@@ -78,7 +78,7 @@ def still_anchors(
     )  # fmt: skip
 
 
-def holding_hand_depth(
+def holding_hand_tracks(
     layout, vid, K: np.ndarray, object_masks: np.ndarray, anchors, info: dict[str, object], rotations: bool = False
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Stage 1's depth track (T,) of the hand(s) holding the object while it moves (``held_hand_depth``) and,
@@ -176,7 +176,7 @@ def run(ctx: StageContext) -> StageResult:
                                         frames)  # fmt: skip
             hand_depth, hand_rotation = None, None
             if anchors is not None and (tracker_config.hand_depth_prior or tracker_config.hand_rotation_prior):
-                hand_depth, hand_rotation = holding_hand_depth(
+                hand_depth, hand_rotation = holding_hand_tracks(
                     layout, vid, K, object_masks, anchors, info, tracker_config.hand_rotation_prior
                 )
                 hand_depth = hand_depth if tracker_config.hand_depth_prior else None
